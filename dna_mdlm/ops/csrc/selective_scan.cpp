@@ -1,0 +1,283 @@
+// Fused CPU selective scan (Mamba S6 recurrence) with a hand-written backward.
+//
+// Owns the numeric kernels behind dna_mdlm.ops.selective_scan's "cpp" path. The Python side
+// validates shapes, casts to float32/float64, and hands over contiguous tensors in these layouts:
+//   u, delta, z, dout : (batch, D, L)        one contiguous row per (batch, channel)
+//   A                 : (D, N)
+//   Bt, Ct            : (batch, G, L, N)     transposed so the N states of one step are contiguous,
+//                                            which lets gcc vectorise the per-step loop over N
+//   D_skip, delta_bias: (D,)
+// The state never leaves a thread-local array. The forward optionally stores the state at the
+// start of every chunk of `chunk` steps; the backward recomputes states (and exp(dt*A)) chunk by
+// chunk into a small local buffer and runs the reverse recurrence over it, so memory is
+// (batch, D, L/chunk, N) saved + chunk*N per thread, never (batch, D, N, L).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+template <typename T>
+inline T softplus(T x) {
+  // Same threshold as torch.nn.functional.softplus (beta=1, threshold=20).
+  return x > T(20) ? x : std::log1p(std::exp(x));
+}
+
+template <typename T>
+inline T sigmoid(T x) {
+  return T(1) / (T(1) + std::exp(-x));
+}
+
+template <typename T>
+inline T step_delta(T raw, T bias, bool apply_softplus) {
+  const T v = raw + bias;
+  return apply_softplus ? softplus(v) : v;
+}
+
+template <typename T>
+void scan_forward(const T* __restrict__ u, const T* __restrict__ delta, const T* __restrict__ A,
+                  const T* __restrict__ Bt, const T* __restrict__ Ct, const T* D_skip, const T* z,
+                  const T* delta_bias, bool apply_softplus, T* __restrict__ out,
+                  T* __restrict__ last_state, T* ckpt, int64_t batch, int64_t dim, int64_t groups,
+                  int64_t L, int64_t N, int64_t chunk) {
+  const int64_t dims_per_group = dim / groups;
+  const int64_t n_chunks = (L + chunk - 1) / chunk;
+  at::parallel_for(0, batch * dim, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> h_buf(N), a_row_buf(N);
+    T* __restrict__ h = h_buf.data();
+    T* __restrict__ a_row = a_row_buf.data();
+    for (int64_t bd = begin; bd < end; ++bd) {
+      const int64_t b = bd / dim, d = bd % dim, g = d / dims_per_group;
+      const T* __restrict__ u_row = u + bd * L;
+      const T* __restrict__ dl_row = delta + bd * L;
+      const T* z_row = z ? z + bd * L : nullptr;
+      const T* __restrict__ B_bg = Bt + (b * groups + g) * L * N;
+      const T* __restrict__ C_bg = Ct + (b * groups + g) * L * N;
+      T* __restrict__ out_row = out + bd * L;
+      const T bias = delta_bias ? delta_bias[d] : T(0);
+      const T d_skip = D_skip ? D_skip[d] : T(0);
+      for (int64_t n = 0; n < N; ++n) { h[n] = T(0); a_row[n] = A[d * N + n]; }
+      for (int64_t t = 0; t < L; ++t) {
+        if (ckpt && t % chunk == 0) {
+          T* dst = ckpt + (bd * n_chunks + t / chunk) * N;
+          for (int64_t n = 0; n < N; ++n) dst[n] = h[n];
+        }
+        const T dt = step_delta(dl_row[t], bias, apply_softplus);
+        const T dtu = dt * u_row[t];
+        const T* __restrict__ Bn = B_bg + t * N;
+        const T* __restrict__ Cn = C_bg + t * N;
+        T y = T(0);
+        for (int64_t n = 0; n < N; ++n) {
+          h[n] = std::exp(dt * a_row[n]) * h[n] + dtu * Bn[n];
+          y += h[n] * Cn[n];
+        }
+        y += d_skip * u_row[t];
+        if (z_row) {
+          const T zt = z_row[t];
+          y *= zt * sigmoid(zt);
+        }
+        out_row[t] = y;
+      }
+      for (int64_t n = 0; n < N; ++n) last_state[bd * N + n] = h[n];
+    }
+  });
+}
+
+template <typename T>
+void scan_backward(const T* __restrict__ u, const T* __restrict__ delta, const T* __restrict__ A,
+                   const T* __restrict__ Bt, const T* __restrict__ Ct, const T* D_skip, const T* z,
+                   const T* delta_bias, bool apply_softplus, const T* __restrict__ ckpt,
+                   const T* __restrict__ dout, const T* dlast, T* __restrict__ du,
+                   T* __restrict__ ddelta, T* __restrict__ dA_part, T* __restrict__ dBt_part,
+                   T* __restrict__ dCt_part, T* dD_part, T* dz, T* dbias_part, int64_t batch,
+                   int64_t dim, int64_t groups, int64_t L, int64_t N, int64_t chunk,
+                   int64_t slices) {
+  // Work unit: (batch b, group g, slice s) owns a contiguous run of the group's channels, and a
+  // private (L, N) accumulator for dB and dC (B and C are shared by all channels of the group), so
+  // no two threads ever write the same memory. The caller sums the slices afterwards.
+  const int64_t dims_per_group = dim / groups;
+  const int64_t n_chunks = (L + chunk - 1) / chunk;
+  at::parallel_for(0, batch * groups * slices, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> hs_buf((chunk + 1) * N), as_buf(chunk * N), g_buf(N), a_row_buf(N),
+        dA_buf(N), dt_buf(chunk), sig_buf(chunk);
+    T* __restrict__ hs = hs_buf.data();  // hs[0] = state before the chunk, hs[i+1] = after step i
+    T* __restrict__ as = as_buf.data();  // exp(dt*A) of each step of the chunk
+    T* __restrict__ grad_h = g_buf.data();
+    T* __restrict__ a_row = a_row_buf.data();
+    T* __restrict__ dA_acc = dA_buf.data();
+    T* __restrict__ dts = dt_buf.data();
+    T* __restrict__ sig = sig_buf.data();
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t s = task % slices;
+      const int64_t bg = task / slices;
+      const int64_t b = bg / groups, g = bg % groups;
+      const int64_t per_slice = (dims_per_group + slices - 1) / slices;
+      const int64_t d_lo = g * dims_per_group + std::min(dims_per_group, s * per_slice);
+      const int64_t d_hi = g * dims_per_group + std::min(dims_per_group, (s + 1) * per_slice);
+      const T* __restrict__ B_bg = Bt + bg * L * N;
+      const T* __restrict__ C_bg = Ct + bg * L * N;
+      T* __restrict__ dB_s = dBt_part + task * L * N;
+      T* __restrict__ dC_s = dCt_part + task * L * N;
+      for (int64_t d = d_lo; d < d_hi; ++d) {
+        const int64_t bd = b * dim + d;
+        const T* __restrict__ u_row = u + bd * L;
+        const T* __restrict__ dl_row = delta + bd * L;
+        const T* z_row = z ? z + bd * L : nullptr;
+        const T* __restrict__ dout_row = dout + bd * L;
+        T* __restrict__ du_row = du + bd * L;
+        T* __restrict__ ddl_row = ddelta + bd * L;
+        T* dz_row = z ? dz + bd * L : nullptr;
+        const T bias = delta_bias ? delta_bias[d] : T(0);
+        const T d_skip = D_skip ? D_skip[d] : T(0);
+        T dD_acc = T(0), dbias_acc = T(0);
+        for (int64_t n = 0; n < N; ++n) {
+          a_row[n] = A[d * N + n];
+          grad_h[n] = dlast ? dlast[bd * N + n] : T(0);
+          dA_acc[n] = T(0);
+        }
+        for (int64_t k = n_chunks - 1; k >= 0; --k) {
+          const int64_t t0 = k * chunk, len = std::min(chunk, L - t0);
+          const T* c0 = ckpt + (bd * n_chunks + k) * N;
+          for (int64_t n = 0; n < N; ++n) hs[n] = c0[n];
+          for (int64_t i = 0; i < len; ++i) {
+            const int64_t t = t0 + i;
+            const T v = dl_row[t] + bias;
+            const T dt = apply_softplus ? softplus(v) : v;
+            dts[i] = dt;
+            sig[i] = apply_softplus ? sigmoid(v) : T(1);
+            const T dtu = dt * u_row[t];
+            const T* __restrict__ Bn = B_bg + t * N;
+            const T* __restrict__ h_prev = hs + i * N;
+            T* __restrict__ h_next = hs + (i + 1) * N;
+            T* __restrict__ a_i = as + i * N;
+            for (int64_t n = 0; n < N; ++n) {
+              const T a = std::exp(dt * a_row[n]);
+              a_i[n] = a;
+              h_next[n] = a * h_prev[n] + dtu * Bn[n];
+            }
+          }
+          for (int64_t i = len - 1; i >= 0; --i) {
+            const int64_t t = t0 + i;
+            const T dt = dts[i], ut = u_row[t];
+            const T* __restrict__ Bn = B_bg + t * N;
+            const T* __restrict__ Cn = C_bg + t * N;
+            const T* __restrict__ h_prev = hs + i * N;
+            const T* __restrict__ h_cur = hs + (i + 1) * N;
+            const T* __restrict__ a_i = as + i * N;
+            T dy = dout_row[t];
+            if (z_row) {
+              // The gate needs y before gating; rebuild it from the recomputed state.
+              T y = d_skip * ut;
+              for (int64_t n = 0; n < N; ++n) y += h_cur[n] * Cn[n];
+              const T zt = z_row[t], sz = sigmoid(zt);
+              dz_row[t] = dy * y * sz * (T(1) + zt * (T(1) - sz));
+              dy *= zt * sz;
+            }
+            T* __restrict__ dBn = dB_s + t * N;
+            T* __restrict__ dCn = dC_s + t * N;
+            T du_acc = d_skip * dy, ddt = T(0);
+            for (int64_t n = 0; n < N; ++n) {
+              const T gh = grad_h[n] + dy * Cn[n];  // dLoss/dh_t
+              dCn[n] += dy * h_cur[n];
+              dBn[n] += gh * dt * ut;
+              du_acc += gh * dt * Bn[n];
+              const T ha = gh * h_prev[n] * a_i[n];
+              ddt += ha * a_row[n] + gh * Bn[n] * ut;
+              dA_acc[n] += ha * dt;
+              grad_h[n] = gh * a_i[n];  // carried to step t-1 through h_t = a_t * h_{t-1} + ...
+            }
+            du_row[t] = du_acc;
+            dD_acc += dy * ut;
+            const T draw = ddt * sig[i];
+            ddl_row[t] = draw;
+            dbias_acc += draw;
+          }
+        }
+        for (int64_t n = 0; n < N; ++n) dA_part[bd * N + n] = dA_acc[n];
+        if (dD_part) dD_part[bd] = dD_acc;
+        if (dbias_part) dbias_part[bd] = dbias_acc;
+      }
+    }
+  });
+}
+
+template <typename T>
+const T* opt_ptr(const c10::optional<torch::Tensor>& t) {
+  return t.has_value() ? t->data_ptr<T>() : nullptr;
+}
+
+std::vector<torch::Tensor> fwd(const torch::Tensor& u, const torch::Tensor& delta,
+                               const torch::Tensor& A, const torch::Tensor& Bt,
+                               const torch::Tensor& Ct, const c10::optional<torch::Tensor>& D_skip,
+                               const c10::optional<torch::Tensor>& z,
+                               const c10::optional<torch::Tensor>& delta_bias,
+                               bool apply_softplus, int64_t chunk, bool save_checkpoints) {
+  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
+  const int64_t groups = Bt.size(1), N = A.size(1);
+  const int64_t n_chunks = (L + chunk - 1) / chunk;
+  auto out = torch::empty_like(u);
+  auto last_state = torch::empty({batch, dim, N}, u.options());
+  auto ckpt = save_checkpoints ? torch::empty({batch, dim, n_chunks, N}, u.options())
+                               : torch::empty({0}, u.options());
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "dna_mdlm_selective_scan_fwd", [&] {
+    scan_forward<scalar_t>(u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(),
+                           A.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
+                           Ct.data_ptr<scalar_t>(), opt_ptr<scalar_t>(D_skip),
+                           opt_ptr<scalar_t>(z), opt_ptr<scalar_t>(delta_bias), apply_softplus,
+                           out.data_ptr<scalar_t>(), last_state.data_ptr<scalar_t>(),
+                           save_checkpoints ? ckpt.data_ptr<scalar_t>() : nullptr, batch, dim,
+                           groups, L, N, chunk);
+  });
+  return {out, last_state, ckpt};
+}
+
+std::vector<torch::Tensor> bwd(const torch::Tensor& u, const torch::Tensor& delta,
+                               const torch::Tensor& A, const torch::Tensor& Bt,
+                               const torch::Tensor& Ct, const c10::optional<torch::Tensor>& D_skip,
+                               const c10::optional<torch::Tensor>& z,
+                               const c10::optional<torch::Tensor>& delta_bias,
+                               bool apply_softplus, const torch::Tensor& ckpt,
+                               const torch::Tensor& dout,
+                               const c10::optional<torch::Tensor>& dlast, int64_t chunk,
+                               int64_t slices) {
+  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
+  const int64_t groups = Bt.size(1), N = A.size(1);
+  auto du = torch::empty_like(u);
+  auto ddelta = torch::empty_like(u);
+  auto dA_part = torch::empty({batch, dim, N}, u.options());
+  auto dBt_part = torch::zeros({batch, groups, slices, L, N}, u.options());
+  auto dCt_part = torch::zeros({batch, groups, slices, L, N}, u.options());
+  auto dD_part = D_skip.has_value() ? torch::empty({batch, dim}, u.options()) : torch::Tensor();
+  auto dz = z.has_value() ? torch::empty_like(u) : torch::Tensor();
+  auto dbias_part =
+      delta_bias.has_value() ? torch::empty({batch, dim}, u.options()) : torch::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "dna_mdlm_selective_scan_bwd", [&] {
+    scan_backward<scalar_t>(
+        u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
+        Bt.data_ptr<scalar_t>(), Ct.data_ptr<scalar_t>(), opt_ptr<scalar_t>(D_skip),
+        opt_ptr<scalar_t>(z), opt_ptr<scalar_t>(delta_bias), apply_softplus,
+        ckpt.data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(), opt_ptr<scalar_t>(dlast),
+        du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(), dA_part.data_ptr<scalar_t>(),
+        dBt_part.data_ptr<scalar_t>(), dCt_part.data_ptr<scalar_t>(),
+        D_skip.has_value() ? dD_part.data_ptr<scalar_t>() : nullptr,
+        z.has_value() ? dz.data_ptr<scalar_t>() : nullptr,
+        delta_bias.has_value() ? dbias_part.data_ptr<scalar_t>() : nullptr, batch, dim, groups,
+        L, N, chunk, slices);
+  });
+  auto dA = dA_part.sum(0);
+  auto dBt = slices == 1 ? dBt_part.squeeze(2) : dBt_part.sum(2);
+  auto dCt = slices == 1 ? dCt_part.squeeze(2) : dCt_part.sum(2);
+  auto dD = D_skip.has_value() ? dD_part.sum(0) : torch::Tensor();
+  auto dbias = delta_bias.has_value() ? dbias_part.sum(0) : torch::Tensor();
+  return {du, ddelta, dA, dBt, dCt, dD, dz, dbias};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("fwd", &fwd, "selective scan forward (CPU)");
+  m.def("bwd", &bwd, "selective scan backward (CPU)");
+}
