@@ -1,0 +1,656 @@
+"""Labelled-sequence readers: Genomic Benchmarks (both on-disk layouts), labelled CSV/TSV/FASTA, and batching.
+
+Owns everything between a file of labelled DNA and a padded `(input_ids, attention_mask, labels)` batch:
+
+* `LabelledSequences` — sequences, integer labels and the class-name <-> id map that travels with them,
+  plus stratified split / fold helpers (scikit-learn), so no caller ever has to guess what label 2 means.
+* `read_gb_directory` — the layout the `genomic-benchmarks` package downloads (`<task>/<split>/<class>/*.txt`).
+* `read_gb_coordinates` — the official GB interval lists (`<task>/<split>/<class>.csv.gz`) cut out of a
+  user's reference FASTA with pyfaidx: how a user with GRCh38 rebuilds a benchmark.
+* `read_table` (CSV/TSV with a sequence and a label column), `read_labelled_fasta` (label in the header),
+  `load_local_gb` (the GB splits that ship in shared/data) and the front door `read_labelled`.
+* `collate_labelled` — right-padding collate that never truncates unless the caller opts in.
+
+Class-id convention: for Genomic Benchmarks tasks the class ids are the **sorted class names** (the sorted
+folder / file names, e.g. negative=0, positive=1; enhancer=0, ocr=1, promoter=2), whatever reader produced
+them, so a model trained from one layout scores data read from another. For plain tables the ids are the
+sorted distinct labels (integers sorted numerically) unless the caller passes `classes`.
+
+All sequences are upper-cased (soft-masking carries no label information and the tokenizer folds case
+anyway) and validated with `encode_dna`; every rejection is a one-line `InputError` naming file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from Bio.SeqIO.FastaIO import SimpleFastaParser
+from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
+
+from ..errors import InputError
+from ..tokenizer import PAD_ID, decode_dna, encode_dna, rc_string
+
+SHARED_DATA_ENV = "DNA_MDLM_SHARED_DATA"
+
+
+# --------------------------------------------------------------------------------------------------
+# The container
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LabelledSequences:
+    """Labelled DNA: `seqs[i]` has class id `labels[i]`, whose name is `classes[labels[i]]`."""
+
+    seqs: list[str]
+    labels: np.ndarray
+    classes: list[str]
+    source: str
+    ids: list[str] | None = None
+
+    def __post_init__(self):
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if len(self.seqs) != len(self.labels):
+            raise ValueError(f"{len(self.seqs)} sequences but {len(self.labels)} labels")
+        if self.ids is not None and len(self.ids) != len(self.seqs):
+            raise ValueError(f"{len(self.seqs)} sequences but {len(self.ids)} ids")
+        if self.labels.size and (self.labels.min() < 0 or self.labels.max() >= len(self.classes)):
+            raise ValueError(f"labels must lie in [0, {len(self.classes)}), the range of classes {self.classes}")
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def __getitem__(self, i: int) -> tuple[str, int]:
+        return self.seqs[i], int(self.labels[i])
+
+    def __iter__(self) -> Iterator[tuple[str, int]]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(s) for s in self.seqs), dtype=np.int64, count=len(self.seqs))
+
+    def class_counts(self) -> dict[str, int]:
+        counts = np.bincount(self.labels, minlength=self.n_classes)
+        return {name: int(c) for name, c in zip(self.classes, counts)}
+
+    def subset(self, indices, source: str | None = None) -> "LabelledSequences":
+        idx = np.asarray(indices, dtype=np.int64)
+        return LabelledSequences(
+            seqs=[self.seqs[i] for i in idx],
+            labels=self.labels[idx],
+            classes=list(self.classes),
+            source=source or f"{self.source} [subset of {len(idx)}]",
+            ids=None if self.ids is None else [self.ids[i] for i in idx],
+        )
+
+    def shuffled(self, seed: int = 0) -> "LabelledSequences":
+        """A seeded permutation; needed because some GB files are sorted by class."""
+        return self.subset(np.random.default_rng(seed).permutation(len(self)), f"{self.source} [shuffled, seed {seed}]")
+
+    def with_class_order(self, classes: Sequence[str]) -> "LabelledSequences":
+        """Same data, labels renumbered so that `classes[i]` gets id i (every current class must appear)."""
+        missing = [c for c in self.classes if c not in classes]
+        if missing:
+            raise InputError(f"classes {missing} of {self.source} are not in the requested class list {list(classes)}")
+        remap = np.array([list(classes).index(c) for c in self.classes], dtype=np.int64)
+        return LabelledSequences(list(self.seqs), remap[self.labels], list(classes), self.source,
+                                 None if self.ids is None else list(self.ids))
+
+    def stratified_split(self, test_size: float = 0.1, seed: int = 0) -> tuple["LabelledSequences", "LabelledSequences"]:
+        """One seeded stratified (train, held-out) split — the Caduceus GB protocol's 90/10 train/val split."""
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+        train_idx, test_idx = next(splitter.split(np.zeros(len(self)), self.labels))
+        return (self.subset(train_idx, f"{self.source} [split seed {seed}, train {len(train_idx)}]"),
+                self.subset(test_idx, f"{self.source} [split seed {seed}, held-out {len(test_idx)}]"))
+
+    def stratified_folds(self, n_splits: int = 5, seed: int = 0) -> Iterator[tuple["LabelledSequences", "LabelledSequences"]]:
+        """Shuffled stratified K-fold: yields (train, held-out) per fold."""
+        folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+        for k, (train_idx, test_idx) in enumerate(folds.split(np.zeros(len(self)), self.labels)):
+            yield (self.subset(train_idx, f"{self.source} [fold {k}/{n_splits} train]"),
+                   self.subset(test_idx, f"{self.source} [fold {k}/{n_splits} held-out]"))
+
+    def encoded(self, unknown: str = "error") -> list[np.ndarray]:
+        """Token ids per sequence (variable length)."""
+        return [encode_dna(s, unknown) for s in self.seqs]
+
+
+# --------------------------------------------------------------------------------------------------
+# Genomic Benchmarks task table
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class GBTask:
+    """One Genomic Benchmarks task. `classes` are sorted, so `classes.index(name)` is the class id.
+
+    `local_file` (relative to `<shared data>/genomic_benchmarks/sequences/`) is the split that ships offline,
+    and `local_label_names[i]` is the class name of integer label i *in that file*.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    local_file: str | None = None
+    local_split: str | None = None
+    local_label_names: tuple[str, ...] | None = None
+    local_note: str = ""
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def has_local_data(self) -> bool:
+        return self.local_file is not None
+
+
+GB_TASKS: dict[str, GBTask] = {t.name: t for t in [
+    GBTask("demo_coding_vs_intergenomic_seqs", ("coding_seqs", "intergenomic_seqs")),
+    GBTask("demo_human_or_worm", ("human", "worm")),
+    GBTask("dummy_mouse_enhancers_ensembl", ("negative", "positive")),
+    GBTask("human_enhancers_cohn", ("negative", "positive"),
+           "human_enhancers_cohn/test.csv", "test", ("negative", "positive"),
+           "official full test split; label 1 = positive inferred from GC content; rows sorted by class"),
+    GBTask("human_enhancers_ensembl", ("negative", "positive")),
+    GBTask("human_ensembl_regulatory", ("enhancer", "ocr", "promoter"),
+           "human_ensembl_regulatory/train_subsample1500.tsv", "train", ("promoter", "enhancer", "ocr"),
+           "stratified 1,500-row subsample of the official train split; file labels inferred from lengths"),
+    GBTask("human_nontata_promoters", ("negative", "positive"),
+           "human_nontata_promoters/test.csv", "test", ("negative", "positive"),
+           "official full test split; rows sorted by class"),
+    GBTask("human_ocr_ensembl", ("negative", "positive"),
+           "human_ocr_ensembl/train_subsample1000.tsv", "train", ("negative", "positive"),
+           "stratified 1,000-row subsample of the official train split"),
+]}
+
+
+def _gb_task(task: str) -> GBTask:
+    if task not in GB_TASKS:
+        raise InputError(f"unknown Genomic Benchmarks task {task!r}; known tasks: {', '.join(sorted(GB_TASKS))}")
+    return GB_TASKS[task]
+
+
+def default_shared_data_dir() -> Path:
+    """$DNA_MDLM_SHARED_DATA, else `shared/data` beside the repository checkout."""
+    env = os.environ.get(SHARED_DATA_ENV)
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "shared" / "data"
+
+
+def load_local_gb(task: str, data_dir: str | os.PathLike | None = None) -> LabelledSequences:
+    """The offline GB split of `task` (see `GB_TASKS[task].local_note`), with the task's sorted class ids.
+
+    `data_dir` is the shared data folder (holding `genomic_benchmarks/sequences/`) or the `sequences/`
+    folder itself; default `default_shared_data_dir()`. The returned rows keep the file order, which for
+    the two test sets is sorted by class: shuffle or split stratified before use.
+    """
+    spec = _gb_task(task)
+    if not spec.has_local_data:
+        local = sorted(n for n, t in GB_TASKS.items() if t.has_local_data)
+        raise InputError(f"task {task!r} has no offline sequences; offline tasks: {', '.join(local)} "
+                         f"(rebuild others from coordinates with read_gb_coordinates)")
+    base = Path(data_dir) if data_dir is not None else default_shared_data_dir()
+    candidates = [base / "genomic_benchmarks" / "sequences" / spec.local_file, base / spec.local_file]
+    path = next((p for p in candidates if p.is_file()), None)
+    if path is None:
+        raise InputError(f"offline file for {task!r} not found: looked for {candidates[0]} and {candidates[1]} "
+                         f"(set {SHARED_DATA_ENV} or pass data_dir)")
+    table = read_table(path, classes=list(spec.local_label_names))
+    out = table.with_class_order(spec.classes)
+    out.source = f"{task} {spec.local_split} ({spec.local_note}) from {path}"
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Validation helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def _clean_seq(seq: str, unknown: str) -> str:
+    """Upper-cased, stripped sequence; raises InputError with a bare reason (callers add file and line)."""
+    seq = seq.strip().upper()
+    if not seq:
+        raise InputError("empty sequence")
+    ids = encode_dna(seq, unknown)  # InvalidSequenceError (an InputError) names the position
+    # With unknown="N" the stored string shows the N the model will see, not the IUPAC code.
+    return decode_dna(ids) if unknown == "N" else seq
+
+
+def _checked_seq(seq: str, where: str, unknown: str) -> str:
+    try:
+        return _clean_seq(seq, unknown)
+    except InputError as err:
+        raise InputError(f"{where}: {err}") from None
+
+
+def _need_two_classes(classes: Sequence[str], where: str) -> None:
+    if len(classes) < 2:
+        raise InputError(f"{where}: only one class ({', '.join(map(str, classes)) or 'none'}) found; "
+                         f"classification needs at least two")
+
+
+def _open_text(path: Path):
+    if path.suffix == ".gz":
+        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
+def _plain_suffix(path: Path) -> str:
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return suffixes[-1] if suffixes else ""
+
+
+# --------------------------------------------------------------------------------------------------
+# Genomic Benchmarks: downloaded directory layout
+# --------------------------------------------------------------------------------------------------
+
+
+def _natural_key(name: str):
+    # GB names its files 0.txt, 1.txt, ..., 10.txt: numeric order keeps them in interval-list order.
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name)]
+
+
+def read_gb_directory(root: str | os.PathLike, task: str, split: str, unknown: str = "error") -> LabelledSequences:
+    """Read `<root>/<task>/<split>/<class>/*.txt` (one sequence per file), the `genomic-benchmarks` layout.
+
+    Class ids are the sorted class folder names; files are read in natural (numeric) name order and their
+    stems become `ids`. Any task name is accepted, so user-made datasets in the same layout work too.
+    """
+    split_dir = Path(root) / task / split
+    if not split_dir.is_dir():
+        raise InputError(f"{split_dir}: no such directory (expected <root>/<task>/<split>/<class>/*.txt)")
+    classes = sorted(p.name for p in split_dir.iterdir() if p.is_dir())
+    _need_two_classes(classes, str(split_dir))
+    seqs, labels, ids = [], [], []
+    for class_id, name in enumerate(classes):
+        files = sorted((p for p in (split_dir / name).iterdir() if p.suffix == ".txt"), key=lambda p: _natural_key(p.name))
+        if not files:
+            raise InputError(f"{split_dir / name}: class folder holds no .txt sequence files")
+        for f in files:
+            seqs.append(_checked_seq(f.read_text(), f"{f}:1", unknown))
+            labels.append(class_id)
+            ids.append(f.stem)
+    return LabelledSequences(seqs, np.array(labels), classes, f"{task} {split} from {split_dir}", ids)
+
+
+# --------------------------------------------------------------------------------------------------
+# Genomic Benchmarks: official coordinate files + a reference FASTA
+# --------------------------------------------------------------------------------------------------
+
+
+def _index_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "dna_mdlm" / "faidx"
+
+
+def open_fasta(fasta: str | os.PathLike, index_dir: str | os.PathLike | None = None):
+    """Open a FASTA with pyfaidx (raw upper-case strings), never writing into a read-only folder.
+
+    An existing `<fasta>.fai` is used as is. A missing one is written beside the FASTA if that folder is
+    writable, else (or whenever `index_dir` is given) into `index_dir` / `$XDG_CACHE_HOME/dna_mdlm/faidx`
+    under a name keyed by the FASTA's path, size and mtime, so a changed file is re-indexed. Plain FASTA and
+    BGZF-compressed FASTA are supported; plain gzip is rejected with a hint (pyfaidx cannot seek in it).
+    """
+    import pyfaidx
+
+    path = Path(fasta)
+    if not path.is_file():
+        raise InputError(f"reference FASTA {path}: no such file")
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head[:2] == b"\x1f\x8b" and not (head[3] & 4 and head[12:14] == b"BC"):
+        raise InputError(f"reference FASTA {path}: plain gzip cannot be indexed; "
+                         f"decompress it or recompress with `bgzip`")
+    kwargs = {}
+    fai = Path(str(path) + ".fai")
+    if not fai.exists() and (index_dir is not None or not os.access(path.parent, os.W_OK)):
+        st = path.stat()
+        tag = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        cache = Path(index_dir) if index_dir is not None else _index_cache_dir()
+        cache.mkdir(parents=True, exist_ok=True)
+        kwargs["indexname"] = str(cache / f"{path.name}.{tag}.fai")
+        if head[:2] == b"\x1f\x8b" and not Path(str(path) + ".gzi").exists():
+            kwargs["gzi_indexname"] = str(cache / f"{path.name}.{tag}.gzi")
+    try:
+        return pyfaidx.Fasta(str(path), as_raw=True, sequence_always_upper=True, **kwargs)
+    except (pyfaidx.FastaIndexingError, pyfaidx.UnsupportedCompressionFormat, ValueError) as err:
+        raise InputError(f"reference FASTA {path}: cannot index ({str(err).splitlines()[0]})") from None
+
+
+class _ContigResolver:
+    """Map GB region names onto the FASTA's contig names.
+
+    GB writes `chr1` (human/mouse, a `chr` prefix added to Ensembl names), `I..X` (worm) and version-less
+    `ENST...` ids; a user's FASTA may be UCSC-style (`chr1`), Ensembl-style (`1`, `MT`) or versioned
+    transcripts (`ENST00000371014.5`). Exact match wins; then the `chr` prefix is toggled; then the
+    version suffix is dropped. Never guesses beyond that.
+    """
+
+    def __init__(self, names: Sequence[str]):
+        self.names = set(names)
+        self.unversioned: dict[str, str] = {}
+        for n in names:
+            base = n.rsplit(".", 1)[0] if re.search(r"\.\d+$", n) else n
+            self.unversioned.setdefault(base, n)
+
+    def __call__(self, region: str) -> str | None:
+        if region.startswith("chr"):
+            bare = region[3:]
+            tries = [region, "MT" if bare == "M" else bare]
+        else:
+            tries = [region, "chrM" if region == "MT" else "chr" + region]
+        for t in tries:
+            if t in self.names:
+                return t
+        for t in tries:
+            if t in self.unversioned:
+                return self.unversioned[t]
+        return None
+
+
+def read_gb_coordinates(coord_root: str | os.PathLike, task: str, split: str, fasta: str | os.PathLike,
+                        unknown: str = "error", classes: Sequence[str] | None = None,
+                        index_dir: str | os.PathLike | None = None) -> LabelledSequences:
+    """Rebuild a GB split from `<coord_root>/<task>/<split>/<class>.csv.gz` and a reference FASTA.
+
+    Each CSV row `id,region,start,end,strand` gives `ref[region][start:end]` (0-based half-open); strand `-`
+    takes the reverse complement, `+` or empty the forward strand — exactly the GB loader's rule. The
+    reference must be the build named in the task's metadata.yaml (GRCh38 for human): a different build
+    gives wrong sequences without any error, so check a few against known ones. `classes` restricts the
+    read to those class files (ids still follow the sorted full class list). `index_dir`: see `open_fasta`.
+    """
+    split_dir = Path(coord_root) / task / split
+    if not split_dir.is_dir():
+        raise InputError(f"{split_dir}: no such directory (expected <coord_root>/<task>/<split>/<class>.csv.gz)")
+    files = {p.name[: -len(".csv.gz")]: p for p in split_dir.glob("*.csv.gz")}
+    all_classes = sorted(files)
+    _need_two_classes(all_classes, str(split_dir))
+    wanted = all_classes if classes is None else list(classes)
+    for c in wanted:
+        if c not in files:
+            raise InputError(f"class {c!r} has no file in {split_dir} (classes found: {', '.join(all_classes)})")
+    ref = open_fasta(fasta, index_dir)
+    resolve = _ContigResolver(list(ref.keys()))
+    contig_len = {name: len(ref[name]) for name in ref.keys()}
+    seqs, labels, ids = [], [], []
+    for name in wanted:
+        path = files[name]
+        with _open_text(path) as fh:
+            reader = csv.DictReader(fh)
+            need = {"id", "region", "start", "end", "strand"}
+            if reader.fieldnames is None or not need <= set(reader.fieldnames):
+                raise InputError(f"{path}:1: header must hold id,region,start,end,strand; found {reader.fieldnames}")
+            for row in reader:
+                where = f"{path}:{reader.line_num}"
+                region = row["region"]
+                contig = resolve(region)
+                if contig is None:
+                    shown = ", ".join(sorted(contig_len)[:5]) + (", ..." if len(contig_len) > 5 else "")
+                    raise InputError(f"{where}: contig {region!r} is not in {fasta} ({len(contig_len)} contigs: {shown}); "
+                                     f"use the reference named in {task}/metadata.yaml")
+                try:
+                    start, end = int(row["start"]), int(row["end"])
+                except ValueError:
+                    raise InputError(f"{where}: start/end must be integers, got {row['start']!r}, {row['end']!r}") from None
+                if not 0 <= start < end:
+                    raise InputError(f"{where}: interval [{start}, {end}) is empty or negative")
+                if end > contig_len[contig]:
+                    raise InputError(f"{where}: interval {region}:[{start}, {end}) runs past the end of contig "
+                                     f"{contig!r} ({contig_len[contig]} bp) in {fasta}; wrong reference build?")
+                seq = ref[contig][start:end]
+                strand = (row["strand"] or "").strip()
+                if strand == "-":
+                    seq = rc_string(seq)
+                elif strand not in ("+", ""):
+                    raise InputError(f"{where}: strand must be '+', '-' or empty, got {strand!r}")
+                seqs.append(_checked_seq(seq, f"{where} ({region}:{start}-{end})", unknown))
+                labels.append(all_classes.index(name))
+                ids.append(row["id"])
+    ref.close()
+    return LabelledSequences(seqs, np.array(labels), all_classes,
+                             f"{task} {split} from {split_dir} + {Path(fasta).name}", ids)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plain tables and labelled FASTA
+# --------------------------------------------------------------------------------------------------
+
+SEQ_COLUMNS = ("seq", "sequence")
+LABEL_COLUMNS = ("label", "target")
+_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+def _labels_to_ids(raw: list[str], classes: Sequence[str] | None, where: str,
+                   locate: Callable[[int], str]) -> tuple[np.ndarray, list[str]]:
+    """Raw label strings -> (ids, class names). All-integer labels sort numerically."""
+    all_int = all(_INT_RE.match(r) for r in raw)
+    if classes is not None:
+        classes = [str(c) for c in classes]
+        if all_int and not set(raw) <= set(classes):
+            # integer labels index into the given names (e.g. 0 -> "negative")
+            ids = np.array([int(r) for r in raw], dtype=np.int64)
+            bad = np.flatnonzero((ids < 0) | (ids >= len(classes)))
+            if bad.size:
+                raise InputError(f"{locate(int(bad[0]))}: label {raw[bad[0]]} out of range for "
+                                 f"{len(classes)} classes {classes}")
+            return ids, classes
+        lookup = {c: i for i, c in enumerate(classes)}
+        for i, r in enumerate(raw):
+            if r not in lookup:
+                raise InputError(f"{locate(i)}: label {r!r} is not one of the classes {classes}")
+        return np.array([lookup[r] for r in raw], dtype=np.int64), classes
+    names = sorted(set(raw), key=int) if all_int else sorted(set(raw))
+    _need_two_classes(names, where)
+    lookup = {c: i for i, c in enumerate(names)}
+    return np.array([lookup[r] for r in raw], dtype=np.int64), names
+
+
+def _find_column(fieldnames: list[str], wanted: str | None, defaults: Sequence[str], what: str, path: Path) -> str:
+    if wanted is not None:
+        if wanted not in fieldnames:
+            raise InputError(f"{path}:1: {what} column {wanted!r} not found; columns: {', '.join(fieldnames)}")
+        return wanted
+    lower = {f.strip().lower(): f for f in fieldnames}
+    for d in defaults:
+        if d in lower:
+            return lower[d]
+    raise InputError(f"{path}:1: no {what} column (expected one of {', '.join(defaults)}); "
+                     f"columns found: {', '.join(fieldnames)}")
+
+
+def read_table(path: str | os.PathLike, seq_column: str | None = None, label_column: str | None = None,
+               classes: Sequence[str] | None = None, delimiter: str | None = None,
+               unknown: str = "error") -> LabelledSequences:
+    """CSV/TSV (optionally .gz) with a header holding a sequence column and a label column.
+
+    Columns are found case-insensitively as `seq`/`sequence` and `label`/`target` unless named. The
+    delimiter is tab for .tsv, comma for .csv, else sniffed from the header line. Labels may be integers
+    or strings; `classes` fixes the class order (integer labels then index into it).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with _open_text(path) as fh:
+        text = fh.read()
+    if not text.strip():
+        raise InputError(f"{path}: empty file")
+    if delimiter is None:
+        ext = _plain_suffix(path)
+        if ext == ".tsv":
+            delimiter = "\t"
+        elif ext == ".csv":
+            delimiter = ","
+        else:
+            try:
+                delimiter = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",\t;").delimiter
+            except csv.Error:
+                raise InputError(f"{path}:1: cannot tell the delimiter; name the file .csv or .tsv") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
+    fieldnames = reader.fieldnames or []
+    seq_col = _find_column(fieldnames, seq_column, SEQ_COLUMNS, "sequence", path)
+    label_col = _find_column(fieldnames, label_column, LABEL_COLUMNS, "label", path)
+    seqs, raw, rows = [], [], []
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        seq, label = row.get(seq_col), row.get(label_col)
+        if seq is None or label is None:
+            raise InputError(f"{where}: row has fewer fields than the header")
+        label = label.strip()
+        if not label:
+            raise InputError(f"{where}: empty label in column {label_col!r}")
+        seqs.append(_checked_seq(seq, where, unknown))
+        raw.append(label)
+        rows.append(reader.line_num)
+    if not seqs:
+        raise InputError(f"{path}: header only, no rows")
+    labels, names = _labels_to_ids(raw, classes, str(path), lambda i: f"{path}:{rows[i]}")
+    return LabelledSequences(seqs, labels, names, str(path))
+
+
+_LABEL_KV = re.compile(r"(?:^|\s)label=(\S+)")
+
+
+def _fasta_header_line(path: Path, record_index: int) -> int:
+    # Only called on error: find the 1-based line of the record_index-th '>' header.
+    n = -1
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.startswith(">"):
+                n += 1
+                if n == record_index:
+                    return lineno
+    return 0
+
+
+def read_labelled_fasta(path: str | os.PathLike, classes: Sequence[str] | None = None,
+                        unknown: str = "error") -> LabelledSequences:
+    """FASTA (optionally .gz) whose headers carry the label, in one of two accepted forms:
+
+    * `>seq1 label=positive [anything else]` — a `label=` token anywhere in the header (checked first);
+    * `>seq1|positive [anything else]` — the last `|`-separated field of the first word.
+
+    The id is the first word (without the `|label` part). Labels follow `read_table`'s rules.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    with _open_text(path) as fh:
+        head = fh.read(4096).lstrip()
+        if not head:
+            raise InputError(f"{path}: empty file")
+        if not head.startswith(">"):
+            raise InputError(f"{path}:1: not FASTA (expected a '>' header line first)")
+        fh.seek(0)
+        seqs, raw, ids = [], [], []
+        for k, (title, seq) in enumerate(SimpleFastaParser(fh)):
+            first_word = title.split(None, 1)[0] if title.strip() else ""
+            kv = _LABEL_KV.search(title)
+            if kv:
+                rid, label = first_word, kv.group(1)
+            elif "|" in first_word:
+                rid, label = first_word.rsplit("|", 1)
+            else:
+                rid, label = first_word, ""
+            if not label:
+                raise InputError(f"{path}:{_fasta_header_line(path, k)}: header '>{title[:60]}' has no label "
+                                 f"(write '>id label=NAME' or '>id|NAME')")
+            try:
+                seqs.append(_clean_seq(seq, unknown))
+            except InputError as err:
+                raise InputError(f"{path}:{_fasta_header_line(path, k)}: record >{rid}: {err}") from None
+            raw.append(label)
+            ids.append(rid)
+    labels, names = _labels_to_ids(raw, classes, str(path), lambda i: f"{path}:{_fasta_header_line(path, i)}")
+    return LabelledSequences(seqs, labels, names, str(path), ids)
+
+
+FASTA_EXTENSIONS = (".fa", ".fasta", ".fna", ".fas")
+TABLE_EXTENSIONS = (".csv", ".tsv", ".txt")
+
+
+def read_labelled(path_or_task: str | os.PathLike, split: str = "train", fasta: str | os.PathLike | None = None,
+                  data_dir: str | os.PathLike | None = None, **kwargs) -> LabelledSequences:
+    """Front door: pick the reader from what `path_or_task` is.
+
+    * a file: `.fa/.fasta/.fna/.fas[.gz]` -> `read_labelled_fasta`; `.csv/.tsv/.txt[.gz]` -> `read_table`;
+    * a GB task folder `<root>/<task>` holding `<split>/<class>/*.txt` -> `read_gb_directory`;
+    * a GB task folder holding `<split>/<class>.csv.gz` -> `read_gb_coordinates` (needs `fasta`);
+    * a GB task name that is not a path -> `load_local_gb(task, data_dir)` (the offline split).
+    """
+    path = Path(path_or_task)
+    if path.is_file():
+        ext = _plain_suffix(path)
+        if ext in FASTA_EXTENSIONS:
+            return read_labelled_fasta(path, **kwargs)
+        if ext in TABLE_EXTENSIONS:
+            return read_table(path, **kwargs)
+        raise InputError(f"{path}: unknown extension {ext!r}; expected one of "
+                         f"{', '.join(FASTA_EXTENSIONS + TABLE_EXTENSIONS)} (optionally .gz)")
+    if path.is_dir():
+        split_dir = path / split
+        if not split_dir.is_dir():
+            raise InputError(f"{path}: no {split!r} split folder (expected a GB task folder with train/ and test/)")
+        if any(p.is_dir() for p in split_dir.iterdir()):
+            return read_gb_directory(path.parent, path.name, split, **kwargs)
+        if any(split_dir.glob("*.csv.gz")):
+            if fasta is None:
+                raise InputError(f"{split_dir} holds GB coordinate files: pass the reference FASTA (fasta=...)")
+            return read_gb_coordinates(path.parent, path.name, split, fasta, **kwargs)
+        raise InputError(f"{split_dir}: neither <class>/*.txt folders nor <class>.csv.gz files")
+    if str(path_or_task) in GB_TASKS:
+        return load_local_gb(str(path_or_task), data_dir)
+    raise InputError(f"{path_or_task}: not a file, folder or Genomic Benchmarks task "
+                     f"(known tasks: {', '.join(sorted(GB_TASKS))})")
+
+
+# --------------------------------------------------------------------------------------------------
+# Batching
+# --------------------------------------------------------------------------------------------------
+
+
+def collate_labelled(batch: Sequence[tuple], pad_id: int = PAD_ID, max_length: int | None = None,
+                     truncate: bool = False, unknown: str = "error") -> dict:
+    """Right-pad a list of `(sequence or ids, label)` to the batch max length.
+
+    Returns `input_ids` (B, L) long, `attention_mask` (B, L) bool (True on real tokens), `labels` (B,) long
+    and `n_truncated` (int). A sequence longer than `max_length` is an error unless `truncate=True`, which
+    keeps its first `max_length` tokens and counts it in `n_truncated`.
+    Use with `functools.partial(collate_labelled, max_length=...)` as a DataLoader `collate_fn`.
+    """
+    if not batch:
+        raise InputError("collate_labelled: empty batch")
+    ids = [encode_dna(x, unknown) if isinstance(x, (str, bytes)) else np.asarray(x, dtype=np.int64) for x, _ in batch]
+    n_truncated = 0
+    if max_length is not None:
+        too_long = [i for i, a in enumerate(ids) if len(a) > max_length]
+        if too_long and not truncate:
+            raise InputError(f"{len(too_long)} sequence(s) in the batch exceed max_length={max_length} "
+                             f"(longest {max(len(ids[i]) for i in too_long)}); raise max_length or pass truncate=True")
+        n_truncated = len(too_long)
+        ids = [a[:max_length] for a in ids]
+    width = max(len(a) for a in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(ids), width), dtype=torch.bool)
+    for i, a in enumerate(ids):
+        input_ids[i, : len(a)] = torch.from_numpy(a)
+        attention_mask[i, : len(a)] = True
+    labels = torch.tensor([int(y) for _, y in batch], dtype=torch.long)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "n_truncated": n_truncated}
