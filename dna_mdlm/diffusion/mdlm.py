@@ -1,0 +1,109 @@
+"""The MDLM objective: forward masking, stratified times, SUBS, and the Rao-Blackwellised NELBO.
+
+`MDLM` wraps a denoiser (`CaduceusForMaskedLM`) and a schedule. Its `loss` is the mean continuous-time
+NELBO per scored base in nats (reference/mdlm.md §1.4-1.6): positions where the input base is A/C/G/T
+are scored; N, padding and special tokens never are. `nelbo_per_window` gives the per-window sums that
+likelihood evaluation accumulates, with K Monte-Carlo time samples per window.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..tokenizer import A_ID, MASK_ID, T_ID
+from .schedules import Schedule, get_schedule
+
+NEG_INF = -1e6  # the reference's "-infinity" for SUBS; fine in fp32/bf16 (logits are cast to fp32)
+
+
+def scorable(input_ids: torch.Tensor) -> torch.Tensor:
+    """True where the clean token is a real base (A/C/G/T): the only positions that count."""
+    return (input_ids >= A_ID) & (input_ids <= T_ID)
+
+
+def stratified_times(n: int, eps: float = 1e-3, device=None, generator=None,
+                     offset: int = 0, total: int | None = None) -> torch.Tensor:
+    """One t per sequence, stratified over a (global) batch of `total` and sliced at `offset`.
+
+    u_i = (U + i) / total for i in [offset, offset + n) with one shared U, so the global batch covers
+    [0, 1) evenly (low-discrepancy sampling); then t = eps + (1 - eps) u lies in [eps, 1].
+    Passing the global batch size and this rank's offset stratifies across DDP ranks (as DUO does).
+    """
+    total = total or n
+    u0 = torch.rand((), device=device, generator=generator)
+    i = torch.arange(offset, offset + n, device=device, dtype=torch.float32)
+    u = ((u0 + i) / total) % 1.0
+    return eps + (1.0 - eps) * u
+
+
+def mask_tokens(x: torch.Tensor, mask_prob: torch.Tensor, generator=None) -> torch.Tensor:
+    """Forward process q(z_t | x): replace each token by [MASK] independently with prob mask_prob (B,)."""
+    draw = torch.rand(x.shape, device=x.device, generator=generator)
+    return torch.where(draw < mask_prob[:, None], torch.full_like(x, MASK_ID), x)
+
+
+def subs_log_probs(logits: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
+    """SUBS parameterisation: no mass on [MASK]; unmasked positions copy their token (log p = 0)."""
+    logits = logits.float().clone()
+    logits[..., MASK_ID] = NEG_INF
+    logp = torch.log_softmax(logits, dim=-1)
+    unmasked = z_t != MASK_ID
+    carry = torch.full_like(logp, NEG_INF).scatter_(-1, z_t[..., None], 0.0)
+    return torch.where(unmasked[..., None], carry, logp)
+
+
+class MDLM(nn.Module):
+    """Masked diffusion LM = denoiser + schedule; owns the loss and likelihood bound."""
+
+    def __init__(self, model: nn.Module, schedule: str | Schedule = "loglinear", sampling_eps: float = 1e-3):
+        super().__init__()
+        self.model = model
+        self.schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
+        self.sampling_eps = sampling_eps
+
+    @property
+    def time_conditioning(self) -> bool:
+        return bool(getattr(self.model.config, "time_conditioning", False))
+
+    def denoise(self, z_t: torch.Tensor, t: torch.Tensor | None = None, attention_mask=None) -> torch.Tensor:
+        """log p_theta(x0 | z_t) under SUBS, (B, L, V) float32."""
+        timesteps = self.schedule.sigma(t) if (self.time_conditioning and t is not None) else None
+        logits = self.model(z_t, timesteps=timesteps, attention_mask=attention_mask).logits
+        return subs_log_probs(logits, z_t)
+
+    def token_nelbo(self, x: torch.Tensor, t: torch.Tensor, attention_mask=None, generator=None):
+        """Per-token weighted NELBO (B, L) at times t (B,), and the scored-position mask (B, L)."""
+        z_t = mask_tokens(x, self.schedule.mask_prob(t), generator)
+        logp = self.denoise(z_t, t, attention_mask)
+        nll = -logp.gather(-1, x[..., None]).squeeze(-1)
+        score = scorable(x)
+        if attention_mask is not None:
+            score &= attention_mask.bool()
+        # Carried-over positions have nll exactly 0; unscored positions are zeroed explicitly so an
+        # N under a mask cannot leak its (huge) SUBS value.
+        w = self.schedule.weight(t)[:, None]
+        return torch.where(score, nll * w, torch.zeros_like(nll)), score
+
+    def loss(self, x: torch.Tensor, attention_mask=None, t: torch.Tensor | None = None, generator=None,
+             offset: int = 0, total: int | None = None):
+        """Mean NELBO per scored base (nats). A batch with nothing to score gives 0 with a gradient path."""
+        if t is None:
+            t = stratified_times(x.shape[0], self.sampling_eps, x.device, generator, offset, total)
+        tok, score = self.token_nelbo(x, t, attention_mask, generator)
+        n = score.sum()
+        return tok.sum() / n.clamp_min(1), n
+
+    @torch.no_grad()
+    def nelbo_per_window(self, x: torch.Tensor, attention_mask=None, num_samples: int = 1, generator=None):
+        """Monte-Carlo NELBO sums per window: (B, K) nats, and scored counts (B,)."""
+        sums = []
+        for k in range(num_samples):
+            t = stratified_times(x.shape[0], self.sampling_eps, x.device, generator)
+            if num_samples > 1:
+                # Also stratify across the K draws of each window so K samples cover [eps, 1].
+                u = ((t - self.sampling_eps) / (1 - self.sampling_eps) + k) / num_samples
+                t = self.sampling_eps + (1 - self.sampling_eps) * u
+            tok, score = self.token_nelbo(x, t, attention_mask, generator)
+            sums.append(tok.double().sum(1))
+        return torch.stack(sums, dim=1), score.sum(1)
