@@ -1,0 +1,161 @@
+"""Lightning DataModules over genome windows: what pretraining feeds on.
+
+`GenomeDataModule` wraps `GenomeWindows` (dna_mdlm/data/genome.py): a random-window training stream
+(`RandomWindows` + `EpochSampler`) and deterministic tiled validation / test sets. The training DataLoader is a
+`ResumableDataLoader`: Lightning saves its `state_dict` (epoch and batches consumed) in every checkpoint and
+restores it on resume, and because item `g` of the stream is a pure function of `(seed, g)`, a run resumed
+mid-epoch continues at the same step with exactly the batches the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from ..errors import InputError
+from .genome import DEFAULT_MAX_N_FRAC, DEFAULT_WINDOW, EpochSampler, GenomeWindows, RandomWindows, TiledWindows
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader over an `EpochSampler` that can skip the batches already consumed in the current epoch.
+
+    Lightning treats a loader with `state_dict` / `load_state_dict` as resumable and calls them when it saves
+    and loads checkpoints. `consumed_batches` tells how many batches of the current epoch the training loop
+    has finished; by default it counts batches this loader has yielded, but a fetcher that reads ahead makes
+    that count too high, so `GenomeDataModule` passes a function reading the trainer's own progress counter.
+    """
+
+    def __init__(self, dataset: RandomWindows, batch_size: int, num_workers: int = 0,
+                 consumed_batches: Callable[[], int | None] | None = None, **kwargs: Any):
+        self.epoch_sampler = EpochSampler(len(dataset))
+        super().__init__(dataset, batch_size=batch_size, sampler=self.epoch_sampler, num_workers=num_workers,
+                         **kwargs)
+        self._consumed_batches = consumed_batches
+        self._yielded = 0
+        self._skipped = 0
+
+    def __iter__(self):
+        # A generator, so the sampler's epoch and skip are read at the first `next`, after Lightning has
+        # restored state and called `set_epoch`.
+        self._skipped = self.epoch_sampler.skip // self.batch_size
+        self._yielded = 0
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        consumed = self._consumed_batches() if self._consumed_batches is not None else None
+        if consumed is None:
+            consumed = self._skipped + self._yielded
+        return {"epoch": self.epoch_sampler.epoch, "consumed_batches": int(consumed)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.epoch_sampler.set_epoch(state["epoch"])
+        self.epoch_sampler.skip = min(int(state["consumed_batches"]) * self.batch_size, self.epoch_sampler.num_samples)
+
+
+class GenomeDataModule(pl.LightningDataModule):
+    """Train / val / test windows from FASTA (+ BED) with held-out records or regions.
+
+    Args (see `GenomeWindows` for the genome ones):
+        fasta, bed, window, max_n_frac, val_records, val_regions, test_records, test_regions, unknown,
+        cache_dir, decompress_bgzf: passed to `GenomeWindows`.
+        batch_size: windows per batch (all splits).
+        num_workers: DataLoader worker processes (items do not depend on it).
+        rc_aug: reverse-complement half of the training windows.
+        seed: the training stream's seed.
+        train_samples_per_epoch: windows per training epoch (the stream itself is endless).
+        max_val_windows / max_test_windows: cap the tiled eval sets, keeping tiles spread evenly.
+    Batches are dicts: `input_ids` (B, L) int64, `loss_mask` (B, L) bool, `start`/`end`/`index` (B,) int64,
+    `record`/`strand` lists of str.
+    """
+
+    def __init__(
+        self,
+        fasta: str | os.PathLike | Sequence[str | os.PathLike],
+        bed: str | os.PathLike | None = None,
+        window: int = DEFAULT_WINDOW,
+        batch_size: int = 16,
+        num_workers: int = 0,
+        val_records: Sequence[str] = (),
+        val_regions: Sequence[str] = (),
+        test_records: Sequence[str] = (),
+        test_regions: Sequence[str] = (),
+        max_n_frac: float = DEFAULT_MAX_N_FRAC,
+        rc_aug: bool = True,
+        seed: int = 0,
+        train_samples_per_epoch: int = 10_000,
+        max_val_windows: int | None = None,
+        max_test_windows: int | None = None,
+        unknown: str = "error",
+        cache_dir: str | os.PathLike | None = None,
+        decompress_bgzf: bool = True,
+        pin_memory: bool = False,
+    ):
+        super().__init__()
+        for name, value in (("batch_size", batch_size), ("train_samples_per_epoch", train_samples_per_epoch)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"{name}: expected a positive integer, got {value!r}")
+        if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+            raise InputError(f"num_workers: expected an integer >= 0, got {num_workers!r}")
+        self.genome_kwargs = dict(
+            fasta=fasta, bed=bed, window=window, max_n_frac=max_n_frac, val_records=val_records,
+            val_regions=val_regions, test_records=test_records, test_regions=test_regions, unknown=unknown,
+            cache_dir=cache_dir, decompress_bgzf=decompress_bgzf,
+        )
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.rc_aug = rc_aug
+        self.seed = seed
+        self.train_samples_per_epoch = train_samples_per_epoch
+        self.max_windows = {"val": max_val_windows, "test": max_test_windows}
+        self.pin_memory = pin_memory
+        self.genome: GenomeWindows | None = None
+        self.train_set: RandomWindows | None = None
+        self.eval_sets: dict[str, TiledWindows] = {}
+
+    def setup(self, stage: str | None = None) -> None:
+        # Built once and shared by all stages: validating and indexing the genome is the expensive part.
+        if self.genome is None:
+            self.genome = GenomeWindows(**self.genome_kwargs)
+
+    def _eval_set(self, split: str) -> TiledWindows:
+        self.setup()
+        if split not in self.eval_sets:
+            self.eval_sets[split] = self.genome.eval_dataset(split, self.max_windows[split])
+        return self.eval_sets[split]
+
+    def _loader_kwargs(self) -> dict[str, Any]:
+        return dict(num_workers=self.num_workers, pin_memory=self.pin_memory,
+                    persistent_workers=self.num_workers > 0)
+
+    def _consumed_batches(self) -> int | None:
+        # The fit loop's count of training batches processed in the current epoch (a checkpoint saved in
+        # on_train_batch_end already counts that batch as processed, not yet as completed): exact even though
+        # Lightning's fetcher has already pulled the next batch from the loader.
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return None
+        return trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        self.setup()
+        if self.train_set is None:
+            self.train_set = self.genome.train_dataset(self.train_samples_per_epoch, self.seed, self.rc_aug)
+        return ResumableDataLoader(self.train_set, batch_size=self.batch_size,
+                                   consumed_batches=self._consumed_batches, **self._loader_kwargs())
+
+    def val_dataloader(self) -> DataLoader | list:
+        dataset = self._eval_set("val")
+        if len(dataset) == 0:
+            return []  # no validation split configured: Lightning skips validation
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **self._loader_kwargs())
+
+    def test_dataloader(self) -> DataLoader | list:
+        dataset = self._eval_set("test")
+        if len(dataset) == 0:
+            return []
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **self._loader_kwargs())
