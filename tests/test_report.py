@@ -1,0 +1,133 @@
+"""Tests for the sample-quality report: evaluate_samples_files end to end on real chr20 sequence,
+the files it writes (metrics.json, PNGs, report.html), verdicts, and nothing written on bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from Bio import SeqIO
+
+from dna_mdlm.errors import InputError
+from dna_mdlm.evaluation.report import verdicts, write_report
+from dna_mdlm.evaluation.sequences import dinucleotide_shuffle, evaluate_samples_files
+
+SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SLICE = SHARED_DATA / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
+CTCF_JASPAR = """>MA0139.1\tCTCF
+A  [ 87 167 281  56   8 744  40 107 851   5 333  54  12  56 104 372  82 117 402 ]
+C  [291 145  49 800 903  13 528 433  11   0   3  12   0   8 733  13 482 322 181 ]
+G  [ 76 414 449  21   0  65 334  48  32 903 566 504 890 775   5 507 307  73 266 ]
+T  [459 187 134  36   2  91  11 324  18   3   9 341   8  71  67  17  37 396  59 ]
+"""
+
+
+def _write_fasta(path: Path, seqs: list[str]) -> Path:
+    path.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def chr20() -> str:
+    if not SLICE.is_file():
+        pytest.skip(f"shared data not found at {SLICE} (set DNA_MDLM_SHARED_DATA)")
+    return str(SeqIO.read(SLICE, "fasta").seq)
+
+
+def test_report_end_to_end_with_train_judge_and_motifs(tmp_path, chr20):
+    rng = np.random.default_rng(0)
+    train = chr20[:400_000]
+    # "generated": dinucleotide shuffles of held-out windows, plus one planted training window
+    samples = [dinucleotide_shuffle(chr20[600_000 + i * 1000: 600_000 + i * 1000 + 400], rng) for i in range(29)]
+    samples.append(train[250_000:250_400])
+    samples_fa = _write_fasta(tmp_path / "samples.fa", samples)
+    train_fa = _write_fasta(tmp_path / "train.fa", [train])
+    motifs = tmp_path / "ctcf.jaspar"
+    motifs.write_text(CTCF_JASPAR)
+    judged = []
+
+    def judge(seqs):
+        judged.append(len(seqs))
+        return {"bits_per_base": 2.0 - 0.01 * np.mean([s.count("CG") for s in seqs])}
+
+    out = tmp_path / "report"
+    result = evaluate_samples_files(samples_fa, SLICE, out, region="20:40000001-41000000:500001-1000000", train_fa=train_fa,
+                                    judge=judge, motifs_path=motifs, seed=3)
+    assert judged == [30, 30, 30]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "gc_histogram.png", "kmer_scatter.png", "match_lengths.png", "metrics.json", "motif_scatter.png", "report.html"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "plot_data" not in metrics and metrics["n_samples"] == 30
+    assert metrics["memorisation"]["n_copied"]["generated"] == 1
+    assert metrics["memorisation"]["longest_match_bp_per_sample"][-1] == 400
+    assert metrics["kmer_spectrum"]["6"]["js_distance"]["real_vs_real"] > 0
+    # dinucleotide shuffles keep 2-mer composition close to real but not 6-mers
+    spectrum = metrics["kmer_spectrum"]
+    assert spectrum["2"]["js_distance"]["ratio"] < spectrum["6"]["js_distance"]["ratio"] + 1.0
+    page = (out / "report.html").read_text()
+    for png in ("kmer_scatter.png", "gc_histogram.png", "match_lengths.png", "motif_scatter.png"):
+        assert f"src='{png}'" in page
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = {r["metric"]: r for r in metrics["verdicts"]}
+    assert rows["memorised samples (fraction)"]["verdict"] == "warn"
+    assert rows["6-mer JS distance"]["rule"] == "generated <= 1.5 x real-vs-real"
+    assert result["inputs"]["region"] == "20:40000001-41000000:500001-1000000"
+    assert metrics["memorisation"]["n_copied"]["real_vs_real"] == 0  # reference drawn from the held-out half
+
+
+def test_real_windows_pass_the_js_and_memorisation_verdicts(tmp_path, chr20):
+    held_out = [chr20[700_000 + i * 2000: 700_000 + i * 2000 + 500] for i in range(40)]
+    samples_fa = _write_fasta(tmp_path / "real.fa", held_out)
+    train_fa = _write_fasta(tmp_path / "train.fa", [chr20[:300_000]])
+    reference_fa = _write_fasta(tmp_path / "ref.fa", [chr20[300_000:650_000]])
+    out = tmp_path / "r"
+    evaluate_samples_files(samples_fa, reference_fa, out, train_fa=train_fa, seed=0)
+    rows = {r["metric"]: r for r in json.loads((out / "metrics.json").read_text())["verdicts"]}
+    assert rows["6-mer JS distance"]["verdict"] == "pass"
+    assert rows["memorised samples (fraction)"]["verdict"] == "pass"
+    assert rows["unique sample fraction"]["verdict"] == "pass"
+
+
+def test_verdict_rows_for_degenerate_samples():
+    result = {
+        "kmer_spectrum": {"6": {"js_distance": {"generated": 0.6, "real_vs_real": 0.2, "ratio": 3.0}}},
+        "diversity": {"unique_fraction": {"generated": 0.1, "real_vs_real": 1.0, "ratio": 0.1},
+                      "mean_pairwise_identity": {"generated": 1.0, "real_vs_real": 0.26, "ratio": 3.8}},
+    }
+    assert {r["metric"]: r["verdict"] for r in verdicts(result)} == {
+        "6-mer JS distance": "warn", "unique sample fraction": "warn", "mean pairwise identity": "warn"}
+
+
+def test_bad_input_writes_nothing(tmp_path, chr20):
+    reference_fa = _write_fasta(tmp_path / "ref.fa", [chr20[:100_000]])
+    bad = _write_fasta(tmp_path / "bad.fa", ["ACGTACGTAC", "ACGTRACGTA"])
+    out = tmp_path / "report"
+    with pytest.raises(InputError, match="invalid character 'R'"):
+        evaluate_samples_files(bad, reference_fa, out)
+    short = _write_fasta(tmp_path / "short.fa", ["ACGTACGT", "ACG"])
+    with pytest.raises(InputError, match="shorter than the minimum"):
+        evaluate_samples_files(short, reference_fa, out)
+    ok = _write_fasta(tmp_path / "ok.fa", [chr20[i * 500: i * 500 + 400] for i in range(10)])
+    tiny_ref = _write_fasta(tmp_path / "tiny.fa", [chr20[:3000]])
+    with pytest.raises(InputError, match="too small"):
+        evaluate_samples_files(ok, tiny_ref, out)
+    broken_motifs = tmp_path / "m.meme"
+    broken_motifs.write_text("MEME version 4\n\nMOTIF x\nletter-probability matrix: alength= 4 w= 2\n0.5 0.5\n")
+    with pytest.raises(InputError, match="motif"):
+        evaluate_samples_files(ok, reference_fa, out, motifs_path=broken_motifs)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_write_report_replaces_an_existing_report_whole(tmp_path):
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    write_report({"n_samples": 0, "low_complexity_fraction": {"generated": float("nan"), "real_vs_real": 0.0,
+                                                              "ratio": None}}, out)
+    assert not (out / "stale.txt").exists()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["low_complexity_fraction"]["generated"] is None

@@ -1,0 +1,198 @@
+"""Tests for the sample-quality metrics: known answers on hand-made and real (chr20 slice) sequence,
+memorisation detection, dinucleotide shuffle, motif scanning, reference drawing and input errors."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from Bio import SeqIO
+
+from dna_mdlm.errors import InputError
+from dna_mdlm.evaluation.motifs import count_occurrences, load_motifs, motif_name
+from dna_mdlm.evaluation.sequences import (
+    TrainIndex, cpg_observed_expected, dinucleotide_shuffle, draw_reference_sets, dust_scores, evaluate_samples,
+    gc_fraction, homopolymer_runs, js_distance, kmer_counts, low_complexity_fraction, mean_pairwise_identity,
+    memorisation, parse_region, read_fasta_sequences, validate_sequences,
+)
+from dna_mdlm.tokenizer import rc_string
+
+SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+SLICE = SHARED_DATA / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
+
+# JASPAR MA0139.1 (CTCF), JASPAR CORE; counts as published (columns sum to 912-913 sites).
+CTCF_JASPAR = """>MA0139.1\tCTCF
+A  [ 87 167 281  56   8 744  40 107 851   5 333  54  12  56 104 372  82 117 402 ]
+C  [291 145  49 800 903  13 528 433  11   0   3  12   0   8 733  13 482 322 181 ]
+G  [ 76 414 449  21   0  65 334  48  32 903 566 504 890 775   5 507 307  73 266 ]
+T  [459 187 134  36   2  91  11 324  18   3   9 341   8  71  67  17  37 396  59 ]
+"""
+
+
+@pytest.fixture(scope="module")
+def chr20() -> str:
+    if not SLICE.is_file():
+        pytest.skip(f"shared data not found at {SLICE} (set DNA_MDLM_SHARED_DATA)")
+    return str(SeqIO.read(SLICE, "fasta").seq)
+
+
+@pytest.fixture(scope="module")
+def real_sets(chr20):
+    """Held-out half of the slice -> reference sets A and B (60 x 300 bp); samples are drawn by tests."""
+    a, b = draw_reference_sets([chr20[500_000:]], [300] * 60, seed=1)
+    return a, b
+
+
+def test_kmer_counts_and_js_distance_known_answers():
+    counts = kmer_counts(["ACGTN", "AC"], 2)
+    assert counts[0 * 4 + 1] == 2 and counts[1 * 4 + 2] == 1 and counts[2 * 4 + 3] == 1 and counts.sum() == 4
+    p = kmer_counts(["ACGTACGGTT"], 3)
+    assert js_distance(p, p) == 0.0
+    assert js_distance(kmer_counts(["AAAA"], 1), kmer_counts(["CCCC"], 1)) == pytest.approx(1.0)
+
+
+def test_identical_sets_give_zero_js_and_shuffled_copy_keeps_1mers(real_sets):
+    a, b = real_sets
+    rng = np.random.default_rng(0)
+    shuffled = ["".join(rng.permutation(list(s))) for s in a]
+    np.testing.assert_array_equal(kmer_counts(shuffled, 1), kmer_counts(a, 1))
+    result = evaluate_samples(a, a, b)
+    for k in range(1, 7):
+        assert result["kmer_spectrum"][str(k)]["js_distance"]["generated"] == 0.0
+        assert result["kmer_spectrum"][str(k)]["pearson_r"]["generated"] == pytest.approx(1.0)
+    assert result["gc_content"]["ks_statistic"]["generated"] == 0.0
+    # a mononucleotide shuffle keeps 1-mers exactly but is visibly off at k=6
+    shuffled_result = evaluate_samples(shuffled, a, b)
+    assert shuffled_result["kmer_spectrum"]["1"]["js_distance"]["generated"] == 0.0
+    assert shuffled_result["kmer_spectrum"]["6"]["js_distance"]["generated"] > 0
+
+
+def test_dinucleotide_shuffle_keeps_2mer_counts_exactly(chr20):
+    rng = np.random.default_rng(42)
+    for seq in (chr20[:2000], "ACGTNNACGTTTGCA" * 20, "AAAAACCCC"):
+        shuffled = dinucleotide_shuffle(seq, rng)
+        assert len(shuffled) == len(seq) and shuffled[0] == seq[0] and shuffled[-1] == seq[-1]
+        pairs = lambda s: sorted(s[i: i + 2] for i in range(len(s) - 1))  # noqa: E731
+        assert pairs(shuffled) == pairs(seq)
+    long = chr20[:2000]
+    assert dinucleotide_shuffle(long, np.random.default_rng(1)) != long
+    assert dinucleotide_shuffle(long, np.random.default_rng(1)) == dinucleotide_shuffle(long, np.random.default_rng(1))
+
+
+def test_composition_known_answers():
+    assert gc_fraction("GGCCAATT") == 0.5
+    assert gc_fraction("GCGNNN") == 1.0
+    # CG count 2, C 2, G 2, N 8 bases -> 2 * 8 / (2 * 2) = 4
+    assert cpg_observed_expected(["CGCGATAT"]) == pytest.approx(4.0)
+    assert sorted(homopolymer_runs(["AAACGGNNT"]).tolist()) == [1, 1, 2, 3]
+    assert dust_scores("A" * 64)[0] == pytest.approx(31.0)
+    assert low_complexity_fraction(["A" * 640]) == 1.0
+    assert low_complexity_fraction(["ACGTTGCAAGTCCATGGTACAGTC" * 2 + "ACGATCGTAGCTAGCTAGG"]) < 1.0
+
+
+def test_diversity_identity():
+    rng = np.random.default_rng(0)
+    assert mean_pairwise_identity(["ACGT" * 10] * 5, rng) == 1.0
+    random_seqs = ["".join(rng.choice(list("ACGT"), 400)) for _ in range(20)]
+    assert 0.2 < mean_pairwise_identity(random_seqs, rng) < 0.3
+
+
+def test_planted_training_window_is_detected_as_memorised_with_full_length(chr20):
+    train = chr20[:300_000]
+    index = TrainIndex([train], k=24)
+    rng = np.random.default_rng(3)
+    planted = train[123_456: 123_456 + 400]
+    planted_rc = rc_string(train[200_000: 200_250])
+    novel = chr20[700_000: 700_400]  # held-out real DNA: chance matches only
+    chimera = train[10_000:10_150] + "".join(rng.choice(list("ACGT"), 50)) + train[50_000:50_060]
+    mem = memorisation([planted, planted_rc, novel, chimera], index, copy_min_bp=100, copy_fraction=0.5)
+    longest = mem["longest_match_bp"]
+    assert longest[0] == 400 and longest[1] == 250
+    assert longest[2] < 100
+    assert 150 <= longest[3] < 160  # the 150 bp piece (+ a few chance bases), not 150 + 60
+    assert mem["n_copied"] == 3 and mem["max_match_bp"] == 400
+
+
+def test_draw_reference_sets_is_disjoint_deterministic_and_n_free(chr20):
+    ref = [chr20[:50_000] + "N" * 5000 + chr20[50_000:100_000]]
+    a, b = draw_reference_sets(ref, [500, 300] * 20, seed=7)
+    a2, _ = draw_reference_sets(ref, [500, 300] * 20, seed=7)
+    assert a == a2 and [len(s) for s in a] == [len(s) for s in b] == [500, 300] * 20
+    assert all("N" not in s for s in a + b)
+    assert not set(a) & set(b)
+    starts = sorted((ref[0].index(s), len(s)) for s in a + b)
+    assert all(s1 + l1 <= s2 for (s1, l1), (s2, _) in zip(starts, starts[1:]))
+    with pytest.raises(InputError, match="too small"):
+        draw_reference_sets([chr20[:5_000]], [1_000] * 5, seed=0)
+
+
+def test_motifs_parse_jaspar_and_meme_and_count_both_strands(tmp_path):
+    jaspar = tmp_path / "ctcf.jaspar"
+    jaspar.write_text(CTCF_JASPAR)
+    (ctcf,) = load_motifs(jaspar)
+    assert motif_name(ctcf) == "MA0139.1 CTCF" and ctcf.length == 19
+    consensus = str(ctcf.consensus)
+    assert consensus == "TGGCCACCAGGGGGCGCTA"
+    # the same matrix as MEME minimal format (frequencies)
+    counts = np.array([[float(x) for x in line.split("[")[1].split("]")[0].split()] for line in CTCF_JASPAR.splitlines()[1:]])
+    freqs = counts / counts.sum(axis=0)
+    meme = tmp_path / "ctcf.meme"
+    rows = "\n".join(" ".join(f"{f:.6f}" for f in col) for col in freqs.T)
+    meme.write_text("MEME version 4\n\nALPHABET= ACGT\n\nstrands: + -\n\nBackground letter frequencies\n"
+                    "A 0.25 C 0.25 G 0.25 T 0.25\n\nMOTIF MA0139.1 CTCF\n"
+                    f"letter-probability matrix: alength= 4 w= 19 nsites= 913 E= 0\n{rows}\n")
+    (ctcf_meme,) = load_motifs(meme)
+    assert str(ctcf_meme.consensus) == consensus
+    seqs = ["ACGT" * 10 + consensus + "ACGT" * 5, "A" * 60, "GG" + rc_string(consensus) + "TTT"]
+    hits = count_occurrences(seqs, [ctcf, ctcf_meme])
+    assert hits[:, 0].tolist() == [1, 0, 1] and hits[:, 1].tolist() == [1, 0, 1]
+
+
+def test_motif_correlation_on_real_sets(tmp_path, real_sets):
+    jaspar = tmp_path / "ctcf.jaspar"
+    jaspar.write_text(CTCF_JASPAR)
+    a, b = real_sets
+    result = evaluate_samples(a, a, b, motifs=load_motifs(jaspar))
+    per_kb = result["motifs"]["occurrences_per_kb"]
+    assert per_kb["generated"] == per_kb["reference"]
+    assert result["motifs"]["correlation_with_reference"]["generated"] is None  # one motif: undefined
+
+
+def test_bad_inputs_give_one_line_input_errors(tmp_path):
+    with pytest.raises(InputError, match="invalid character 'X'"):
+        validate_sequences(["ACGT", "ACXGT"], "samples")
+    with pytest.raises(InputError, match="shorter than the minimum 6"):
+        validate_sequences(["ACG"], "samples", min_length=6)
+    with pytest.raises(InputError, match="no sequences"):
+        validate_sequences([], "samples")
+    empty = tmp_path / "empty.fa"
+    empty.write_text("")
+    with pytest.raises(InputError, match="no FASTA records"):
+        read_fasta_sequences(empty)
+    bad_motif = tmp_path / "m.txt"
+    bad_motif.write_text("this is not\na motif file\n")
+    with pytest.raises(InputError, match="not a parseable") as err:
+        load_motifs(bad_motif)
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match="cannot read"):
+        load_motifs(tmp_path / "missing.jaspar")
+    with pytest.raises(InputError, match="--region"):
+        parse_region("chr1:20-10")
+    with pytest.raises(InputError, match="--region"):
+        parse_region("chr 1")
+    assert parse_region("20:40000001-41000000:1,001-2000") == ("20:40000001-41000000", 1000, 2000)
+
+
+def test_region_read_uses_a_temporary_index_for_read_only_files(tmp_path, chr20):
+    fasta = tmp_path / "ro" / "slice.fa"
+    fasta.parent.mkdir()
+    fasta.write_text(">s\n" + "\n".join(chr20[i: i + 60] for i in range(0, 3000, 60)) + "\n")
+    fasta.parent.chmod(0o555)
+    try:
+        (seq,) = read_fasta_sequences(fasta, region="s:101-160")
+        assert seq == chr20[100:160]
+        assert not (fasta.parent / "slice.fa.fai").exists()
+    finally:
+        fasta.parent.chmod(0o755)
