@@ -20,21 +20,26 @@
 
 namespace {
 
+// Per-step scalars of one chunk, computed in loops over time that gcc vectorises (the scalar
+// log1p/exp/sigmoid per step otherwise cost as much as the 16 vectorised exp(dt*A) of the step).
 template <typename T>
-inline T softplus(T x) {
-  // Same threshold as torch.nn.functional.softplus (beta=1, threshold=20).
-  return x > T(20) ? x : std::log1p(std::exp(x));
-}
-
-template <typename T>
-inline T sigmoid(T x) {
-  return T(1) / (T(1) + std::exp(-x));
-}
-
-template <typename T>
-inline T step_delta(T raw, T bias, bool apply_softplus) {
-  const T v = raw + bias;
-  return apply_softplus ? softplus(v) : v;
+inline void chunk_scalars(const T* __restrict__ dl, const T* z, int64_t len, T bias,
+                          bool apply_softplus, T* __restrict__ dts, T* __restrict__ dsig,
+                          T* __restrict__ zsig) {
+  if (apply_softplus) {
+    for (int64_t i = 0; i < len; ++i) {
+      const T v = dl[i] + bias;
+      // Same threshold as torch.nn.functional.softplus (beta=1, threshold=20).
+      dts[i] = v > T(20) ? v : std::log1p(std::exp(v));
+      if (dsig) dsig[i] = T(1) / (T(1) + std::exp(-v));
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) dts[i] = dl[i] + bias;
+    if (dsig)
+      for (int64_t i = 0; i < len; ++i) dsig[i] = T(1);
+  }
+  if (z)
+    for (int64_t i = 0; i < len; ++i) zsig[i] = T(1) / (T(1) + std::exp(-z[i]));
 }
 
 template <typename T>
@@ -45,43 +50,60 @@ void scan_forward(const T* __restrict__ u, const T* __restrict__ delta, const T*
                   int64_t L, int64_t N, int64_t chunk) {
   const int64_t dims_per_group = dim / groups;
   const int64_t n_chunks = (L + chunk - 1) / chunk;
+  // Channels are handled in tiles that share one (batch, group), chunk by chunk, so the chunk of
+  // B and C read by every channel of the tile stays in L1 rather than streaming L*N per channel.
+  constexpr int64_t kTile = 32;
   at::parallel_for(0, batch * dim, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> h_buf(N), a_row_buf(N);
-    T* __restrict__ h = h_buf.data();
-    T* __restrict__ a_row = a_row_buf.data();
-    for (int64_t bd = begin; bd < end; ++bd) {
-      const int64_t b = bd / dim, d = bd % dim, g = d / dims_per_group;
-      const T* __restrict__ u_row = u + bd * L;
-      const T* __restrict__ dl_row = delta + bd * L;
-      const T* z_row = z ? z + bd * L : nullptr;
+    std::vector<T> h_buf(kTile * N), dt_buf(chunk), zsig_buf(chunk), y_buf(chunk);
+    T* __restrict__ dts = dt_buf.data();
+    T* __restrict__ zsig = zsig_buf.data();
+    T* __restrict__ ys = y_buf.data();
+    for (int64_t tile_lo = begin; tile_lo < end;) {
+      const int64_t b = tile_lo / dim, g = (tile_lo % dim) / dims_per_group;
+      const int64_t group_end = b * dim + (g + 1) * dims_per_group;
+      const int64_t tile_hi = std::min({end, tile_lo + kTile, group_end});
       const T* __restrict__ B_bg = Bt + (b * groups + g) * L * N;
       const T* __restrict__ C_bg = Ct + (b * groups + g) * L * N;
-      T* __restrict__ out_row = out + bd * L;
-      const T bias = delta_bias ? delta_bias[d] : T(0);
-      const T d_skip = D_skip ? D_skip[d] : T(0);
-      for (int64_t n = 0; n < N; ++n) { h[n] = T(0); a_row[n] = A[d * N + n]; }
-      for (int64_t t = 0; t < L; ++t) {
-        if (ckpt && t % chunk == 0) {
-          T* dst = ckpt + (bd * n_chunks + t / chunk) * N;
-          for (int64_t n = 0; n < N; ++n) dst[n] = h[n];
+      std::fill(h_buf.begin(), h_buf.end(), T(0));
+      for (int64_t k = 0; k < n_chunks; ++k) {
+        const int64_t t0 = k * chunk, len = std::min(chunk, L - t0);
+        for (int64_t bd = tile_lo; bd < tile_hi; ++bd) {
+          const int64_t d = bd % dim;
+          T* __restrict__ h = h_buf.data() + (bd - tile_lo) * N;
+          const T* __restrict__ a_row = A + d * N;
+          const T* __restrict__ u_c = u + bd * L + t0;
+          const T* z_c = z ? z + bd * L + t0 : nullptr;
+          const T bias = delta_bias ? delta_bias[d] : T(0);
+          const T d_skip = D_skip ? D_skip[d] : T(0);
+          if (ckpt) {
+            T* dst = ckpt + (bd * n_chunks + k) * N;
+            for (int64_t n = 0; n < N; ++n) dst[n] = h[n];
+          }
+          chunk_scalars(delta + bd * L + t0, z_c, len, bias, apply_softplus, dts,
+                        static_cast<T*>(nullptr), zsig);
+          for (int64_t i = 0; i < len; ++i) {
+            const T dt = dts[i];
+            const T dtu = dt * u_c[i];
+            const T* __restrict__ Bn = B_bg + (t0 + i) * N;
+            const T* __restrict__ Cn = C_bg + (t0 + i) * N;
+            T y = T(0);
+            for (int64_t n = 0; n < N; ++n) {
+              h[n] = std::exp(dt * a_row[n]) * h[n] + dtu * Bn[n];
+              y += h[n] * Cn[n];
+            }
+            ys[i] = y;
+          }
+          T* __restrict__ o_c = out + bd * L + t0;
+          if (z_c) {
+            for (int64_t i = 0; i < len; ++i) o_c[i] = (ys[i] + d_skip * u_c[i]) * z_c[i] * zsig[i];
+          } else {
+            for (int64_t i = 0; i < len; ++i) o_c[i] = ys[i] + d_skip * u_c[i];
+          }
         }
-        const T dt = step_delta(dl_row[t], bias, apply_softplus);
-        const T dtu = dt * u_row[t];
-        const T* __restrict__ Bn = B_bg + t * N;
-        const T* __restrict__ Cn = C_bg + t * N;
-        T y = T(0);
-        for (int64_t n = 0; n < N; ++n) {
-          h[n] = std::exp(dt * a_row[n]) * h[n] + dtu * Bn[n];
-          y += h[n] * Cn[n];
-        }
-        y += d_skip * u_row[t];
-        if (z_row) {
-          const T zt = z_row[t];
-          y *= zt * sigmoid(zt);
-        }
-        out_row[t] = y;
       }
-      for (int64_t n = 0; n < N; ++n) last_state[bd * N + n] = h[n];
+      for (int64_t bd = tile_lo; bd < tile_hi; ++bd)
+        for (int64_t n = 0; n < N; ++n) last_state[bd * N + n] = h_buf[(bd - tile_lo) * N + n];
+      tile_lo = tile_hi;
     }
   });
 }
@@ -98,58 +120,65 @@ void scan_backward(const T* __restrict__ u, const T* __restrict__ delta, const T
   // Work unit: (batch b, group g, slice s) owns a contiguous run of the group's channels, and a
   // private (L, N) accumulator for dB and dC (B and C are shared by all channels of the group), so
   // no two threads ever write the same memory. The caller sums the slices afterwards.
+  // Chunks are the outer loop and channels the inner one: every channel of the unit adds into the
+  // same chunk of dB/dC, which then stays in L1 instead of streaming L*N values per channel.
   const int64_t dims_per_group = dim / groups;
   const int64_t n_chunks = (L + chunk - 1) / chunk;
+  const int64_t per_slice = (dims_per_group + slices - 1) / slices;
   at::parallel_for(0, batch * groups * slices, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> hs_buf((chunk + 1) * N), as_buf(chunk * N), g_buf(N), a_row_buf(N),
-        dA_buf(N), dt_buf(chunk), sig_buf(chunk);
+    std::vector<T> hs_buf((chunk + 1) * N), as_buf(chunk * N), dt_buf(chunk), sig_buf(chunk),
+        zsig_buf(chunk), grad_h_buf(per_slice * N), dA_buf(per_slice * N), dD_buf(per_slice),
+        dbias_buf(per_slice);
     T* __restrict__ hs = hs_buf.data();  // hs[0] = state before the chunk, hs[i+1] = after step i
     T* __restrict__ as = as_buf.data();  // exp(dt*A) of each step of the chunk
-    T* __restrict__ grad_h = g_buf.data();
-    T* __restrict__ a_row = a_row_buf.data();
-    T* __restrict__ dA_acc = dA_buf.data();
     T* __restrict__ dts = dt_buf.data();
     T* __restrict__ sig = sig_buf.data();
+    T* __restrict__ zsig = zsig_buf.data();
     for (int64_t task = begin; task < end; ++task) {
       const int64_t s = task % slices;
       const int64_t bg = task / slices;
       const int64_t b = bg / groups, g = bg % groups;
-      const int64_t per_slice = (dims_per_group + slices - 1) / slices;
       const int64_t d_lo = g * dims_per_group + std::min(dims_per_group, s * per_slice);
       const int64_t d_hi = g * dims_per_group + std::min(dims_per_group, (s + 1) * per_slice);
       const T* __restrict__ B_bg = Bt + bg * L * N;
       const T* __restrict__ C_bg = Ct + bg * L * N;
       T* __restrict__ dB_s = dBt_part + task * L * N;
       T* __restrict__ dC_s = dCt_part + task * L * N;
+      // dLoss/dh carried backwards across chunk boundaries, one row of N per channel of the unit.
       for (int64_t d = d_lo; d < d_hi; ++d) {
-        const int64_t bd = b * dim + d;
-        const T* __restrict__ u_row = u + bd * L;
-        const T* __restrict__ dl_row = delta + bd * L;
-        const T* z_row = z ? z + bd * L : nullptr;
-        const T* __restrict__ dout_row = dout + bd * L;
-        T* __restrict__ du_row = du + bd * L;
-        T* __restrict__ ddl_row = ddelta + bd * L;
-        T* dz_row = z ? dz + bd * L : nullptr;
-        const T bias = delta_bias ? delta_bias[d] : T(0);
-        const T d_skip = D_skip ? D_skip[d] : T(0);
-        T dD_acc = T(0), dbias_acc = T(0);
+        const int64_t j = d - d_lo, bd = b * dim + d;
         for (int64_t n = 0; n < N; ++n) {
-          a_row[n] = A[d * N + n];
-          grad_h[n] = dlast ? dlast[bd * N + n] : T(0);
-          dA_acc[n] = T(0);
+          grad_h_buf[j * N + n] = dlast ? dlast[bd * N + n] : T(0);
+          dA_buf[j * N + n] = T(0);
         }
-        for (int64_t k = n_chunks - 1; k >= 0; --k) {
-          const int64_t t0 = k * chunk, len = std::min(chunk, L - t0);
+        dD_buf[j] = T(0);
+        dbias_buf[j] = T(0);
+      }
+      for (int64_t k = n_chunks - 1; k >= 0; --k) {
+        const int64_t t0 = k * chunk, len = std::min(chunk, L - t0);
+        for (int64_t d = d_lo; d < d_hi; ++d) {
+          const int64_t j = d - d_lo, bd = b * dim + d;
+          const T* __restrict__ u_row = u + bd * L;
+          const T* __restrict__ dl_row = delta + bd * L;
+          const T* z_row = z ? z + bd * L : nullptr;
+          const T* __restrict__ dout_row = dout + bd * L;
+          T* __restrict__ du_row = du + bd * L;
+          T* __restrict__ ddl_row = ddelta + bd * L;
+          T* dz_row = z ? dz + bd * L : nullptr;
+          const T* __restrict__ a_row = A + d * N;
+          T* __restrict__ grad_h = grad_h_buf.data() + j * N;
+          T* __restrict__ dA_acc = dA_buf.data() + j * N;
+          const T bias = delta_bias ? delta_bias[d] : T(0);
+          const T d_skip = D_skip ? D_skip[d] : T(0);
+          T dD_acc = T(0), dbias_acc = T(0);
           const T* c0 = ckpt + (bd * n_chunks + k) * N;
           for (int64_t n = 0; n < N; ++n) hs[n] = c0[n];
+          chunk_scalars(dl_row + t0, z_row ? z_row + t0 : nullptr, len, bias, apply_softplus, dts,
+                        sig, zsig);
           for (int64_t i = 0; i < len; ++i) {
-            const int64_t t = t0 + i;
-            const T v = dl_row[t] + bias;
-            const T dt = apply_softplus ? softplus(v) : v;
-            dts[i] = dt;
-            sig[i] = apply_softplus ? sigmoid(v) : T(1);
-            const T dtu = dt * u_row[t];
-            const T* __restrict__ Bn = B_bg + t * N;
+            const T dt = dts[i];
+            const T dtu = dt * u_row[t0 + i];
+            const T* __restrict__ Bn = B_bg + (t0 + i) * N;
             const T* __restrict__ h_prev = hs + i * N;
             T* __restrict__ h_next = hs + (i + 1) * N;
             T* __restrict__ a_i = as + i * N;
@@ -161,7 +190,7 @@ void scan_backward(const T* __restrict__ u, const T* __restrict__ delta, const T
           }
           for (int64_t i = len - 1; i >= 0; --i) {
             const int64_t t = t0 + i;
-            const T dt = dts[i], ut = u_row[t];
+            const T dt = dts[i], ut = u_row[t], dtu = dt * ut;
             const T* __restrict__ Bn = B_bg + t * N;
             const T* __restrict__ Cn = C_bg + t * N;
             const T* __restrict__ h_prev = hs + i * N;
@@ -172,33 +201,38 @@ void scan_backward(const T* __restrict__ u, const T* __restrict__ delta, const T
               // The gate needs y before gating; rebuild it from the recomputed state.
               T y = d_skip * ut;
               for (int64_t n = 0; n < N; ++n) y += h_cur[n] * Cn[n];
-              const T zt = z_row[t], sz = sigmoid(zt);
+              const T zt = z_row[t], sz = zsig[i];
               dz_row[t] = dy * y * sz * (T(1) + zt * (T(1) - sz));
               dy *= zt * sz;
             }
             T* __restrict__ dBn = dB_s + t * N;
             T* __restrict__ dCn = dC_s + t * N;
-            T du_acc = d_skip * dy, ddt = T(0);
+            T dBu = T(0), ddt = T(0);
             for (int64_t n = 0; n < N; ++n) {
               const T gh = grad_h[n] + dy * Cn[n];  // dLoss/dh_t
               dCn[n] += dy * h_cur[n];
-              dBn[n] += gh * dt * ut;
-              du_acc += gh * dt * Bn[n];
+              dBn[n] += gh * dtu;
+              dBu += gh * Bn[n];
               const T ha = gh * h_prev[n] * a_i[n];
-              ddt += ha * a_row[n] + gh * Bn[n] * ut;
+              ddt += ha * a_row[n];
               dA_acc[n] += ha * dt;
               grad_h[n] = gh * a_i[n];  // carried to step t-1 through h_t = a_t * h_{t-1} + ...
             }
-            du_row[t] = du_acc;
+            du_row[t] = d_skip * dy + dBu * dt;
             dD_acc += dy * ut;
-            const T draw = ddt * sig[i];
+            const T draw = (ddt + dBu * ut) * sig[i];
             ddl_row[t] = draw;
             dbias_acc += draw;
           }
+          dD_buf[j] += dD_acc;
+          dbias_buf[j] += dbias_acc;
         }
-        for (int64_t n = 0; n < N; ++n) dA_part[bd * N + n] = dA_acc[n];
-        if (dD_part) dD_part[bd] = dD_acc;
-        if (dbias_part) dbias_part[bd] = dbias_acc;
+      }
+      for (int64_t d = d_lo; d < d_hi; ++d) {
+        const int64_t j = d - d_lo, bd = b * dim + d;
+        for (int64_t n = 0; n < N; ++n) dA_part[bd * N + n] = dA_buf[j * N + n];
+        if (dD_part) dD_part[bd] = dD_buf[j];
+        if (dbias_part) dbias_part[bd] = dbias_buf[j];
       }
     }
   });
