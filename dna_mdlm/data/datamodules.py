@@ -54,7 +54,10 @@ class ResumableDataLoader(DataLoader):
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.epoch_sampler.set_epoch(state["epoch"])
-        self.epoch_sampler.skip = min(int(state["consumed_batches"]) * self.batch_size, self.epoch_sampler.num_samples)
+        skip = int(state["consumed_batches"]) * self.batch_size
+        # A checkpoint taken after the epoch's last batch: Lightning itself moves on to the next epoch (and
+        # calls set_epoch), which must then start from its beginning.
+        self.epoch_sampler.skip = skip if skip < self.epoch_sampler.num_samples else 0
 
 
 class GenomeDataModule(pl.LightningDataModule):
