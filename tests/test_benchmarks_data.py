@@ -353,3 +353,13 @@ def test_collate_never_truncates_silently():
 def test_container_rejects_out_of_range_labels():
     with pytest.raises(ValueError):
         LabelledSequences(["ACGT"], np.array([2]), ["a", "b"], "t")
+
+
+@pytest.mark.skipif(not (SHARED / "genomes" / "human_GRCh37_chr20.fa.gz").is_file(), reason="shared chr20 genome absent")
+def test_open_fasta_reads_bgzf_with_its_shipped_index():
+    genomes = SHARED / "genomes"
+    bgzf = open_fasta(genomes / "human_GRCh37_chr20.fa.gz")
+    plain = open_fasta(genomes / "human_GRCh37_chr20_40000001-41000000.fa")
+    slice_name = next(iter(plain.keys()))
+    assert bgzf["20"][40_000_000 + 12_345 : 40_000_000 + 12_845] == plain[slice_name][12_345:12_845]
+    assert len(bgzf["20"]) == 63_025_520

@@ -316,7 +316,8 @@ def open_fasta(fasta: str | os.PathLike, index_dir: str | os.PathLike | None = N
         raise InputError(f"reference FASTA {path}: no such file")
     with open(path, "rb") as fh:
         head = fh.read(16)
-    if head[:2] == b"\x1f\x8b" and not (head[3] & 4 and head[12:14] == b"BC"):
+    is_bgzf = len(head) >= 14 and head[3] & 4 and head[12:14] == b"BC"  # gzip FEXTRA with the BGZF "BC" field
+    if head[:2] == b"\x1f\x8b" and not is_bgzf:
         raise InputError(f"reference FASTA {path}: plain gzip cannot be indexed; "
                          f"decompress it or recompress with `bgzip`")
     kwargs = {}
