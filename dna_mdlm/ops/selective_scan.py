@@ -131,17 +131,18 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     work = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
     u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
     delta = _effective_delta(delta, None if delta_bias is None else delta_bias.to(work), delta_softplus)
-    batch, dim, length = u.shape
+    batch, dim, _ = u.shape
     groups = B.shape[1]
     # Per-channel view of the group's B and C: (batch, d_inner, d_state, L).
     B = B.repeat_interleave(dim // groups, dim=1)
     C = C.repeat_interleave(dim // groups, dim=1)
     h = u.new_zeros(batch, dim, A.shape[1])
     ys = []
-    for t in range(length):
-        dt = delta[:, :, t, None]
-        h = torch.exp(dt * A) * h + dt * B[:, :, :, t] * u[:, :, t, None]
-        ys.append((h * C[:, :, :, t]).sum(-1))
+    # unbind rather than indexing per step: indexing makes autograd allocate a full-size gradient per step.
+    for dt, u_t, B_t, C_t in zip(delta.unbind(-1), u.unbind(-1), B.unbind(-1), C.unbind(-1)):
+        dt = dt[:, :, None]
+        h = torch.exp(dt * A) * h + dt * B_t * u_t[:, :, None]
+        ys.append((h * C_t).sum(-1))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.to(work)[:, None] * u
