@@ -1,0 +1,107 @@
+"""Classification metrics, their summary over seeds/folds, and the report (JSON, Markdown table, ROC/confusion PNG).
+
+Owns the numbers every classifier in dna-mdlm is judged by (fine-tuned Caduceus and the baselines alike):
+top-1 accuracy, Matthews correlation, macro-F1 and AUROC from scikit-learn, computed from class probabilities
+so that all methods go through the same code. Summaries follow the Caduceus Genomic Benchmarks convention:
+the mean over runs and the spread `±(max − min)`, not a standard deviation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+METRICS = ("accuracy", "mcc", "macro_f1", "auroc")
+
+
+def classification_metrics(labels: Sequence[int], proba: np.ndarray, classes: Sequence[str]) -> dict:
+    """Accuracy, MCC, macro-F1, AUROC (binary: positive = class 1; multiclass: one-vs-rest macro) and the
+    confusion matrix (rows = true class, columns = predicted class)."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, matthews_corrcoef, roc_auc_score
+
+    y = np.asarray(labels, dtype=np.int64)
+    proba = np.asarray(proba, dtype=np.float64)
+    if proba.ndim != 2 or proba.shape != (len(y), len(classes)):
+        raise ValueError(f"proba must have shape ({len(y)}, {len(classes)}), got {proba.shape}")
+    pred = proba.argmax(axis=1)
+    out = {
+        "n": int(len(y)),
+        "accuracy": float(accuracy_score(y, pred)),
+        "mcc": float(matthews_corrcoef(y, pred)),
+        "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(classes))), zero_division=0)),
+    }
+    present = np.unique(y)
+    if len(present) < 2:
+        out["auroc"] = float("nan")  # undefined with one class in the evaluated set
+    elif len(classes) == 2:
+        out["auroc"] = float(roc_auc_score(y, proba[:, 1]))
+    else:
+        # roc_auc_score needs rows that sum to 1 over exactly the classes present
+        sub = proba[:, present] / np.clip(proba[:, present].sum(1, keepdims=True), 1e-12, None)
+        out["auroc"] = float(roc_auc_score(y, sub, multi_class="ovr", average="macro", labels=present)) \
+            if len(present) > 2 else float(roc_auc_score(y == present[1], sub[:, 1]))
+    out["confusion"] = confusion_matrix(y, pred, labels=list(range(len(classes)))).tolist()
+    return out
+
+
+def summarize(runs: Sequence[dict]) -> dict:
+    """{metric: {"mean", "spread" (max − min), "min", "max", "n_runs"}} over a list of per-run metric dicts."""
+    out = {}
+    for key in METRICS + ("cpu_s", "wall_s"):
+        vals = np.array([r[key] for r in runs if key in r and r[key] is not None], dtype=np.float64)
+        vals = vals[np.isfinite(vals)]
+        if vals.size:
+            out[key] = {"mean": float(vals.mean()), "spread": float(vals.max() - vals.min()),
+                        "min": float(vals.min()), "max": float(vals.max()), "n_runs": int(vals.size)}
+    return out
+
+
+def fmt_mean_spread(entry: dict | None, digits: int = 3) -> str:
+    if not entry:
+        return "—"
+    return f"{entry['mean']:.{digits}f} ±{entry['spread']:.{digits}f}"
+
+
+def markdown_table(methods: dict[str, dict], title: str | None = None) -> str:
+    """One row per method (its `summarize` output): mean ±(max−min) of every metric and the CPU time per run."""
+    lines = [f"### {title}", ""] if title else []
+    lines += ["| method | accuracy | MCC | macro-F1 | AUROC | runs | CPU s/run |", "|---|---|---|---|---|---|---|"]
+    for name, summ in methods.items():
+        runs = summ.get("accuracy", {}).get("n_runs", 0)
+        cpu = summ.get("cpu_s", {}).get("mean")
+        lines.append(f"| {name} | " + " | ".join(fmt_mean_spread(summ.get(m)) for m in METRICS)
+                     + f" | {runs} | {'—' if cpu is None else f'{cpu:.1f}'} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_roc_confusion(labels: Sequence[int], proba: np.ndarray, classes: Sequence[str],
+                       path: str | os.PathLike, title: str = "") -> Path:
+    """ROC curves (one-vs-rest per class; the positive class only for binary tasks) beside the confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay, RocCurveDisplay
+
+    y = np.asarray(labels, dtype=np.int64)
+    proba = np.asarray(proba)
+    fig, (ax_roc, ax_cm) = plt.subplots(1, 2, figsize=(11, 4.8))
+    targets = [1] if len(classes) == 2 else list(range(len(classes)))
+    for k in targets:
+        if 0 < (y == k).sum() < len(y):
+            RocCurveDisplay.from_predictions(y == k, proba[:, k], name=str(classes[k]), ax=ax_roc)
+    ax_roc.plot([0, 1], [0, 1], ls=":", c="grey", lw=1)
+    ax_roc.set_title("ROC" + (" (one-vs-rest)" if len(classes) > 2 else f" (positive = {classes[1]})"))
+    ConfusionMatrixDisplay.from_predictions(y, proba.argmax(1), labels=list(range(len(classes))),
+                                            display_labels=list(classes), ax=ax_cm, colorbar=False)
+    ax_cm.set_title("confusion (rows: true)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
