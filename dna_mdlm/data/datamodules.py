@@ -29,8 +29,9 @@ class ResumableDataLoader(DataLoader):
     """
 
     def __init__(self, dataset: RandomWindows, batch_size: int, num_workers: int = 0,
-                 consumed_batches: Callable[[], int | None] | None = None, **kwargs: Any):
-        self.epoch_sampler = EpochSampler(len(dataset))
+                 consumed_batches: Callable[[], int | None] | None = None, num_replicas: int = 1, rank: int = 0,
+                 **kwargs: Any):
+        self.epoch_sampler = EpochSampler(len(dataset), num_replicas, rank)
         super().__init__(dataset, batch_size=batch_size, sampler=self.epoch_sampler, num_workers=num_workers,
                          **kwargs)
         self._consumed_batches = consumed_batches
@@ -57,7 +58,7 @@ class ResumableDataLoader(DataLoader):
         skip = int(state["consumed_batches"]) * self.batch_size
         # A checkpoint taken after the epoch's last batch: Lightning itself moves on to the next epoch (and
         # calls set_epoch), which must then start from its beginning.
-        self.epoch_sampler.skip = skip if skip < self.epoch_sampler.num_samples else 0
+        self.epoch_sampler.skip = skip if skip < self.epoch_sampler.per_rank else 0
 
 
 class GenomeDataModule(pl.LightningDataModule):
@@ -148,8 +149,10 @@ class GenomeDataModule(pl.LightningDataModule):
         self.setup()
         if self.train_set is None:
             self.train_set = self.genome.train_dataset(self.train_samples_per_epoch, self.seed, self.rc_aug)
-        return ResumableDataLoader(self.train_set, batch_size=self.batch_size,
-                                   consumed_batches=self._consumed_batches, **self._loader_kwargs())
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return ResumableDataLoader(self.train_set, batch_size=self.batch_size, consumed_batches=self._consumed_batches,
+                                   num_replicas=world, rank=rank, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader | list:
         dataset = self._eval_set("val")

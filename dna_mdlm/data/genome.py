@@ -585,14 +585,20 @@ class RandomWindows(Dataset):
 
 
 class EpochSampler(Sampler[int]):
-    """Yields `epoch * num_samples + k` for k in [skip, num_samples): the global item indices of one epoch.
+    """Yields this rank's global item indices of one epoch: `epoch * num_samples + rank + k * num_replicas`.
 
-    Lightning calls `set_epoch` at each epoch start. `skip` (consumed items) is for resuming mid-epoch and
-    applies to the next iteration only.
+    With one process that is every `g` in `[epoch * num_samples, (epoch + 1) * num_samples)`; under DDP each
+    rank takes a disjoint interleaved share, so no window is trained twice per step and the union over
+    ranks is the single-process stream. Lightning calls `set_epoch` at each epoch start. `skip` (items this
+    rank already consumed) is for resuming mid-epoch and applies to the next iteration only.
     """
 
-    def __init__(self, num_samples: int):
+    def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside [0, {num_replicas})")
         self.num_samples = int(num_samples)
+        self.num_replicas, self.rank = int(num_replicas), int(rank)
+        self.per_rank = self.num_samples // self.num_replicas
         self.epoch = 0
         self.skip = 0
 
@@ -600,12 +606,12 @@ class EpochSampler(Sampler[int]):
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
-        return self.num_samples - self.skip
+        return self.per_rank - self.skip
 
     def __iter__(self):
         skip, self.skip = self.skip, 0
-        base = self.epoch * self.num_samples
-        return iter(range(base + skip, base + self.num_samples))
+        base = self.epoch * self.num_samples + self.rank
+        return iter(range(base + skip * self.num_replicas, base + self.per_rank * self.num_replicas, self.num_replicas))
 
 
 class TiledWindows(Dataset):

@@ -39,7 +39,8 @@ def stratified_times(n: int, eps: float = 1e-3, device=None, generator=None,
 
 def mask_tokens(x: torch.Tensor, mask_prob: torch.Tensor, generator=None) -> torch.Tensor:
     """Forward process q(z_t | x): replace each token by [MASK] independently with prob mask_prob (B,)."""
-    draw = torch.rand(x.shape, device=x.device, generator=generator)
+    device = generator.device if generator is not None else x.device
+    draw = torch.rand(x.shape, device=device, generator=generator).to(x.device)
     return torch.where(draw < mask_prob[:, None], torch.full_like(x, MASK_ID), x)
 
 
@@ -95,15 +96,16 @@ class MDLM(nn.Module):
         return tok.sum() / n.clamp_min(1), n
 
     @torch.no_grad()
-    def nelbo_per_window(self, x: torch.Tensor, attention_mask=None, num_samples: int = 1, generator=None):
-        """Monte-Carlo NELBO sums per window: (B, K) nats, and scored counts (B,)."""
+    def nelbo_per_window(self, x: torch.Tensor, score_mask=None, attention_mask=None, num_samples: int = 1,
+                         generator=None):
+        """Monte-Carlo NELBO sums per window: (B, K) float64 nats, K time samples stratified over [eps, 1]."""
         sums = []
         for k in range(num_samples):
-            t = stratified_times(x.shape[0], self.sampling_eps, x.device, generator)
-            if num_samples > 1:
-                # Also stratify across the K draws of each window so K samples cover [eps, 1].
-                u = ((t - self.sampling_eps) / (1 - self.sampling_eps) + k) / num_samples
-                t = self.sampling_eps + (1 - self.sampling_eps) * u
+            u = stratified_times(x.shape[0], 0.0, None, generator)  # in [0, 1)
+            u = (u + k) / num_samples  # the K draws of each window cover [0, 1) too
+            t = (self.sampling_eps + (1 - self.sampling_eps) * u).to(x.device)
             tok, score = self.token_nelbo(x, t, attention_mask, generator)
+            if score_mask is not None:
+                tok = torch.where(score_mask.bool(), tok, torch.zeros_like(tok))
             sums.append(tok.double().sum(1))
-        return torch.stack(sums, dim=1), score.sum(1)
+        return torch.stack(sums, dim=1)
