@@ -10,7 +10,9 @@ Owns everything `dna-mdlm sample` and `dna_mdlm.sample` do (reference/mdlm.md §
 - `ddpm_cache`: the same chain, but p_theta(x0 | z_t) is reused while z_t has not changed (valid only
   for a network without time conditioning). The cache is kept per sequence: only rows that changed
   since their last evaluation are sent through the network. The random numbers are drawn identically
-  whether or not the network runs, so both samplers give exactly the same samples for a seed.
+  whether or not the network runs, so both samplers give exactly the same samples for a seed (given
+  that the network's output for a sequence does not depend on which other sequences share its batch,
+  which holds for the CPU kernels the tests run on; GPU kernels may differ in the last bit).
 - Categorical draws are exponential races (the Gumbel-max trick on unnormalised probabilities) in
   float64: float32 uniforms truncate the tail that lets rare bases win, which silently lowers the
   temperature (Zheng et al. 2024).
