@@ -46,6 +46,7 @@ def test_padding_embedding_is_zero_and_long_inputs_need_opt_in():
     assert n == 1 and ids.shape == (2, 64)
 
 
+@pytest.mark.slow  # ~8 s on an idle 2-core CPU
 @needs_shared
 def test_training_on_real_nontata_lowers_loss_and_predicts():
     data = load_local_gb("human_nontata_promoters", SHARED).shuffled(seed=0).subset(range(480))
