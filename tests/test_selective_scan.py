@@ -107,14 +107,15 @@ CONFIGS = [
 ]
 
 
+@pytest.mark.parametrize("n_state", [5, 16])
 @pytest.mark.parametrize("length,groups,with_d,with_z,with_bias,softplus", CONFIGS)
-def test_forward_matches_reference_float64(fast_scan, length, groups, with_d, with_z, with_bias, softplus):
-    inputs = make_inputs(dim=8, n_state=5, length=length, groups=groups, with_d=with_d, with_z=with_z,
+def test_forward_matches_reference_float64(fast_scan, length, groups, with_d, with_z, with_bias, softplus, n_state):
+    inputs = make_inputs(dim=8, n_state=n_state, length=length, groups=groups, with_d=with_d, with_z=with_z,
                          with_bias=with_bias)
     y_ref, last_ref = ss.selective_scan_ref(**inputs, delta_softplus=softplus, return_last_state=True)
     y, last = fast_scan(**inputs, delta_softplus=softplus, return_last_state=True)
     assert y.dtype == torch.float64 and y.shape == y_ref.shape
-    assert last.shape == (2, 8, 5)
+    assert last.shape == (2, 8, n_state)
     torch.testing.assert_close(y, y_ref, rtol=1e-11, atol=1e-11)
     torch.testing.assert_close(last, last_ref, rtol=1e-11, atol=1e-11)
     assert not isinstance(fast_scan(**inputs, delta_softplus=softplus), tuple)
@@ -188,11 +189,17 @@ def _fp32_case():
 
 
 @pytest.mark.parametrize(
-    "length,groups,softplus,loss_on",
-    [(37, None, True, ("y", "last")), (131, 2, False, ("y",)), (131, None, True, ("last",)), (5, 4, True, ("y",))],
+    "length,groups,softplus,loss_on,n_state",
+    [
+        (37, None, True, ("y", "last"), 4),
+        (131, 2, False, ("y",), 4),
+        (131, None, True, ("last",), 4),
+        (5, 4, True, ("y",), 4),
+        (131, 2, True, ("y", "last"), 16),  # d_state 16 takes the kernel's fixed-size specialisation
+    ],
 )
-def test_gradients_match_reference(fast_scan, length, groups, softplus, loss_on):
-    inputs = make_inputs(dim=8, n_state=4, length=length, groups=groups, seed=3)
+def test_gradients_match_reference(fast_scan, length, groups, softplus, loss_on, n_state):
+    inputs = make_inputs(dim=8, n_state=n_state, length=length, groups=groups, seed=3)
     expected = _grads(ss.selective_scan_ref, inputs, softplus, loss_on)
     got = _grads(fast_scan, inputs, softplus, loss_on)
     for name in INPUT_NAMES:

@@ -42,12 +42,15 @@ inline void chunk_scalars(const T* __restrict__ dl, const T* z, int64_t len, T b
     for (int64_t i = 0; i < len; ++i) zsig[i] = T(1) / (T(1) + std::exp(-z[i]));
 }
 
-template <typename T>
+template <typename T, int kN>
 void scan_forward(const T* __restrict__ u, const T* __restrict__ delta, const T* __restrict__ A,
                   const T* __restrict__ Bt, const T* __restrict__ Ct, const T* D_skip, const T* z,
                   const T* delta_bias, bool apply_softplus, T* __restrict__ out,
                   T* __restrict__ last_state, T* ckpt, int64_t batch, int64_t dim, int64_t groups,
-                  int64_t L, int64_t N, int64_t chunk) {
+                  int64_t L, int64_t N_runtime, int64_t chunk) {
+  // kN > 0 fixes the state size at compile time (16 in every Mamba/Caduceus config), so the per-step
+  // loops over N unroll fully; kN == 0 is the generic build for any other size.
+  const int64_t N = kN > 0 ? kN : N_runtime;
   const int64_t dims_per_group = dim / groups;
   const int64_t n_chunks = (L + chunk - 1) / chunk;
   // Channels are handled in tiles that share one (batch, group), chunk by chunk, so the chunk of
@@ -108,15 +111,16 @@ void scan_forward(const T* __restrict__ u, const T* __restrict__ delta, const T*
   });
 }
 
-template <typename T>
+template <typename T, int kN>
 void scan_backward(const T* __restrict__ u, const T* __restrict__ delta, const T* __restrict__ A,
                    const T* __restrict__ Bt, const T* __restrict__ Ct, const T* D_skip, const T* z,
                    const T* delta_bias, bool apply_softplus, const T* __restrict__ ckpt,
                    const T* __restrict__ dout, const T* dlast, T* __restrict__ du,
                    T* __restrict__ ddelta, T* __restrict__ dA_part, T* __restrict__ dBt_part,
                    T* __restrict__ dCt_part, T* dD_part, T* dz, T* dbias_part, int64_t batch,
-                   int64_t dim, int64_t groups, int64_t L, int64_t N, int64_t chunk,
+                   int64_t dim, int64_t groups, int64_t L, int64_t N_runtime, int64_t chunk,
                    int64_t slices) {
+  const int64_t N = kN > 0 ? kN : N_runtime;
   // Work unit: (batch b, group g, slice s) owns a contiguous run of the group's channels, and a
   // private (L, N) accumulator for dB and dC (B and C are shared by all channels of the group), so
   // no two threads ever write the same memory. The caller sums the slices afterwards.
@@ -196,20 +200,17 @@ void scan_backward(const T* __restrict__ u, const T* __restrict__ delta, const T
             const T* __restrict__ h_prev = hs + i * N;
             const T* __restrict__ h_cur = hs + (i + 1) * N;
             const T* __restrict__ a_i = as + i * N;
-            T dy = dout_row[t];
-            if (z_row) {
-              // The gate needs y before gating; rebuild it from the recomputed state.
-              T y = d_skip * ut;
-              for (int64_t n = 0; n < N; ++n) y += h_cur[n] * Cn[n];
-              const T zt = z_row[t], sz = zsig[i];
-              dz_row[t] = dy * y * sz * (T(1) + zt * (T(1) - sz));
-              dy *= zt * sz;
-            }
+            // With a gate, dLoss/dy = dout * silu(z) needs no y; only dz needs y, whose reduction
+            // rides along in the main loop over N below.
+            const T dout_t = dout_row[t];
+            const T dy = z_row ? dout_t * z_row[t] * zsig[i] : dout_t;
             T* __restrict__ dBn = dB_s + t * N;
             T* __restrict__ dCn = dC_s + t * N;
-            T dBu = T(0), ddt = T(0);
+            T dBu = T(0), ddt = T(0), y = T(0);
+#pragma GCC ivdep
             for (int64_t n = 0; n < N; ++n) {
               const T gh = grad_h[n] + dy * Cn[n];  // dLoss/dh_t
+              y += h_cur[n] * Cn[n];
               dCn[n] += dy * h_cur[n];
               dBn[n] += gh * dtu;
               dBu += gh * Bn[n];
@@ -217,6 +218,10 @@ void scan_backward(const T* __restrict__ u, const T* __restrict__ delta, const T
               ddt += ha * a_row[n];
               dA_acc[n] += ha * dt;
               grad_h[n] = gh * a_i[n];  // carried to step t-1 through h_t = a_t * h_{t-1} + ...
+            }
+            if (z_row) {
+              const T zt = z_row[t], sz = zsig[i];
+              dz_row[t] = dout_t * (y + d_skip * ut) * sz * (T(1) + zt * (T(1) - sz));
             }
             du_row[t] = d_skip * dy + dBu * dt;
             dD_acc += dy * ut;
@@ -257,7 +262,8 @@ std::vector<torch::Tensor> fwd(const torch::Tensor& u, const torch::Tensor& delt
   auto ckpt = save_checkpoints ? torch::empty({batch, dim, n_chunks, N}, u.options())
                                : torch::empty({0}, u.options());
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "dna_mdlm_selective_scan_fwd", [&] {
-    scan_forward<scalar_t>(u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(),
+    auto run = N == 16 ? scan_forward<scalar_t, 16> : scan_forward<scalar_t, 0>;
+    run(u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(),
                            A.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
                            Ct.data_ptr<scalar_t>(), opt_ptr<scalar_t>(D_skip),
                            opt_ptr<scalar_t>(z), opt_ptr<scalar_t>(delta_bias), apply_softplus,
@@ -289,7 +295,8 @@ std::vector<torch::Tensor> bwd(const torch::Tensor& u, const torch::Tensor& delt
   auto dbias_part =
       delta_bias.has_value() ? torch::empty({batch, dim}, u.options()) : torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "dna_mdlm_selective_scan_bwd", [&] {
-    scan_backward<scalar_t>(
+    auto run = N == 16 ? scan_backward<scalar_t, 16> : scan_backward<scalar_t, 0>;
+    run(
         u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
         Bt.data_ptr<scalar_t>(), Ct.data_ptr<scalar_t>(), opt_ptr<scalar_t>(D_skip),
         opt_ptr<scalar_t>(z), opt_ptr<scalar_t>(delta_bias), apply_softplus,
