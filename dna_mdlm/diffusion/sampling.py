@@ -291,6 +291,15 @@ def _resolve_model(model, device):
     return model.to(device).eval(), getattr(config, "objective", "mdlm")
 
 
+def _schedule_name(config) -> str:
+    from .schedules import SCHEDULES
+
+    name = getattr(config, "schedule", None) or "loglinear"  # pretraining records the schedule it trained with
+    if name not in SCHEDULES:
+        raise InputError(f"--model: config.json schedule {name!r} is not one of {', '.join(sorted(SCHEDULES))}")
+    return name
+
+
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -367,7 +376,7 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
     allowed = allowed_ids(allow_n)
     generator = torch.Generator().manual_seed(int(seed))
     if kind == "mdlm":
-        mdlm = model if isinstance(model, MDLM) else MDLM(model)
+        mdlm = model if isinstance(model, MDLM) else MDLM(model, _schedule_name(model.config))
         denoiser = _Denoiser(mdlm, allowed, temperature, top_p, stats)
         per_batch = steps * len(window_starts(length, window, overlap))
     else:
