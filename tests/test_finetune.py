@@ -30,7 +30,6 @@ NONTATA = SHARED / "genomic_benchmarks" / "sequences" / "human_nontata_promoters
 # dna_mdlm.models.modeling_caduceus.rc_padded flips once too often (it returns the complement, not the reverse
 # complement), so Ph conjoining averages forward and *complement* views. Fix there: drop the final `.flip(1)` in
 # `rc = rc_ids(input_ids.gather(1, src).flip(1)).flip(1)`. strict: these start passing (and must be unmarked) then.
-RC_PADDED_BUG = pytest.mark.xfail(strict=True, reason="modeling_caduceus.rc_padded returns the complement, not the RC")
 needs_data = pytest.mark.skipif(not NONTATA.is_file(), reason=f"shared GB data not found at {NONTATA} (set DNA_MDLM_SHARED_DATA)")
 
 
@@ -60,7 +59,7 @@ def test_encoder_loads_from_mlm_and_head_is_initialised(mlm_dirs, rcps):
         assert torch.isfinite(p).all() and p.abs().max() < 1.0
 
 
-@pytest.mark.parametrize("rcps", [True, pytest.param(False, marks=RC_PADDED_BUG)])
+@pytest.mark.parametrize("rcps", [True, False])
 @pytest.mark.parametrize("pooling", ["mean", "max", "first", "last"])
 def test_pooling_ignores_padding(mlm_dirs, pooling, rcps):
     rng = np.random.default_rng(1)
@@ -73,7 +72,7 @@ def test_pooling_ignores_padding(mlm_dirs, pooling, rcps):
         torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("rcps", [True, pytest.param(False, marks=RC_PADDED_BUG)])
+@pytest.mark.parametrize("rcps", [True, False])
 def test_classifier_is_rc_invariant(mlm_dirs, rcps):
     rng = np.random.default_rng(2)
     seqs = [_random_dna(rng, n) for n in (50, 31, 77)]

@@ -148,7 +148,8 @@ class Mamba(nn.Module):
         device = device or self.A_log.device
         dtype = dtype or self.in_proj.weight.dtype
         conv_state = torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype)
-        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device, dtype=torch.float32)
+        ssm_state = torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
+                                dtype=torch.promote_types(dtype, torch.float32))
         return conv_state, ssm_state
 
     def step(self, hidden_states: torch.Tensor, conv_state: torch.Tensor, ssm_state: torch.Tensor) -> torch.Tensor:
@@ -161,11 +162,12 @@ class Mamba(nn.Module):
             x = x + self.conv1d.bias
         x = F.silu(x)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(F.linear(dt, self.dt_proj.weight) + self.dt_proj.bias).float()  # (B, E)
-        A = -torch.exp(self.A_log.float())
-        ssm_state.mul_(torch.exp(delta[..., None] * A)).add_(delta[..., None] * B.float()[:, None, :] * x.float()[..., None])
-        y = (ssm_state * C.float()[:, None, :]).sum(-1) + self.D.float() * x.float()
-        y = (y * F.silu(z.float())).to(hidden_states.dtype)
+        acc = torch.promote_types(hidden_states.dtype, torch.float32)  # fp32 state, or fp64 for a double model
+        delta = F.softplus(F.linear(dt, self.dt_proj.weight) + self.dt_proj.bias).to(acc)  # (B, E)
+        A = -torch.exp(self.A_log.to(acc))
+        ssm_state.mul_(torch.exp(delta[..., None] * A)).add_(delta[..., None] * B.to(acc)[:, None, :] * x.to(acc)[..., None])
+        y = (ssm_state * C.to(acc)[:, None, :]).sum(-1) + self.D.to(acc) * x.to(acc)
+        y = (y * F.silu(z.to(acc))).to(hidden_states.dtype)
         return self.out_proj(y)
 
 
@@ -351,7 +353,7 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, sigma: torch.Tensor) -> torch.Tensor:
         freqs = torch.exp(-math.log(10000.0) * torch.arange(self.n_freq, device=sigma.device) / self.n_freq)
-        args = sigma.float()[:, None] * freqs[None] * 100.0
+        args = sigma.to(self.mlp[0].weight.dtype)[:, None] * freqs[None] * 100.0
         return self.mlp(torch.cat([args.sin(), args.cos()], dim=-1))
 
 
@@ -451,6 +453,9 @@ class CaduceusPreTrainedModel(PreTrainedModel):
         """Reference init (caduceus.md §1.6). Uses transformers.initialization so loaded weights are skipped."""
         cfg = self.config.initializer_cfg
         if isinstance(module, nn.Linear):
+            if getattr(module, "_is_classifier_head", False):
+                # the upstream fix for an uninitialised `score` (caduceus issue #37)
+                init.normal_(module.weight, std=cfg["initializer_range"])
             if module.bias is not None and not getattr(module.bias, "_no_reinit", False):
                 init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
@@ -462,9 +467,6 @@ class CaduceusPreTrainedModel(PreTrainedModel):
             fan_in = module.out_proj.weight.shape[1]
             bound = 1.0 / math.sqrt(fan_in) / math.sqrt(cfg["n_residuals_per_layer"] * self.config.n_layer)
             init.uniform_(module.out_proj.weight, -bound, bound)
-        if isinstance(module, CaduceusForSequenceClassification):
-            for p in module.score.parameters():
-                init.normal_(p, std=cfg["initializer_range"]) if p.dim() > 1 else init.zeros_(p)
 
 
 class CaduceusModel(CaduceusPreTrainedModel):
@@ -570,7 +572,7 @@ def rc_padded(input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
     lengths = mask.long().sum(1, keepdim=True)
     idx = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
     src = (lengths - 1 - idx).clamp(min=0)
-    rc = rc_ids(input_ids.gather(1, src).flip(1)).flip(1)  # complement only; the gather did the reversal
+    rc = rc_ids(input_ids.gather(1, src).flip(1))  # rc_ids reverses back, so this only complements the gather
     return torch.where(idx < lengths, rc, input_ids)
 
 
@@ -603,6 +605,9 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
                                        nn.Linear(hidden, config.num_labels))
         else:
             raise ValueError(f"head must be 'linear' or 'mlp', got {config.head!r}")
+        for m in self.score.modules():
+            if isinstance(m, nn.Linear):
+                m._is_classifier_head = True
         self.post_init()
 
     def pooled_features(self, input_ids, attention_mask=None, timesteps=None):
