@@ -103,6 +103,7 @@ def add_pretrain_arguments(p):
     p.add_argument("--precision", help="32-true | bf16-mixed | auto")
     p.add_argument("--num-workers", type=int, help="DataLoader workers")
     p.add_argument("--seed", type=int, help="seed of the data stream, masks and init")
+    p.add_argument("--unknown", choices=["error", "N"], help="IUPAC ambiguity codes: an error (default) or read as N")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe key, e.g. model.d_model=64")
 
@@ -128,7 +129,8 @@ def pretrain_config(args) -> dict:
     flat = {"objective": args.objective, "seed": args.seed}
     cfg.update({k: v for k, v in flat.items() if v is not None})
     sections = {
-        "data": {"window": args.window, "batch_size": args.batch_size, "num_workers": args.num_workers},
+        "data": {"window": args.window, "batch_size": args.batch_size, "num_workers": args.num_workers,
+                 "unknown": args.unknown},
         "optim": {"lr": args.lr},
         "trainer": {"max_steps": args.max_steps, "max_time": args.max_time, "accelerator": args.accelerator,
                     "devices": (int(args.devices) if args.devices and args.devices.isdigit() else args.devices),

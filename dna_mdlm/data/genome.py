@@ -477,7 +477,7 @@ class GenomeWindows:
         line = self._first_line(record) + position // info.line_bases
         column = position % info.line_bases + 1
         source = self.files[info.file_index].source
-        hint = "" if self.unknown == "N" else "; use unknown='N' to map IUPAC ambiguity codes to N"
+        hint = "" if self.unknown == "N" else "; pass --unknown N (unknown='N') to read IUPAC ambiguity codes as N"
         raise InputError(
             f"{source}:{line}: invalid character {char!r} in record {record!r} at column {column} "
             f"(base {position + 1}); expected A, C, G, T or N{hint}"

@@ -167,32 +167,38 @@ class PretrainModule(pl.LightningModule):
         self._val = None
 
     # --- losses -----------------------------------------------------------------------------------
-    def token_losses(self, batch, t=None):
+    def token_losses(self, batch, t=None, generator=None):
         """(per-token nats (B, L), scored mask (B, L)); MDLM values are NELBO terms (upper bound)."""
         x, score = batch["input_ids"], batch["loss_mask"]
         if self.mdlm is not None:
-            tok, s = self.mdlm.token_nelbo(x, t)
+            tok, s = self.mdlm.token_nelbo(x, t, generator=generator)
             score = score & s
         else:
             tok = ar_token_nll(self.model, x)
             score = score & scorable(x)
         return torch.where(score, tok, torch.zeros_like(tok)), score
 
-    def _times(self, n: int, stage: str):
-        # One uniform shared by every rank (a generator seeded by the step), each rank taking its slice of
-        # the global batch: the stratification covers [eps, 1] across the whole global batch.
-        g = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + self.global_step * 2 + (stage == "val"))
-        world, rank = self.trainer.world_size if self._trainer else 1, self.global_rank
-        return stratified_times(n, self.mdlm.sampling_eps, None, g, offset=rank * n, total=world * n).to(self.device)
+    def _noise(self, n: int, stage: str, batch_idx: int = 0):
+        """Times and mask draws from a generator seeded by (seed, step, rank): a resumed run draws exactly
+        what the uninterrupted one would have, and every validation pass uses the same draws."""
+        if self.mdlm is None:
+            return None, None
+        step = self.global_step if stage == "train" else 10**9 + batch_idx
+        g_t = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + step)
+        # One uniform shared by every rank, each rank taking its slice of the global batch: the
+        # stratification covers [eps, 1] across the whole global batch.
+        world = self.trainer.world_size if self._trainer else 1
+        t = stratified_times(n, self.mdlm.sampling_eps, None, g_t, offset=self.global_rank * n, total=world * n)
+        g_mask = torch.Generator().manual_seed((self.hparams.seed * 1_000_003 + step) * 64 + self.global_rank + 1)
+        return t.to(self.device), g_mask
 
     def training_step(self, batch, batch_idx):
-        t = self._times(batch["input_ids"].shape[0], "train") if self.mdlm is not None else None
-        tok, score = self.token_losses(batch, t)
+        t, g = self._noise(batch["input_ids"].shape[0], "train")
+        tok, score = self.token_losses(batch, t, g)
         n = score.sum()
         # A batch with nothing scorable (all N) contributes exactly zero, never NaN.
         loss = tok.sum() / n.clamp_min(1)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=int(n.clamp_min(1)))
-        self.log("train/bases", n.float(), on_step=True, on_epoch=False, reduce_fx="sum")
         return loss
 
     def on_train_batch_end(self, outputs, batch, batch_idx):
@@ -207,8 +213,8 @@ class PretrainModule(pl.LightningModule):
                      torch.zeros((), dtype=torch.float64, device=self.device)]
 
     def validation_step(self, batch, batch_idx):
-        t = self._times(batch["input_ids"].shape[0], "val") if self.mdlm is not None else None
-        tok, score = self.token_losses(batch, t)
+        t, g = self._noise(batch["input_ids"].shape[0], "val", batch_idx)
+        tok, score = self.token_losses(batch, t, g)
         self._val[0] += tok.double().sum()
         self._val[1] += score.sum().double()
 
@@ -323,7 +329,7 @@ DEFAULTS = {
     "schedule": "loglinear",
     "seed": 0,
     "model": {"d_model": 64, "n_layer": 4, "rcps": True},
-    "data": {"window": 1024, "batch_size": 16, "num_workers": 0, "max_n_frac": 0.5, "rc_aug": None,
+    "data": {"window": 1024, "batch_size": 16, "num_workers": 0, "max_n_frac": 0.5, "rc_aug": None, "unknown": "error",
              "train_samples_per_epoch": 100_000, "max_val_windows": 256, "max_test_windows": 256},
     "optim": {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.95], "warmup_steps": 100, "lr_schedule": "cosine",
               "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.999},
@@ -350,6 +356,14 @@ def check_config(cfg: dict) -> None:
             raise InputError(f"config: unknown key(s) {sorted(bad)} in '{section}'; expected {sorted(DEFAULTS[section])}")
     if cfg["objective"] not in ("mdlm", "ar", "markov"):
         raise InputError(f"objective: expected mdlm, ar or markov, got {cfg['objective']!r}")
+
+
+def check_sequence(genome, intervals, chunk: int = 1 << 22) -> None:
+    """Read every training base once, so an invalid character fails now (file, record, line) rather than
+    mid-run with half a run directory written. About 1 s per 60 Mb."""
+    for iv in intervals:
+        for lo in range(iv.start, iv.end, chunk):
+            genome.read(iv.record, lo, min(iv.end, lo + chunk))
 
 
 def _precision(cfg_precision: str, accelerator: str) -> str:
@@ -389,9 +403,10 @@ def pretrain(cfg: dict, out_dir: str | os.PathLike, resume: bool = False) -> dic
         num_workers=d["num_workers"], val_records=cfg.get("val_records") or (), val_regions=cfg.get("val_regions") or (),
         test_records=cfg.get("test_records") or (), test_regions=cfg.get("test_regions") or (),
         max_n_frac=d["max_n_frac"], rc_aug=rc_aug, seed=cfg["seed"], train_samples_per_epoch=d["train_samples_per_epoch"],
-        max_val_windows=d["max_val_windows"], max_test_windows=d["max_test_windows"],
+        max_val_windows=d["max_val_windows"], max_test_windows=d["max_test_windows"], unknown=d["unknown"],
     )
     dm.setup()  # validate every input before anything is written
+    check_sequence(dm.genome, dm.genome.train_intervals)
     module = PretrainModule(
         cfg["model"], cfg["objective"], cfg["schedule"], lr=o["lr"], weight_decay=o["weight_decay"], betas=o["betas"],
         warmup_steps=o["warmup_steps"], lr_schedule=o["lr_schedule"], min_lr_ratio=o["min_lr_ratio"],

@@ -1,0 +1,181 @@
+"""Pretraining and likelihood end to end on real chr20 sequence: model directory, resume, DDP, bad inputs."""
+
+import csv
+import gzip
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from dna_mdlm.cli import main
+from dna_mdlm.errors import InputError
+from dna_mdlm.training.pretrain import EMA, optimizer_groups, pretrain
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SLICE = SHARED / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
+REC = "20:40000001-41000000"
+pytestmark = pytest.mark.skipif(not SLICE.is_file(), reason=f"shared genome data not found at {SLICE}")
+
+
+def cfg(**over):
+    base = {
+        "fasta": [str(SLICE)], "val_regions": [f"{REC}:900001-1000000"], "seed": 0,
+        "model": {"d_model": 8, "n_layer": 1, "rcps": True},
+        "data": {"window": 64, "batch_size": 4, "max_val_windows": 8, "train_samples_per_epoch": 1000},
+        "optim": {"lr": 3e-3, "warmup_steps": 2, "ema_decay": 0.9},
+        "trainer": {"max_steps": 6, "val_every": 3, "log_every": 1, "progress_bar": False},
+    }
+    for k, v in over.items():
+        base[k] = {**base[k], **v} if isinstance(v, dict) else v
+    return base
+
+
+def train_losses(run: Path) -> dict[int, float]:
+    with open(run / "logs" / "version_0" / "metrics.csv") as fh:
+        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")}
+
+
+@pytest.mark.slow
+def test_pretrain_writes_a_model_that_loads_and_scores(tmp_path):
+    from dna_mdlm.loading import load_model
+
+    summary = pretrain(cfg(), tmp_path / "run")
+    assert summary["steps"] == 6 and math.isfinite(summary["val_bpd"])
+    model, kind = load_model(tmp_path / "run" / "model")
+    assert kind == "mdlm" and model.config.train_window == 64
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    assert (tmp_path / "run" / "loss_curve.png").stat().st_size > 1000
+    state = json.loads((tmp_path / "run" / "model" / "training_state.json").read_text())
+    assert state["ema"] is True
+    # The likelihood verb scores a held-out piece and reports an upper bound with a standard error.
+    out = tmp_path / "lik.json"
+    rc = main(["likelihood", "--model", str(tmp_path / "run" / "model"), "--fasta", str(SLICE),
+               "--region", f"{REC}:900001-902000", "--out", str(out), "--per-window", str(tmp_path / "w.tsv")])
+    assert rc == 0
+    rep = json.loads(out.read_text())
+    assert rep["bases_scored"] == 2000 and rep["upper_bound"] is True
+    assert 1.0 < rep["bits_per_base"] < 4.0 and rep["stderr_bits_per_base"] > 0
+    assert rep["perplexity"] == pytest.approx(2 ** rep["bits_per_base"], rel=1e-9)
+    assert len((tmp_path / "w.tsv").read_text().splitlines()) == 1 + rep["windows"]
+
+
+@pytest.mark.slow
+def test_resume_continues_with_the_same_losses(tmp_path):
+    # A constant schedule, because the interrupted run is stopped by a smaller max_steps, and a cosine
+    # schedule depends on max_steps.
+    const = {"lr": 3e-3, "warmup_steps": 2, "ema_decay": 0.9, "lr_schedule": "constant"}
+    full = tmp_path / "full"
+    pretrain(cfg(optim=const), full)
+    part = tmp_path / "part"
+    pretrain(cfg(optim=const, trainer={"max_steps": 3}), part)  # checkpoint at step 3 (val_every)
+    pretrain(cfg(optim=const), part, resume=True)
+    a, b = train_losses(full), train_losses(part)
+    assert set(range(3, 6)) <= set(b)
+    for step in range(3, 6):  # the steps after the resume point
+        assert b[step] == pytest.approx(a[step], rel=1e-6), step
+
+
+@pytest.mark.slow
+def test_ar_and_markov_objectives_train_and_score_exactly(tmp_path):
+    pretrain(cfg(objective="ar", model={"d_model": 8, "n_layer": 1, "rcps": False}), tmp_path / "ar")
+    pretrain({"objective": "markov", "fasta": [str(SLICE)], "val_regions": [f"{REC}:900001-1000000"]}, tmp_path / "mk")
+    for name in ("ar", "mk"):
+        out = tmp_path / f"{name}.json"
+        assert main(["likelihood", "--model", str(tmp_path / name / "model"), "--fasta", str(SLICE),
+                     "--region", f"{REC}:900001-901000", "--out", str(out)]) == 0
+        rep = json.loads(out.read_text())
+        assert rep["upper_bound"] is False and rep["bases_scored"] == 1000
+    assert json.loads((tmp_path / "mk.json").read_text())["bits_per_base"] < 1.99  # real DNA beats uniform
+
+
+@pytest.mark.slow
+def test_two_process_cpu_ddp(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "dna_mdlm.cli", "pretrain", "--fasta", str(SLICE), "--val-region", f"{REC}:900001-1000000",
+           "--out", str(tmp_path / "ddp"), "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp",
+           "--set", "model.d_model=8", "--set", "model.n_layer=1", "--set", "data.window=64", "--set", "data.batch_size=4",
+           "--set", "data.max_val_windows=8", "--set", "trainer.max_steps=4", "--set", "trainer.val_every=2",
+           "--set", "trainer.progress_bar=false"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["steps"] == 4
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
+
+
+def test_optimizer_groups_and_ema():
+    from dna_mdlm.models import CaduceusConfig, CaduceusForMaskedLM
+
+    model = CaduceusForMaskedLM(CaduceusConfig(d_model=8, n_layer=1))
+    decay, no_decay = optimizer_groups(model, 0.1)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no = {names[id(p)] for p in no_decay["params"]}
+    assert any(n.endswith("A_log") for n in no) and any(n.endswith(".D") for n in no)
+    assert any("norm" in n for n in no) and any("embedding" in n for n in no)
+    assert all("in_proj" in names[id(p)] or "out_proj" in names[id(p)] or "x_proj" in names[id(p)]
+               or "dt_proj.weight" in names[id(p)] or "conv1d.weight" in names[id(p)] for p in decay["params"])
+    ema = EMA(model, decay=0.5)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    before = {n: p.clone() for n, p in model.named_parameters()}
+    ema.update(model)
+    ema.swap(model)
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed  # the EMA weights differ from the live ones
+    ema.swap(model)
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+
+
+def _fails(args, tmp_path, match):
+    out = tmp_path / "out"
+    rc = main(["pretrain", *args, "--out", str(out), "--config", "tiny", "--set", "trainer.progress_bar=false"])
+    assert rc == 2
+    assert not out.exists(), "a rejected input must leave no output behind"
+    return rc
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "no_header", "invalid", "too_long", "bad_region", "bed_outside"])
+def test_bad_inputs_give_one_line_errors_and_no_output(tmp_path, capsys, case):
+    fa = tmp_path / "g.fa"
+    args = ["--fasta", str(fa)]
+    if case == "missing":
+        args = ["--fasta", str(tmp_path / "nope.fa")]
+    elif case == "empty":
+        fa.write_text("")
+    elif case == "no_header":
+        fa.write_text("ACGTACGT\n" * 20)
+    elif case == "invalid":
+        fa.write_text(">r\n" + "ACGT" * 100 + "\n" + "ACGTXCGT" * 20 + "\n")
+    elif case == "too_long":
+        fa.write_text(">r\n" + "ACGT" * 10 + "\n")
+    elif case == "bad_region":
+        fa.write_text(">r\n" + "ACGT" * 200 + "\n")
+        args += ["--val-region", "r:500-100"]
+    elif case == "bed_outside":
+        fa.write_text(">r\n" + "ACGT" * 200 + "\n")
+        bed = tmp_path / "x.bed"
+        bed.write_text("r\t0\t500\nr\t700\t900\n")
+        args += ["--bed", str(bed)]
+    _fails(args, tmp_path, case)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dna-mdlm pretrain: error:"), err
+    if case == "invalid":
+        assert "g.fa:3:" in err[0] and "'X'" in err[0]
+    if case == "bed_outside":
+        assert "x.bed:2:" in err[0]
+
+
+def test_cli_help_lists_every_verb(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for verb in ("pretrain", "likelihood", "sample", "finetune", "predict", "embed", "evaluate-samples"):
+        assert verb in out
