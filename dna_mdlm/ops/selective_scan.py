@@ -132,24 +132,28 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     u, delta, A, B, C = (t.to(work) for t in (u, delta, A, B, C))
     delta = _effective_delta(delta, None if delta_bias is None else delta_bias.to(work), delta_softplus)
     batch, dim, _ = u.shape
-    groups = B.shape[1]
-    # Per-channel view of the group's B and C: (batch, d_inner, d_state, L).
-    B = B.repeat_interleave(dim // groups, dim=1)
-    C = C.repeat_interleave(dim // groups, dim=1)
-    h = u.new_zeros(batch, dim, A.shape[1])
+    groups, n_state = B.shape[1], A.shape[1]
+    per_group = dim // groups
+    # Time-major contiguous copies so every step works on small contiguous slices, and channels viewed as
+    # (groups, per_group) so each channel meets its group's B_t and C_t by broadcasting.
+    u_steps = u.permute(2, 0, 1).contiguous().view(-1, batch, groups, per_group, 1)
+    dt_steps = delta.permute(2, 0, 1).contiguous().view(-1, batch, groups, per_group, 1)
+    B_steps = B.permute(3, 0, 1, 2).contiguous().unsqueeze(3)  # (L, batch, groups, 1, N)
+    C_steps = C.permute(3, 0, 1, 2).contiguous().unsqueeze(3)
+    A_g = A.view(groups, per_group, n_state)
+    h = u.new_zeros(batch, groups, per_group, n_state)
     ys = []
     # unbind rather than indexing per step: indexing makes autograd allocate a full-size gradient per step.
-    for dt, u_t, B_t, C_t in zip(delta.unbind(-1), u.unbind(-1), B.unbind(-1), C.unbind(-1)):
-        dt = dt[:, :, None]
-        h = torch.exp(dt * A) * h + dt * B_t * u_t[:, :, None]
-        ys.append((h * C_t).sum(-1))
+    for dt, u_t, B_t, C_t in zip(dt_steps.unbind(0), u_steps.unbind(0), B_steps.unbind(0), C_steps.unbind(0)):
+        h = torch.exp(dt * A_g) * h + dt * B_t * u_t
+        ys.append((h * C_t).sum(-1).view(batch, dim))
     y = torch.stack(ys, dim=-1)
     if D is not None:
         y = y + D.to(work)[:, None] * u
     if z is not None:
         y = y * F.silu(z.to(work))
     y = y.to(out_dtype)
-    return (y, h) if return_last_state else y
+    return (y, h.reshape(batch, dim, n_state)) if return_last_state else y
 
 
 # --------------------------------------------------------------------------------------------------
