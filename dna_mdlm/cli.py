@@ -382,10 +382,69 @@ def run_embed(args):
 
 
 def add_evaluate_samples_arguments(p):
-    pass
+    p.epilog = _examples(
+        "dna-mdlm evaluate-samples --samples samples.fa --reference genome.fa --region chr20:40000001-41000000 --out report/",
+        "dna-mdlm evaluate-samples --samples samples.fa --reference heldout.fa --train train.fa --model runs/ar/model "
+        "--motifs JASPAR_core.txt --out report/",
+    )
+    p.add_argument("--samples", required=True, help="FASTA of generated sequences (each >= 6 bp)")
+    p.add_argument("--reference", required=True, help="real (held-out) FASTA: two disjoint sets of windows with the "
+                   "samples' lengths are drawn from it, one to compare against, one for the real-vs-real baseline")
+    p.add_argument("--region", help="draw the reference windows only from this region chr:start-end (1-based)")
+    p.add_argument("--train", help="training FASTA: longest exact match of each sample on either strand (memorisation)")
+    p.add_argument("--model", help="judge model directory (AR, Markov or MDLM): bits/base of samples next to real sequence")
+    p.add_argument("--motifs", help="motif file (JASPAR, PFM or MEME): occurrences per kb, generated vs real")
+    p.add_argument("--out", required=True, help="report directory: metrics.json, PNG plots, report.html (replaced atomically)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the reference draw and of the MDLM judge's noise")
+    p.add_argument("--index-k", type=int, default=24, help="k of the training k-mer index (matches shorter than k count as 0)")
+    p.add_argument("--copy-min-bp", type=int, default=100, help="a sample is memorised if its longest training match is >= this")
+    p.add_argument("--copy-fraction", type=float, default=0.5, help="... or >= this fraction of its length")
+    p.add_argument("--motif-threshold", type=float, default=0.8, help="relative PSSM score threshold for a motif hit")
+    p.add_argument("--judge-samples", type=int, default=4, help="MDLM judge: Monte-Carlo time samples per window")
+    p.add_argument("--device", default="cpu", help="judge model device: cpu | cuda | auto")
 
 
-run_evaluate_samples = _not_built("evaluate-samples", 6)
+def run_evaluate_samples(args):
+    from .evaluation.report import verdicts
+    from .evaluation.sequences import evaluate_samples_files
+
+    for flag, value in (("--samples", args.samples), ("--reference", args.reference), ("--train", args.train),
+                        ("--motifs", args.motifs)):
+        if value is not None and not Path(value).is_file():
+            raise InputError(f"{flag} {value}: no such file")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise InputError(f"--out {args.out}: exists and is not a directory (expected a report directory)")
+    if args.index_k < 8 or args.index_k > 32:
+        raise InputError(f"--index-k {args.index_k}: expected 8..32")
+    if args.copy_min_bp < 1:
+        raise InputError(f"--copy-min-bp {args.copy_min_bp}: expected a positive number of bases")
+    if not 0 < args.copy_fraction <= 1:
+        raise InputError(f"--copy-fraction {args.copy_fraction}: expected a fraction in (0, 1]")
+    if not 0 <= args.motif_threshold <= 1:
+        raise InputError(f"--motif-threshold {args.motif_threshold}: expected a relative score in [0, 1]")
+    judge = None
+    if args.model is not None:
+        from .evaluation.judge import load_judge
+
+        judge = load_judge(args.model, num_samples=args.judge_samples, device=args.device, seed=args.seed)
+    result = evaluate_samples_files(args.samples, args.reference, args.out, region=args.region, train_fa=args.train,
+                                    judge=judge, motifs_path=args.motifs, seed=args.seed, index_k=args.index_k,
+                                    copy_min_bp=args.copy_min_bp, copy_fraction=args.copy_fraction,
+                                    motif_threshold=args.motif_threshold)
+    rows = verdicts(result)
+    warned = [r["metric"] for r in rows if r["verdict"] == "warn"]
+    passed = sum(r["verdict"] == "pass" for r in rows)
+    js6 = result["kmer_spectrum"]["6"]["js_distance"]
+    print(f"dna-mdlm evaluate-samples: {result['n_samples']} samples; 6-mer JS {js6['generated']:.4f} vs "
+          f"real-vs-real {js6['real_vs_real']:.4f}; {passed} pass, {len(warned)} warn"
+          + (f" ({', '.join(warned)})" if warned else ""), file=sys.stderr)
+    if judge is not None:
+        j = result["judge_bits_per_base"]
+        bound = "<= " if judge.upper_bound else ""
+        print(f"dna-mdlm evaluate-samples: judge ({judge.describe()}): samples {bound}{j['generated']:.4f}, "
+              f"real {bound}{j['reference']:.4f} bits/base", file=sys.stderr)
+    print(f"dna-mdlm evaluate-samples: report written to {Path(args.out) / 'report.html'}", file=sys.stderr)
+    return 0
 
 
 VERBS = {
