@@ -8,7 +8,8 @@ z gate on), float32:
   * max abs error of each path against the reference.
 
 Run: ``.venv/bin/python benchmarks/selective_scan.py [--lengths 1024 4096 16384] [--skip-ref-above 4096]``.
-Timings are best of ``--repeats`` wall-clock runs; the reference runs once per length (it takes seconds).
+Timings are best of ``--repeats`` runs (``--clock wall`` or ``cpu``); the reference runs once per length (it takes
+seconds).
 """
 
 from __future__ import annotations
@@ -39,12 +40,33 @@ def make_inputs(batch: int, dim: int, n_state: int, length: int, seed: int = 0) 
     }
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_clock = time.perf_counter
+
+
+def mamba_style_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+    """The algorithm of mamba-ssm's ``selective_scan_ref`` (the baseline the speed targets were set against):
+    materialise exp(delta*A) and delta*B*u as (batch, d_inner, L, d_state), then step with strided slices."""
+    delta = delta + delta_bias[:, None] if delta_bias is not None else delta
+    delta = torch.nn.functional.softplus(delta) if delta_softplus else delta
+    decay = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    inject = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    state = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for t in range(u.shape[2]):
+        state = decay[:, :, t] * state + inject[:, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", state, C[:, :, t]))
+    y = torch.stack(ys, dim=2)
+    y = y + u * D[:, None] if D is not None else y
+    return y * torch.nn.functional.silu(z) if z is not None else y
+
+
 def best_time(fn, repeats: int) -> float:
     best = math.inf
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = _clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, _clock() - start)
     return best
 
 
@@ -76,15 +98,27 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timings are the best of this many runs")
     parser.add_argument("--skip-ref-above", type=int, default=None,
                         help="do not run the (slow) sequential reference for lengths above this")
+    parser.add_argument("--mamba-ref-above", type=int, default=4096,
+                        help="skip the mamba-ssm-style reference above this length (it materialises 2x (B,D,L,N))")
     parser.add_argument("--blocked-bwd-above", type=int, default=4096,
                         help="skip the blocked path's forward+backward for lengths above this (it takes ~20 s)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's choice); 1 avoids OpenMP spinning on a shared machine")
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                        help="wall: elapsed time; cpu: this process's CPU time, steadier when other jobs share "
+                             "the cores (with --threads 1 it equals the time on a quiet core)")
     args = parser.parse_args(argv)
+    global _clock
+    _clock = CLOCKS[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     if ss.load_cpp_extension() is None:
         raise SystemExit("the C++ selective scan could not be built here; nothing to benchmark")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average before: "
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    print(f"batch {args.batch}, d_inner {args.d_inner}, d_state {args.d_state}, float32, best of {args.repeats}\n")
+    print(f"batch {args.batch}, d_inner {args.d_inner}, d_state {args.d_state}, float32, best of {args.repeats}, "
+          f"{args.clock} clock\n")
 
     rows = []
     for length in args.lengths:
@@ -100,19 +134,22 @@ def main(argv=None) -> None:
             row["cpp_err"] = (y_cpp - y_ref).abs().max().item()
             row["blocked_err"] = (y_blocked - y_ref).abs().max().item()
             row["scale"] = y_ref.abs().max().item()
+        if length <= args.mamba_ref_above:
+            row["mamba_ref_fwd"], _ = forward_time(mamba_style_ref, inputs, 1)
         rows.append(row)
         print(f"  L={length}: done", flush=True)
 
     def fmt(value, spec):
         return "-" if value is None else format(value, spec)
 
-    print("\n| L | ref fwd (s) | cpp fwd (ms) | cpp speed-up | cpp fwd+bwd (ms) | fwd+bwd / fwd | cpp max abs err "
+    print("\n| L | mamba-style ref fwd (s) | cpp speed-up vs it | ref fwd (s) | cpp fwd (ms) | cpp speed-up | cpp fwd+bwd (ms) | fwd+bwd / fwd | cpp max abs err "
           "| blocked fwd (ms) | blocked speed-up | blocked fwd+bwd (ms) | blocked max abs err | max abs y |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = r.get("ref_fwd")
+        mref = r.get("mamba_ref_fwd")
         print(
-            f"| {r['L']} | {fmt(ref, '.2f')} | {r['cpp_fwd'] * 1e3:.1f} | "
+            f"| {r['L']} | {fmt(mref, '.2f')} | {fmt(mref / r['cpp_fwd'] if mref else None, '.1f')}x | {fmt(ref, '.2f')} | {r['cpp_fwd'] * 1e3:.1f} | "
             f"{fmt(ref / r['cpp_fwd'] if ref else None, '.1f')}x | {r['cpp_fwdbwd'] * 1e3:.1f} | "
             f"{r['cpp_fwdbwd'] / r['cpp_fwd']:.2f} | {fmt(r.get('cpp_err'), '.1e')} | {r['blocked_fwd'] * 1e3:.0f} | "
             f"{fmt(ref / r['blocked_fwd'] if ref else None, '.1f')}x | "
