@@ -18,6 +18,7 @@ $(BIN)/dna-mdlm: pyproject.toml
 venv: $(BIN)/dna-mdlm
 
 demo: venv
+	rm -rf runs/demo  # the demo always starts fresh
 	$(BIN)/dna-mdlm pretrain --config configs/pretrain/demo.yaml --out runs/demo
 
 test: venv

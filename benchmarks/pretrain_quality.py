@@ -27,17 +27,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
-def run_pretrain(objective: str, args, out: Path) -> subprocess.Popen:
+def run_pretrain(objective: str, args, out: Path, max_steps: int = 1_000_000, schedule: str = "constant",
+                 val_every: int | None = None) -> subprocess.Popen:
     budget = f"00:00:{int(args.budget_min):02d}:{int(round((args.budget_min % 1) * 60)):02d}"
     cmd = [sys.executable, "-m", "dna_mdlm.cli", "pretrain", "--fasta", args.fasta, "--objective", objective,
            "--val-region", args.val_region, "--test-region", args.test_region, "--out", str(out),
            "--max-time", budget, "--seed", str(args.seed),
            "--set", f"model.d_model={args.d_model}", "--set", f"model.n_layer={args.n_layer}",
            "--set", f"data.window={args.window}", "--set", f"data.batch_size={args.batch_size}",
-           "--set", f"data.max_val_windows={args.val_windows}", "--set", "trainer.max_steps=1000000",
-           "--set", f"trainer.val_every={args.val_every}", "--set", "trainer.progress_bar=false",
-           "--set", f"optim.lr={args.lr}", "--set", "optim.lr_schedule=constant", "--set", "optim.warmup_steps=100",
-           "--set", "optim.ema_decay=0.999"]
+           "--set", f"data.max_val_windows={args.val_windows}", "--set", f"trainer.max_steps={max_steps}",
+           "--set", f"trainer.val_every={val_every or args.val_every}", "--set", "trainer.progress_bar=false",
+           "--set", f"optim.lr={args.lr}", "--set", f"optim.lr_schedule={schedule}", "--set", "optim.warmup_steps=100",
+           "--set", "optim.ema_decay=0.999", "--set", f"model.rcps={str(args.rcps and objective == 'mdlm').lower()}"]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     log = open(out.parent / f"{out.name}.log", "w")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -60,6 +61,11 @@ def main() -> int:
     p.add_argument("--mc-samples", type=int, default=4, help="MDLM time samples per window")
     p.add_argument("--threads", type=int, default=1, help="torch threads per training run")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rcps", type=lambda v: v.lower() in ("1", "true", "yes"), default=True,
+                   help="MDLM backbone: Caduceus-PS (true) or the plain bidirectional Ph model with RC augmentation")
+    p.add_argument("--schedule", choices=["constant", "cosine"], default="cosine",
+                   help="cosine: time each model's step in a short calibration run (side by side, as in the real "
+                        "runs) and decay to 10%% over the steps that fit its budget; constant: fixed lr")
     p.add_argument("--out", default=str(ROOT / "runs" / "bench_quality"))
     args = p.parse_args()
     if not Path(args.fasta).exists():
@@ -67,8 +73,19 @@ def main() -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    steps = {"mdlm": 1_000_000, "ar": 1_000_000}
+    if args.schedule == "cosine":
+        calib_min, args.budget_min = args.budget_min, 1.0
+        procs = {obj: run_pretrain(obj, args, out / f"calibrate_{obj}", 40, "constant", 10**6) for obj in steps}
+        for obj, proc in procs.items():
+            proc.wait()
+            summary = json.loads((out / f"calibrate_{obj}" / "summary.json").read_text())
+            per_step = summary["seconds"] / max(1, summary["steps"])
+            steps[obj] = max(200, int(calib_min * 60 / per_step * 0.9))  # 10% margin for validation passes
+            print(f"{obj}: {per_step:.2f} s/step in calibration -> cosine over {steps[obj]} steps")
+        args.budget_min = calib_min
     t0 = time.time()
-    procs = {obj: run_pretrain(obj, args, out / obj) for obj in ("mdlm", "ar")}
+    procs = {obj: run_pretrain(obj, args, out / obj, steps[obj], args.schedule) for obj in ("mdlm", "ar")}
     for obj, proc in procs.items():
         if proc.wait() != 0:
             print(f"{obj} training failed; see {out / (obj + '.log')}")
@@ -94,7 +111,7 @@ def main() -> int:
                       "parameters": summary.get("parameters"), "train_seconds": summary.get("seconds"),
                       "eval_seconds": round(time.time() - t2, 1)}
     ratio = rows["mdlm"]["perplexity"] / rows["ar"]["perplexity"]
-    result = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "args": vars(args), "rows": rows,
+    result = {"date": time.strftime("%Y-%m-%d", time.gmtime()), "args": vars(args), "rows": rows, "planned_steps": steps,
               "mdlm_over_ar_ppl": ratio, "mdlm_beats_markov": rows["mdlm"]["bits_per_base"] < rows["markov"]["bits_per_base"],
               "wall_train_seconds": round(train_s, 1), "markov_fit_seconds": round(markov_s, 1)}
     (out / "result.json").write_text(json.dumps(result, indent=1))

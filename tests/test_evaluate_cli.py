@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CTCF_JASPAR, SLICE, write_fasta
 import torch
-from Bio import SeqIO
 
 from dna_mdlm.baselines.markov import MarkovLM
 from dna_mdlm.cli import main
@@ -21,26 +20,8 @@ from dna_mdlm.evaluation.judge import load_judge
 from dna_mdlm.models import CaduceusConfig, CaduceusForMaskedLM
 from dna_mdlm.tokenizer import encode_dna
 
-SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-SLICE = SHARED_DATA / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
-CTCF_JASPAR = """>MA0139.1\tCTCF
-A  [ 87 167 281  56   8 744  40 107 851   5 333  54  12  56 104 372  82 117 402 ]
-C  [291 145  49 800 903  13 528 433  11   0   3  12   0   8 733  13 482 322 181 ]
-G  [ 76 414 449  21   0  65 334  48  32 903 566 504 890 775   5 507 307  73 266 ]
-T  [459 187 134  36   2  91  11 324  18   3   9 341   8  71  67  17  37 396  59 ]
-"""
 
 
-def _write_fasta(path: Path, seqs: list[str]) -> Path:
-    path.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
-    return path
-
-
-@pytest.fixture(scope="module")
-def chr20() -> str:
-    if not SLICE.is_file():
-        pytest.skip(f"shared data not found at {SLICE} (set DNA_MDLM_SHARED_DATA)")
-    return str(SeqIO.read(SLICE, "fasta").seq)
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +40,9 @@ def files(chr20, tmp_path_factory):
     markov_dir = d / "markov"
     MarkovLM.fit([train[:100_000]], k=3).save_pretrained(markov_dir)
     return {
-        "samples": _write_fasta(d / "samples.fa", samples),
-        "reference": _write_fasta(d / "heldout.fa", [chr20[600_000:900_000]]),
-        "train": _write_fasta(d / "train.fa", [train]),
+        "samples": write_fasta(d / "samples.fa", samples),
+        "reference": write_fasta(d / "heldout.fa", [chr20[600_000:900_000]]),
+        "train": write_fasta(d / "train.fa", [train]),
         "motifs": d / "ctcf.jaspar",
         "mdlm": mdlm_dir,
         "markov": markov_dir,

@@ -4,37 +4,17 @@ the files it writes (metrics.json, PNGs, report.html), verdicts, and nothing wri
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
-from Bio import SeqIO
+from conftest import CTCF_JASPAR, SLICE, write_fasta
 
 from dna_mdlm.errors import InputError
 from dna_mdlm.evaluation.report import verdicts, write_report
 from dna_mdlm.evaluation.sequences import dinucleotide_shuffle, evaluate_samples_files
 
-SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-SLICE = SHARED_DATA / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
-CTCF_JASPAR = """>MA0139.1\tCTCF
-A  [ 87 167 281  56   8 744  40 107 851   5 333  54  12  56 104 372  82 117 402 ]
-C  [291 145  49 800 903  13 528 433  11   0   3  12   0   8 733  13 482 322 181 ]
-G  [ 76 414 449  21   0  65 334  48  32 903 566 504 890 775   5 507 307  73 266 ]
-T  [459 187 134  36   2  91  11 324  18   3   9 341   8  71  67  17  37 396  59 ]
-"""
 
 
-def _write_fasta(path: Path, seqs: list[str]) -> Path:
-    path.write_text("".join(f">s{i}\n{s}\n" for i, s in enumerate(seqs)))
-    return path
-
-
-@pytest.fixture(scope="module")
-def chr20() -> str:
-    if not SLICE.is_file():
-        pytest.skip(f"shared data not found at {SLICE} (set DNA_MDLM_SHARED_DATA)")
-    return str(SeqIO.read(SLICE, "fasta").seq)
 
 
 def test_report_end_to_end_with_train_judge_and_motifs(tmp_path, chr20):
@@ -43,8 +23,8 @@ def test_report_end_to_end_with_train_judge_and_motifs(tmp_path, chr20):
     # "generated": dinucleotide shuffles of held-out windows, plus one planted training window
     samples = [dinucleotide_shuffle(chr20[600_000 + i * 1000: 600_000 + i * 1000 + 400], rng) for i in range(29)]
     samples.append(train[250_000:250_400])
-    samples_fa = _write_fasta(tmp_path / "samples.fa", samples)
-    train_fa = _write_fasta(tmp_path / "train.fa", [train])
+    samples_fa = write_fasta(tmp_path / "samples.fa", samples)
+    train_fa = write_fasta(tmp_path / "train.fa", [train])
     motifs = tmp_path / "ctcf.jaspar"
     motifs.write_text(CTCF_JASPAR)
     judged = []
@@ -80,9 +60,9 @@ def test_report_end_to_end_with_train_judge_and_motifs(tmp_path, chr20):
 
 def test_real_windows_pass_the_js_and_memorisation_verdicts(tmp_path, chr20):
     held_out = [chr20[700_000 + i * 2000: 700_000 + i * 2000 + 500] for i in range(40)]
-    samples_fa = _write_fasta(tmp_path / "real.fa", held_out)
-    train_fa = _write_fasta(tmp_path / "train.fa", [chr20[:300_000]])
-    reference_fa = _write_fasta(tmp_path / "ref.fa", [chr20[300_000:650_000]])
+    samples_fa = write_fasta(tmp_path / "real.fa", held_out)
+    train_fa = write_fasta(tmp_path / "train.fa", [chr20[:300_000]])
+    reference_fa = write_fasta(tmp_path / "ref.fa", [chr20[300_000:650_000]])
     out = tmp_path / "r"
     evaluate_samples_files(samples_fa, reference_fa, out, train_fa=train_fa, seed=0)
     rows = {r["metric"]: r for r in json.loads((out / "metrics.json").read_text())["verdicts"]}
@@ -102,16 +82,16 @@ def test_verdict_rows_for_degenerate_samples():
 
 
 def test_bad_input_writes_nothing(tmp_path, chr20):
-    reference_fa = _write_fasta(tmp_path / "ref.fa", [chr20[:100_000]])
-    bad = _write_fasta(tmp_path / "bad.fa", ["ACGTACGTAC", "ACGTRACGTA"])
+    reference_fa = write_fasta(tmp_path / "ref.fa", [chr20[:100_000]])
+    bad = write_fasta(tmp_path / "bad.fa", ["ACGTACGTAC", "ACGTRACGTA"])
     out = tmp_path / "report"
     with pytest.raises(InputError, match="invalid character 'R'"):
         evaluate_samples_files(bad, reference_fa, out)
-    short = _write_fasta(tmp_path / "short.fa", ["ACGTACGT", "ACG"])
+    short = write_fasta(tmp_path / "short.fa", ["ACGTACGT", "ACG"])
     with pytest.raises(InputError, match="shorter than the minimum"):
         evaluate_samples_files(short, reference_fa, out)
-    ok = _write_fasta(tmp_path / "ok.fa", [chr20[i * 500: i * 500 + 400] for i in range(10)])
-    tiny_ref = _write_fasta(tmp_path / "tiny.fa", [chr20[:3000]])
+    ok = write_fasta(tmp_path / "ok.fa", [chr20[i * 500: i * 500 + 400] for i in range(10)])
+    tiny_ref = write_fasta(tmp_path / "tiny.fa", [chr20[:3000]])
     with pytest.raises(InputError, match="too small"):
         evaluate_samples_files(ok, tiny_ref, out)
     broken_motifs = tmp_path / "m.meme"
