@@ -482,6 +482,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     run = globals()[VERBS[args.verb][2]]
+    from ._quiet import quiet_libraries
+
+    quiet_libraries()
     try:
         return int(run(args) or 0)
     except InputError as exc:

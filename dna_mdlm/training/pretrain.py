@@ -24,30 +24,12 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..diffusion.mdlm import MDLM, scorable, stratified_times
+from .._quiet import quiet_libraries
 from ..errors import InputError, atomic_path
 from ..models import CaduceusConfig, CaduceusForMaskedLM
 from ..tokenizer import BOS_ID, DNATokenizer
 
 LN2 = math.log(2.0)
-
-
-def quiet_libraries() -> None:
-    """Drop third-party chatter that says nothing about this run (an advert, a pytree deprecation, HF bars)."""
-    import logging
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    class _NoAdverts(logging.Filter):
-        def filter(self, record):
-            return "litlogger" not in record.getMessage()
-
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch"):
-        logging.getLogger(name).addFilter(_NoAdverts())
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=".*limit_val_batches.*")
-    hf_logging.disable_progress_bar()
 
 
 # ---------------------------------------------------------------------------------------------------
