@@ -99,7 +99,7 @@ def _write_npy_entry(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
 def embed_fasta(model_or_dir, fasta: str | os.PathLike, out: str | os.PathLike, pool: str = "mean",
                 batch_size: int = 32, device: str = "cpu", chunk_records: int | None = None) -> dict:
     """Stream FASTA records into an .npz at `out` (see the module doc for its layout); returns a summary."""
-    from .training.finetune import iter_fasta_batches
+    from .data.genome import iter_fasta_batches
 
     if pool not in POOLS:
         raise InputError(f"--pool must be one of {', '.join(POOLS)}, got {pool!r}")

@@ -675,3 +675,32 @@ class TiledWindows(Dataset):
         record, start, score_from = self.tiles[i]
         ids = self.genome.read(record, start, start + self.window)
         return make_item(ids, record, start, "+", i, score_from=score_from)
+
+
+def iter_fasta_batches(fasta: str | os.PathLike, n: int) -> Iterable[list[tuple[str, str]]]:
+    """Chunks of `n` (record id, sequence) pairs, streamed; gzip allowed; empty records are an error."""
+    import gzip
+
+    from Bio.SeqIO.FastaIO import SimpleFastaParser
+
+    path = Path(fasta)
+    if not path.is_file():
+        raise InputError(f"--fasta {path}: no such file")
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    opener = gzip.open if gz else open
+    chunk, count = [], 0
+    with opener(path, "rt") as fh:
+        for title, seq in SimpleFastaParser(fh):
+            count += 1
+            rid = title.split(None, 1)[0] if title.strip() else f"record{count}"
+            if not seq:
+                raise InputError(f"--fasta {path}: record {count} ({rid}) has an empty sequence")
+            chunk.append((rid, seq))
+            if len(chunk) == n:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+    if count == 0:
+        raise InputError(f"--fasta {path}: no FASTA records found (expected '>' header lines)")

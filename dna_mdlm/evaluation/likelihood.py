@@ -112,7 +112,7 @@ def likelihood(model_dir: str | os.PathLike, fasta, bed=None, regions=(), window
 @torch.no_grad()
 def _neural_window_sums(model, kind, x, mask, num_samples, gen) -> np.ndarray:
     if kind == "ar":
-        from ..training.pretrain import ar_token_nll
+        from ..baselines.ar import ar_token_nll
 
         tok = ar_token_nll(model, x)
         return torch.where(mask, tok, torch.zeros_like(tok)).double().sum(1, keepdim=True).cpu().numpy()

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.benchmarks import LabelledSequences, collate_labelled
+from ..data.genome import iter_fasta_batches
 from ..errors import InputError, atomic_path
 from ..models import CaduceusConfig, CaduceusForSequenceClassification
 from ..models.modeling_caduceus import rc_padded
@@ -615,35 +616,6 @@ def load_classifier(model_dir: str | os.PathLike, device: str = "cpu") -> Caduce
     if kind != "classifier":
         raise InputError(f"--model {model_dir}: a {kind} model, not a fine-tuned classifier (make one with dna-mdlm finetune)")
     return model
-
-
-def iter_fasta_batches(fasta: str | os.PathLike, n: int) -> Iterable[list[tuple[str, str]]]:
-    """Chunks of `n` (record id, sequence) pairs, streamed; gzip allowed; empty records are an error."""
-    import gzip
-
-    from Bio.SeqIO.FastaIO import SimpleFastaParser
-
-    path = Path(fasta)
-    if not path.is_file():
-        raise InputError(f"--fasta {path}: no such file")
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    opener = gzip.open if gz else open
-    chunk, count = [], 0
-    with opener(path, "rt") as fh:
-        for title, seq in SimpleFastaParser(fh):
-            count += 1
-            rid = title.split(None, 1)[0] if title.strip() else f"record{count}"
-            if not seq:
-                raise InputError(f"--fasta {path}: record {count} ({rid}) has an empty sequence")
-            chunk.append((rid, seq))
-            if len(chunk) == n:
-                yield chunk
-                chunk = []
-    if chunk:
-        yield chunk
-    if count == 0:
-        raise InputError(f"--fasta {path}: no FASTA records found (expected '>' header lines)")
 
 
 def predict_fasta(model_dir: str | os.PathLike, fasta: str | os.PathLike, out: str | os.PathLike,

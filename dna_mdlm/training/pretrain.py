@@ -26,8 +26,9 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from ..diffusion.mdlm import MDLM, scorable, stratified_times
 from .._quiet import quiet_libraries
 from ..errors import InputError, atomic_path
+from ..baselines.ar import ar_token_nll
 from ..models import CaduceusConfig, CaduceusForMaskedLM
-from ..tokenizer import BOS_ID, DNATokenizer
+from ..tokenizer import DNATokenizer
 
 LN2 = math.log(2.0)
 
@@ -98,16 +99,6 @@ def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return f
-
-
-def ar_inputs(x: torch.Tensor) -> torch.Tensor:
-    """[BOS] + x[:-1]: position l predicts base l from bases < l, so every base of a window is scored."""
-    return torch.cat([torch.full_like(x[:, :1], BOS_ID), x[:, :-1]], dim=1)
-
-
-def ar_token_nll(model, x: torch.Tensor, attention_mask=None) -> torch.Tensor:
-    logits = model(ar_inputs(x), attention_mask=attention_mask).logits
-    return F.cross_entropy(logits.transpose(1, 2), x, reduction="none")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
