@@ -422,3 +422,17 @@ def test_softplus_threshold_matches_torch(fast_scan):
     inputs["A"] = inputs["A"] * 1e-3  # keep exp(dt*A) away from 0 so the state carries information
     torch.testing.assert_close(fast_scan(**inputs, delta_softplus=True),
                                ss.selective_scan_ref(**inputs, delta_softplus=True), rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.slow
+def test_a_killed_build_leaves_no_lock_that_hangs_later_processes():
+    """cpp_extension's lock file, left behind when a first build is interrupted, must not block the next
+    process forever (it did: every later run slept on it)."""
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler on PATH")
+    build_dir = ss.cpp_build_dir()
+    build_dir.mkdir(parents=True, exist_ok=True)
+    (build_dir / "lock").touch()
+    code = "from dna_mdlm.ops.selective_scan import load_cpp_extension; assert load_cpp_extension() is not None"
+    subprocess.run([sys.executable, "-c", code], timeout=600, check=True)
+    assert not (build_dir / "lock").exists()

@@ -230,6 +230,35 @@ def _cpu_tag() -> str:
     return hashlib.sha1(flags.encode()).hexdigest()[:10]
 
 
+def cpp_build_dir() -> Path:
+    """Where the C++ kernel is built and cached: one build per CPU and per source location, so two
+    checkouts on one machine do not rebuild each other's copy."""
+    where = hashlib.sha1(str(_CSRC.resolve()).encode()).hexdigest()[:8]
+    cache_root = Path(os.environ.get("DNA_MDLM_CACHE", Path.home() / ".cache" / "dna_mdlm"))
+    return cache_root / "torch_extensions" / f"dna_mdlm_selective_scan_{_cpu_tag()}_{where}"
+
+
+class _exclusive:
+    """An exclusive flock on `path` (released by the OS if the process dies); a no-op where fcntl is missing."""
+
+    def __init__(self, path: Path):
+        self.path, self.fh = path, None
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # Windows: fall back to cpp_extension's own lock alone
+            return self
+        self.fh = open(self.path, "w")
+        fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fh is not None:
+            self.fh.close()  # closing releases the flock
+        return False
+
+
 def load_cpp_extension(verbose: bool = False):
     """Compile (first time, about a minute) or load the cached C++ kernel; None if no compiler works.
 
@@ -244,23 +273,28 @@ def load_cpp_extension(verbose: bool = False):
     with _cpp_lock:
         if _cpp_module is not None or _cpp_failed is not None:
             return _cpp_module
-        name = f"dna_mdlm_selective_scan_{_cpu_tag()}"
-        cache_root = Path(os.environ.get("DNA_MDLM_CACHE", Path.home() / ".cache" / "dna_mdlm"))
-        build_dir = cache_root / "torch_extensions" / name
+        build_dir = cpp_build_dir()
+        name = build_dir.name
         try:
             from torch.utils import cpp_extension
 
             build_dir.mkdir(parents=True, exist_ok=True)
+            guard = _exclusive(build_dir / ".dna_mdlm.lock")
             # -ffast-math goes to compilation only: on the link line gcc 12 would add crtfastmath.o,
             # which flips the whole process to flush-denormals-to-zero.
-            _cpp_module = cpp_extension.load(
-                name=name,
-                sources=[str(_CSRC)],
-                extra_cflags=_CPP_FLAGS,
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(build_dir),
-                verbose=verbose,
-            )
+            with guard:
+                # cpp_extension's own lock is a plain file that a build killed half-way (Ctrl-C during the
+                # first compile) leaves behind, after which every later process waits on it forever. While
+                # we hold an OS lock, which dies with its holder, no one else is building: clear it.
+                (build_dir / "lock").unlink(missing_ok=True)
+                _cpp_module = cpp_extension.load(
+                    name=name,
+                    sources=[str(_CSRC)],
+                    extra_cflags=_CPP_FLAGS,
+                    extra_ldflags=["-fopenmp"],
+                    build_directory=str(build_dir),
+                    verbose=verbose,
+                )
         except Exception as exc:  # compiler missing, headers missing, ninja missing, ...
             _cpp_failed = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
             warnings.warn(
