@@ -125,6 +125,18 @@ class _Denoiser:
         return shape_distribution(logp, self.temperature, self.top_p)
 
 
+def _refresh(denoiser, z, t, probs, stale, cache_ok):
+    """The denoiser's output at z: recomputed for every row (plain sampler, or no cache yet), or only for the
+    rows that changed since the cached call (the ddpm_cache rule, applied per row)."""
+    if probs is None or not cache_ok:
+        return denoiser(z, t)
+    if stale.any():
+        rows = stale.nonzero().squeeze(1)
+        probs = probs.clone()
+        probs[rows] = denoiser(z[rows], t)
+    return probs
+
+
 @torch.no_grad()
 def denoise_window(denoiser: _Denoiser, z: torch.Tensor, steps: int, sampler: str, generator: torch.Generator,
                    progress=None) -> torch.Tensor:
@@ -144,12 +156,7 @@ def denoise_window(denoiser: _Denoiser, z: torch.Tensor, steps: int, sampler: st
             if progress is not None:
                 progress.update(1)
             continue
-        if probs is None or not cache_ok:
-            probs = denoiser(z, t)
-        elif stale.any():
-            rows = stale.nonzero().squeeze(1)
-            probs = probs.clone()
-            probs[rows] = denoiser(z[rows], t)
+        probs = _refresh(denoiser, z, t, probs, stale, cache_ok)
         move_t = float(1 - schedule.alpha(torch.tensor(t, dtype=torch.float64)))
         move_s = float(1 - schedule.alpha(torch.tensor(s, dtype=torch.float64)))
         # Unnormalised q(z_s | z_t, x0): p_theta * (m_t - m_s) on the bases, m_s on staying masked.
@@ -164,12 +171,7 @@ def denoise_window(denoiser: _Denoiser, z: torch.Tensor, steps: int, sampler: st
     still_masked = z == MASK_ID
     if still_masked.any():
         # Final noise removal: one more (cached if unchanged) evaluation at t = eps, greedy fill.
-        if probs is None or not cache_ok:
-            probs = denoiser(z, SAMPLING_EPS)
-        elif stale.any():
-            rows = stale.nonzero().squeeze(1)
-            probs = probs.clone()
-            probs[rows] = denoiser(z[rows], SAMPLING_EPS)
+        probs = _refresh(denoiser, z, SAMPLING_EPS, probs, stale, cache_ok)
         z = torch.where(still_masked, allowed[probs.argmax(-1)], z)
     return z
 
