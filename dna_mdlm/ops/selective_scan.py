@@ -123,6 +123,15 @@ def _effective_delta(delta, delta_bias, delta_softplus):
 # --------------------------------------------------------------------------------------------------
 
 
+def _skip_and_gate(y, u, D, z, work):
+    """y + D * u, then y * silu(z): the part of the scan outside the recurrence (shared by the torch paths)."""
+    if D is not None:
+        y = y + D.to(work)[:, None] * u
+    if z is not None:
+        y = y * F.silu(z.to(work))
+    return y
+
+
 def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False):
     """Plain step-by-step scan; accumulates in float32 (float64 when any input is float64)."""
@@ -147,12 +156,7 @@ def selective_scan_ref(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     for dt, u_t, B_t, C_t in zip(dt_steps.unbind(0), u_steps.unbind(0), B_steps.unbind(0), C_steps.unbind(0)):
         h = torch.exp(dt * A_g) * h + dt * B_t * u_t
         ys.append((h * C_t).sum(-1).view(batch, dim))
-    y = torch.stack(ys, dim=-1)
-    if D is not None:
-        y = y + D.to(work)[:, None] * u
-    if z is not None:
-        y = y * F.silu(z.to(work))
-    y = y.to(out_dtype)
+    y = _skip_and_gate(torch.stack(ys, dim=-1), u, D, z, work).to(out_dtype)
     return (y, h.reshape(batch, dim, n_state)) if return_last_state else y
 
 
@@ -198,12 +202,7 @@ def selective_scan_blocked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
             states.append(h)
         states = torch.stack(states, dim=3)  # (b, g, p, T, N)
         y_blocks.append(torch.einsum("bgptn,bgnt->bgpt", states, C_g[..., t0:t1]))
-    y = torch.cat(y_blocks, dim=-1).reshape(batch, dim, length)
-    if D is not None:
-        y = y + D.to(work)[:, None] * u_w
-    if z is not None:
-        y = y * F.silu(z.to(work))
-    y = y.to(out_dtype)
+    y = _skip_and_gate(torch.cat(y_blocks, dim=-1).reshape(batch, dim, length), u_w, D, z, work).to(out_dtype)
     return (y, h.reshape(batch, dim, n_state)) if return_last_state else y
 
 
