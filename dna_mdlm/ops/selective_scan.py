@@ -44,17 +44,23 @@ __all__ = [
     "selective_scan_ref",
     "selective_scan_blocked",
     "selective_scan_cpp",
+    "selective_scan_tokens",
+    "causal_conv1d_tokens",
     "selective_state_update",
     "mamba_cuda_available",
     "scan_backend",
+    "scan_isa",
+    "available_isas",
     "load_cpp_extension",
 ]
 
 SCAN_ENV_VAR = "DNA_MDLM_SCAN"
+ISA_ENV_VAR = "DNA_MDLM_SCAN_ISA"
 _BACKENDS = ("ref", "blocked", "cpp", "cuda")
 # Steps between saved states in the C++ forward: the backward recomputes one chunk at a time, so this
-# trades saved memory (1/CHUNK of the full state history) against a chunk-sized local buffer.
-CPP_CHUNK = 64
+# trades saved memory (1/SCAN_CHUNK of the full state history) against chunk-sized local buffers
+# (states, exp(dt*A) and the dB/dC lane sums of one chunk: 4 x 64 x 16 x 16 floats = 256 KiB, in L2).
+SCAN_CHUNK = 64
 # Steps per block in the pure-torch path: 16 measured best on 1 thread (L=1024 fwd+bwd 0.69 s vs 0.78 s at 8).
 BLOCKED_BLOCK = 16
 
@@ -207,10 +213,11 @@ def selective_scan_blocked(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
 
 
 # --------------------------------------------------------------------------------------------------
-# cpp: fused C++ kernel
+# cpp: the C++ kernels (token-major scan and conv)
 # --------------------------------------------------------------------------------------------------
 
-_CSRC = Path(__file__).resolve().parent / "csrc" / "selective_scan.cpp"
+_CSRC_DIR = Path(__file__).resolve().parent / "csrc"
+_CSRC = _CSRC_DIR / "selective_scan.cpp"
 _CPP_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp"]
 _cpp_lock = threading.Lock()
 _cpp_module = None
@@ -227,6 +234,15 @@ def _cpu_tag() -> str:
     except OSError:
         pass
     return hashlib.sha1(flags.encode()).hexdigest()[:10]
+
+
+def _sources_tag() -> str:
+    """Digest of every file in csrc/: cpp_extension hashes only the listed .cpp, not what it includes."""
+    digest = hashlib.sha1()
+    for path in sorted(_CSRC_DIR.iterdir()):
+        if path.is_file():
+            digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:8]
 
 
 def cpp_build_dir() -> Path:
@@ -259,7 +275,7 @@ class _exclusive:
 
 
 def load_cpp_extension(verbose: bool = False):
-    """Compile (first time, about a minute) or load the cached C++ kernel; None if no compiler works.
+    """Compile (first time, about a minute) or load the cached C++ kernels; None if no compiler works.
 
     The build goes to ``$DNA_MDLM_CACHE`` or ``~/.cache/dna_mdlm/torch_extensions/<name>``; the name
     carries a CPU digest, and cpp_extension hashes sources and flags and takes a file lock, so
@@ -273,9 +289,9 @@ def load_cpp_extension(verbose: bool = False):
         if _cpp_module is not None or _cpp_failed is not None:
             return _cpp_module
         build_dir = cpp_build_dir()
-        name = build_dir.name
+        name = f"{build_dir.name}_{_sources_tag()}"
         try:
-            from torch.utils import cpp_extension
+            from torch.utils import cpp_extension  # heavy, and only needed on first use
 
             build_dir.mkdir(parents=True, exist_ok=True)
             guard = _exclusive(build_dir / ".dna_mdlm.lock")
@@ -305,62 +321,341 @@ def load_cpp_extension(verbose: bool = False):
         return _cpp_module
 
 
-def _backward_slices(batch: int, groups: int, per_group: int) -> int:
-    """Channel slices per (batch, group) in the backward: enough work units to keep every thread busy."""
-    units = batch * groups
-    threads = max(1, torch.get_num_threads())
-    return max(1, min(per_group, -(-2 * threads // units)))
+# Instruction sets of the C++ kernels, by the code the extension uses for them.
+ISAS = {"scalar": 0, "avx2": 1, "avx512": 2}
 
 
-class _CppSelectiveScan(torch.autograd.Function):
+def available_isas() -> list[str]:
+    """Instruction sets the C++ kernels can use on this CPU (best last); [] without the extension."""
+    ext = load_cpp_extension()
+    if ext is None:
+        return []
+    codes = set(ext.supported_isas())
+    return [name for name, code in ISAS.items() if code in codes]
+
+
+def scan_isa() -> str:
+    """The instruction set the C++ kernels run with: ``$DNA_MDLM_SCAN_ISA`` if set, else the best available.
+
+    ``scalar`` is portable C++ (what the compiler makes of it), ``avx2`` and ``avx512`` are hand-vectorised
+    over channels with a polynomial exp. float64 always runs the scalar code. Raises InputError for an
+    unknown name or one this CPU cannot run.
+    """
+    forced = os.environ.get(ISA_ENV_VAR, "").strip().lower()
+    avail = available_isas()
+    if forced:
+        if forced not in ISAS:
+            raise InputError(f"{ISA_ENV_VAR}={forced!r} is not one of {'|'.join(ISAS)}")
+        if forced not in avail:
+            raise InputError(f"{ISA_ENV_VAR}={forced} cannot run on this CPU (available: {', '.join(avail) or 'none'})")
+        return forced
+    return avail[-1] if avail else "scalar"
+
+
+def _cpp_ext_or_raise():
+    ext = load_cpp_extension()
+    if ext is None:
+        raise RuntimeError(f"the C++ selective scan is unavailable: {_cpp_failed}")
+    return ext
+
+
+def _isa_code(isa: str | None) -> int:
+    return ISAS[isa or scan_isa()]
+
+
+def _work_dtype(*tensors) -> torch.dtype:
+    return _compute_dtype(*tensors)
+
+
+def _inner_contiguous(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """`t` in `dtype` with a contiguous last dimension, copying only when needed."""
+    if t is None:
+        return None
+    t = t.detach().to(dtype)
+    return t if t.stride(-1) == 1 or t.shape[-1] == 1 else t.contiguous()
+
+
+def _reverse_flags(reverse, K: int, batch: int, device) -> torch.Tensor:
+    if reverse is None:
+        return torch.zeros(K, batch, dtype=torch.bool, device=device)
+    flags = torch.as_tensor(reverse, dtype=torch.bool, device=device)
+    if flags.dim() == 1 and flags.shape[0] == K:  # one flag per direction, same for every row
+        flags = flags[:, None].expand(K, batch)
+    if flags.shape != (K, batch):
+        raise InputError(f"selective_scan: reverse must be (K={K},) or (K, batch={batch}) bools, got {tuple(flags.shape)}")
+    return flags.contiguous()
+
+
+def _mask_rows(mask, batch: int, length: int, device) -> torch.Tensor | None:
+    if mask is None:
+        return None
+    mask = torch.as_tensor(mask, device=device)
+    if mask.dim() != 2 or mask.shape[1] != length or batch % mask.shape[0] != 0:
+        raise InputError(
+            f"selective_scan: mask must be (rows, L={length}) with rows dividing batch={batch}, got {tuple(mask.shape)}"
+        )
+    return mask.to(torch.bool).contiguous()
+
+
+class _TokenScanFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, ext):
-        work = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
-        in_dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
-        cast = [None if t is None else t.detach().to(work).contiguous() for t in (u, delta, A, D, z, delta_bias)]
-        u_c, delta_c, A_c, D_c, z_c, bias_c = cast
-        # (batch, groups, L, N): one step's states contiguous, so the kernel's loop over N vectorises.
-        Bt = B.detach().to(work).transpose(-1, -2).contiguous()
-        Ct = C.detach().to(work).transpose(-1, -2).contiguous()
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, mask, reverse, softplus, sum_k, want_last, isa, ext):
+        work = _work_dtype(u, delta, A, B, C, D, z, delta_bias)
+        ctx.in_dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
+        ctx.z_shape = None if z is None else z.shape
+        K = u.shape[0]
+        u_c, d_c, B_c, C_c = (_inner_contiguous(t, work) for t in (u, delta, B, C))
+        A_c, D_c, bias_c = (None if t is None else t.detach().to(work).contiguous() for t in (A, D, delta_bias))
+        z_c = _inner_contiguous(z, work)
+        if z_c is not None and z_c.dim() == 3:  # one gate for every direction: a stride-0 view, no copy
+            z_c = z_c.unsqueeze(0).expand(K, *z_c.shape)
         save = any(ctx.needs_input_grad[:8])
-        out, last_state, ckpt = ext.fwd(u_c, delta_c, A_c, Bt, Ct, D_c, z_c, bias_c, bool(delta_softplus),
-                                        CPP_CHUNK, save)
+        out, last, ckpt = ext.scan_fwd(u_c, d_c, A_c, B_c, C_c, D_c, z_c, bias_c, mask, reverse, softplus, sum_k,
+                                       SCAN_CHUNK, save, want_last, isa, 0)
         if save:
-            ctx.save_for_backward(u_c, delta_c, A_c, Bt, Ct, D_c, z_c, bias_c, ckpt)
-        ctx.delta_softplus = bool(delta_softplus)
-        ctx.in_dtypes = in_dtypes
-        ctx.ext = ext
-        # Unused outputs then arrive as None in backward instead of zero tensors to multiply through.
+            ctx.save_for_backward(u_c, d_c, A_c, B_c, C_c, D_c, z_c, bias_c, mask, reverse, ckpt)
+        ctx.flags = (softplus, sum_k, isa, ext)
         ctx.set_materialize_grads(False)
-        return out.to(u.dtype), last_state
+        if not want_last:
+            last = out.new_zeros(0)
+            ctx.mark_non_differentiable(last)
+        return out.to(u.dtype), last
 
     @staticmethod
     def backward(ctx, dout, dlast):
-        u_c, delta_c, A_c, Bt, Ct, D_c, z_c, bias_c, ckpt = ctx.saved_tensors
-        batch, dim, _ = u_c.shape
-        groups = Bt.shape[1]
-        slices = _backward_slices(batch, groups, dim // groups)
-        dout = torch.zeros_like(u_c) if dout is None else dout.to(u_c.dtype).contiguous()
-        dlast = None if dlast is None else dlast.to(u_c.dtype).contiguous()
-        du, ddelta, dA, dBt, dCt, dD, dz, dbias = ctx.ext.bwd(
-            u_c, delta_c, A_c, Bt, Ct, D_c, z_c, bias_c, ctx.delta_softplus, ckpt, dout, dlast, CPP_CHUNK, slices
+        u_c, d_c, A_c, B_c, C_c, D_c, z_c, bias_c, mask, reverse, ckpt = ctx.saved_tensors
+        softplus, sum_k, isa, ext = ctx.flags
+        if dout is None:
+            shape = u_c.shape[1:] if sum_k else u_c.shape
+            dout = u_c.new_zeros(shape)
+        else:
+            dout = _inner_contiguous(dout, u_c.dtype)
+        dlast = None if dlast is None or dlast.numel() == 0 else dlast.to(u_c.dtype).contiguous()
+        du, ddelta, dA, dB, dC, dD, dz, dbias, _ = ext.scan_bwd(
+            u_c, d_c, A_c, B_c, C_c, D_c, z_c, bias_c, mask, reverse, softplus, sum_k, SCAN_CHUNK, ckpt, dout, dlast,
+            False, None, isa, 0,
         )
-        grads = [du, ddelta, dA, dBt.transpose(-1, -2), dCt.transpose(-1, -2), dD, dz, dbias]
+        if dz is not None and ctx.z_shape is not None:
+            dz = dz.reshape(ctx.z_shape)
+        grads = [du, ddelta, dA, dB, dC, dD, dz, dbias]
         grads = [None if g is None or dt is None else g.to(dt) for g, dt in zip(grads, ctx.in_dtypes)]
-        return (*grads, None, None)
+        return (*grads, None, None, None, None, None, None, None)
+
+
+def _check_token_inputs(u, delta, A, B, C, D, z, delta_bias):
+    """Validate token-major shapes; return (B, C) as (K, batch, L, groups, d_state)."""
+    for name, t in (("u", u), ("delta", delta), ("A", A), ("B", B), ("C", C)):
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"selective_scan_tokens: argument {name} must be a torch.Tensor, got {type(t).__name__}")
+    if u.dim() != 4:
+        raise InputError(f"selective_scan_tokens: u must be (K, batch, L, d_inner), got shape {tuple(u.shape)}")
+    K, batch, length, dim = u.shape
+    if length == 0:
+        raise InputError("selective_scan_tokens: u has length 0; expected at least one step")
+    if delta.shape != u.shape:
+        raise InputError(f"selective_scan_tokens: delta shape {tuple(delta.shape)} must equal u shape {tuple(u.shape)}")
+    if A.dim() != 3 or A.shape[:2] != (K, dim):
+        raise InputError(f"selective_scan_tokens: A must be (K={K}, d_inner={dim}, d_state), got {tuple(A.shape)}")
+    n_state = A.shape[2]
+    grouped = []
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 4:
+            t = t.unsqueeze(3)
+        if t.dim() != 5 or t.shape[:3] != (K, batch, length) or t.shape[4] != n_state or dim % t.shape[3]:
+            raise InputError(
+                f"selective_scan_tokens: {name} must be (K={K}, batch={batch}, L={length}, d_state={n_state}) or "
+                f"(K, batch, L, groups, d_state) with groups dividing {dim}, got {tuple(t.shape)}"
+            )
+        grouped.append(t)
+    if grouped[0].shape[3] != grouped[1].shape[3]:
+        raise InputError("selective_scan_tokens: B and C must have the same number of groups")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and (not isinstance(t, torch.Tensor) or t.shape != (K, dim)):
+            shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+            raise InputError(f"selective_scan_tokens: {name} must be (K={K}, d_inner={dim}), got {shape}")
+    if z is not None and (not isinstance(z, torch.Tensor) or z.shape not in (u.shape, u.shape[1:])):
+        shape = tuple(z.shape) if isinstance(z, torch.Tensor) else type(z).__name__
+        raise InputError(f"selective_scan_tokens: z must be (batch, L, d_inner) or (K, batch, L, d_inner), got {shape}")
+    return grouped
+
+
+def selective_scan_tokens(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, *, mask=None,
+                          reverse=None, sum_directions=False, return_last_state=False, backend: str | None = None,
+                          isa: str | None = None):
+    """The selective scan on the model's token-major layout, K directions in one call.
+
+    Shapes: u, delta (K, batch, L, d_inner); A (K, d_inner, d_state); B, C (K, batch, L, d_state) or
+    (K, batch, L, groups, d_state); D, delta_bias (K, d_inner); z (batch, L, d_inner), one gate shared by
+    every direction, or (K, batch, L, d_inner). Direction k of row b runs from position L-1 down to 0 when
+    ``reverse[k, b]`` (or ``reverse[k]``) is true, by indexing: nothing is flipped. ``mask`` (rows, L), row
+    ``b % rows`` for batch row b, marks padding False: there delta is 0, so the state passes through
+    unchanged and a right-padded row scans exactly like the unpadded sequence in both directions.
+
+    Returns y (batch, L, d_inner), the sum over directions, when ``sum_directions``, else (K, batch, L,
+    d_inner); with ``return_last_state`` also the final states (K, batch, d_inner, d_state). Same recurrence
+    as :func:`selective_scan_fn` per direction. ``backend`` is ``cpp`` (CPU default) or ``ref`` (per-stream
+    :func:`selective_scan_ref`, the oracle); ``isa`` overrides :func:`scan_isa` for the cpp kernels.
+    Raises InputError on bad shapes.
+    """
+    B5, C5 = _check_token_inputs(u, delta, A, B, C, D, z, delta_bias)
+    K, batch, length, _ = u.shape
+    mask_b = _mask_rows(mask, batch, length, u.device)
+    flags = _reverse_flags(reverse, K, batch, u.device)
+    backend = backend or ("cpp" if u.device.type == "cpu" and load_cpp_extension() is not None else "ref")
+    if backend == "ref":
+        return _selective_scan_tokens_ref(u, delta, A, B5, C5, D, z, delta_bias, delta_softplus, mask_b, flags,
+                                          sum_directions, return_last_state)
+    if backend != "cpp":
+        raise InputError(f"selective_scan_tokens: backend must be 'cpp' or 'ref', got {backend!r}")
+    if u.device.type != "cpu":
+        raise InputError(f"selective_scan_tokens: the cpp path needs CPU tensors, got device {u.device}")
+    ext = _cpp_ext_or_raise()
+    y, last = _TokenScanFn.apply(u, delta, A, B5, C5, D, z, delta_bias, mask_b, flags, bool(delta_softplus),
+                                 bool(sum_directions), bool(return_last_state), _isa_code(isa), ext)
+    return (y, last.transpose(-1, -2)) if return_last_state else y
+
+
+def _selective_scan_tokens_ref(u, delta, A, B5, C5, D, z, delta_bias, softplus, mask, flags, sum_k, want_last):
+    """Each stream through :func:`selective_scan_ref` in its own direction (flipped copies): the oracle."""
+    K, batch, length, _ = u.shape
+    work = _compute_dtype(u, delta, A, B5, C5, D, z, delta_bias)
+    ys, lasts = [], []
+    for k in range(K):
+        y_k, last_k = [], []
+        for b in range(batch):
+            rev = bool(flags[k, b])
+
+            def stream(t):  # (L, ...) -> (1, ..., L) in this stream's processing order
+                t = t.flip(0) if rev else t
+                return t.movedim(0, -1).unsqueeze(0)
+
+            dt = delta[k, b].to(work)
+            if delta_bias is not None:
+                dt = dt + delta_bias[k].to(work)
+            if softplus:
+                dt = F.softplus(dt)
+            if mask is not None:
+                dt = dt * mask[b % mask.shape[0]].to(work)[:, None]
+            z_kb = None if z is None else (z[b] if z.dim() == 3 else z[k, b])
+            y, last = selective_scan_ref(
+                stream(u[k, b]), stream(dt), A[k], stream(B5[k, b]), stream(C5[k, b]),
+                None if D is None else D[k], None if z_kb is None else stream(z_kb), return_last_state=True,
+            )
+            y = y[0].movedim(-1, 0)
+            y_k.append(y.flip(0) if rev else y)
+            last_k.append(last[0])
+        ys.append(torch.stack(y_k))
+        lasts.append(torch.stack(last_k))
+    y = torch.stack(ys)
+    if sum_k:
+        y = y.sum(0)
+    return (y, torch.stack(lasts)) if want_last else y
 
 
 def selective_scan_cpp(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                        return_last_state=False):
-    """The fused C++ kernel (CPU tensors). Raises RuntimeError if the extension cannot be built."""
+    """The C++ kernel behind the (batch, d_inner, L) API: converts to token-major (copies) and back.
+
+    Raises RuntimeError if the extension cannot be built. The model calls the token-major form
+    (:func:`selective_scan_tokens`) directly, without these copies.
+    """
     B4, C4 = _check_inputs(u, delta, A, B, C, D, z, delta_bias)
     if u.device.type != "cpu":
         raise InputError(f"selective_scan: the cpp path needs CPU tensors, got device {u.device}")
-    ext = load_cpp_extension()
-    if ext is None:
-        raise RuntimeError(f"the C++ selective scan is unavailable: {_cpp_failed}")
-    y, last_state = _CppSelectiveScan.apply(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, ext)
-    return (y, last_state) if return_last_state else y
+    ext = _cpp_ext_or_raise()
+    K1 = (lambda t: None if t is None else t.unsqueeze(0))
+    tok = (lambda t: t.transpose(1, 2).unsqueeze(0))  # (batch, d, L) -> (1, batch, L, d)
+    grp = (lambda t: t.permute(0, 3, 1, 2).unsqueeze(0))  # (batch, G, N, L) -> (1, batch, L, G, N)
+    flags = torch.zeros(1, u.shape[0], dtype=torch.bool)
+    y, last = _TokenScanFn.apply(tok(u), tok(delta), K1(A), grp(B4), grp(C4), K1(D), None if z is None else tok(z),
+                                 K1(delta_bias), None, flags, bool(delta_softplus), False, bool(return_last_state),
+                                 _isa_code(None), ext)
+    y = y[0].transpose(1, 2)
+    return (y, last[0].transpose(-1, -2)) if return_last_state else y
+
+
+# --------------------------------------------------------------------------------------------------
+# depthwise causal conv on the token-major layout (the conv in front of Mamba's scan)
+# --------------------------------------------------------------------------------------------------
+
+
+class _TokenConvFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, mask, reverse, silu, isa, ext):
+        work = _work_dtype(x, weight, bias)
+        ctx.in_dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
+        x_c = _inner_contiguous(x, work)
+        w_c = weight.detach().to(work).contiguous()
+        b_c = None if bias is None else bias.detach().to(work).contiguous()
+        out = ext.conv_fwd(x_c, w_c, b_c, mask, reverse, silu, isa, 0)
+        if any(ctx.needs_input_grad[:3]):
+            ctx.save_for_backward(x_c, w_c, b_c, mask, reverse)
+        ctx.flags = (silu, isa, ext, x.shape)
+        return out.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dout):
+        x_c, w_c, b_c, mask, reverse = ctx.saved_tensors
+        silu, isa, ext, x_shape = ctx.flags
+        dx, dw, db = ext.conv_bwd(x_c, w_c, b_c, mask, reverse, silu, dout.to(x_c.dtype).contiguous(), isa, 0)
+        dx = dx.reshape(x_shape).to(ctx.in_dtypes[0])
+        return dx, dw.to(ctx.in_dtypes[1]), None if db is None else db.to(ctx.in_dtypes[2]), None, None, None, None, None
+
+
+def causal_conv1d_tokens(x, weight, bias=None, *, mask=None, reverse=None, activation: str | None = "silu",
+                         backend: str | None = None, isa: str | None = None):
+    """Depthwise causal conv (Mamba's ``conv1d``, groups = channels) on token-major activations, K at once.
+
+    x (batch, L, E), read by all K kernels, or (K, batch, L, E); weight (K, E, width) (an ``nn.Conv1d``
+    weight with the middle axis squeezed); bias (K, E) or None. Stream (k, b) is causal in its own
+    direction: forward, out[t] = bias + sum_j w[j] * x[t - width + 1 + j]; reverse (``reverse[k, b]``),
+    the same with time running from L-1 to 0. Inputs at ``mask`` == False positions count as 0 (as
+    multiplying x by the mask first). ``activation``: "silu" or None. Returns (K, batch, L, E).
+    ``backend``: ``cpp`` (CPU default) or ``ref`` (torch conv1d on flipped copies). Raises InputError on bad
+    shapes.
+    """
+    if x.dim() not in (3, 4) or weight.dim() != 3 or x.shape[-1] != weight.shape[1]:
+        raise InputError(
+            f"causal_conv1d_tokens: x must be (batch, L, E) or (K, batch, L, E) and weight (K, E, width), got "
+            f"{tuple(x.shape)} and {tuple(weight.shape)}"
+        )
+    if activation not in ("silu", None):
+        raise InputError(f"causal_conv1d_tokens: activation must be 'silu' or None, got {activation!r}")
+    K = weight.shape[0]
+    x4 = x.unsqueeze(0) if x.dim() == 3 else x
+    if x4.shape[0] not in (1, K) or (bias is not None and bias.shape != weight.shape[:2]):
+        raise InputError("causal_conv1d_tokens: x's leading K, weight and bias must agree")
+    batch, length = x4.shape[1], x4.shape[2]
+    if length == 0:
+        raise InputError("causal_conv1d_tokens: x has length 0")
+    mask_b = _mask_rows(mask, batch, length, x.device)
+    flags = _reverse_flags(reverse, K, batch, x.device)
+    backend = backend or ("cpp" if x.device.type == "cpu" and load_cpp_extension() is not None else "ref")
+    if backend == "ref":
+        return _causal_conv1d_tokens_ref(x4, weight, bias, mask_b, flags, activation == "silu")
+    ext = _cpp_ext_or_raise()
+    return _TokenConvFn.apply(x4, weight, bias, mask_b, flags, activation == "silu", _isa_code(isa), ext)
+
+
+def _causal_conv1d_tokens_ref(x4, weight, bias, mask, flags, silu):
+    K, width = weight.shape[0], weight.shape[2]
+    batch, length = x4.shape[1], x4.shape[2]
+    outs = []
+    for k in range(K):
+        rows = []
+        for b in range(batch):
+            xb = x4[0 if x4.shape[0] == 1 else k, b]
+            if mask is not None:
+                xb = xb * mask[b % mask.shape[0]].to(xb.dtype)[:, None]
+            rev = bool(flags[k, b])
+            xb = (xb.flip(0) if rev else xb).t().unsqueeze(0)  # (1, E, L) in processing order
+            y = F.conv1d(xb, weight[k].unsqueeze(1), None if bias is None else bias[k], padding=width - 1,
+                         groups=weight.shape[1])[..., :length]
+            y = F.silu(y) if silu else y
+            y = y[0].t()
+            rows.append(y.flip(0) if rev else y)
+        outs.append(torch.stack(rows))
+    return torch.stack(outs)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,246 +1,245 @@
-// Fused CPU selective scan (Mamba S6 recurrence) with a hand-written backward.
+// CPU kernels of dna_mdlm.ops: the selective scan (Mamba S6 recurrence) and the depthwise causal
+// conv in front of it, both on token-major (stream, batch, L, channel) activations, with
+// hand-written backward passes.
 //
-// Owns the numeric kernels behind dna_mdlm.ops.selective_scan's "cpp" path. The Python side
-// validates shapes, casts to float32/float64, and hands over contiguous tensors in these layouts:
-//   u, delta, z, dout : (batch, D, L)        one contiguous row per (batch, channel)
-//   A                 : (D, N)
-//   Bt, Ct            : (batch, G, L, N)     transposed so the N states of one step are contiguous,
-//                                            which lets gcc vectorise the per-step loop over N
-//   D_skip, delta_bias: (D,)
-// The state never leaves a thread-local array. The forward optionally stores the state at the
-// start of every chunk of `chunk` steps; the backward recomputes states (and exp(dt*A)) chunk by
-// chunk into a small local buffer and runs the reverse recurrence over it, so memory is
-// (batch, D, L/chunk, N) saved + chunk*N per thread, never (batch, D, N, L).
+// The scan's backward recomputes: the forward keeps only the state at the start of every chunk of
+// `chunk` steps, and the backward rebuilds one chunk at a time into a small buffer (as mamba-ssm's
+// CUDA kernel recomputes instead of storing per-step states), so saved memory is 1/chunk of the
+// state history and nothing of size (batch, d_inner, d_state, L) ever exists.
+//
+// Instruction sets: the kernels (scan_kernels.inc) are compiled three times, for AVX-512, for
+// AVX2+FMA and portably, and the caller picks one at run time (`isa`); float64 always takes the
+// portable code. The Python side (selective_scan.py) validates shapes, dtypes and devices.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <vector>
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DNA_MDLM_X86_SIMD 1
+#include <immintrin.h>
+#else
+#define DNA_MDLM_X86_SIMD 0
+#endif
 
 namespace {
 
-// Per-step scalars of one chunk, computed in loops over time that gcc vectorises (the scalar
-// log1p/exp/sigmoid per step otherwise cost as much as the 16 vectorised exp(dt*A) of the step).
+// Shapes (K directions, Bt batch rows, L steps, E channels, G groups of B/C, N states). Strided
+// tensors are passed as pointer + element strides; the last dimension is always contiguous.
 template <typename T>
-inline void chunk_scalars(const T* __restrict__ dl, const T* z, int64_t len, T bias,
-                          bool apply_softplus, T* __restrict__ dts, T* __restrict__ dsig,
-                          T* __restrict__ zsig) {
-  if (apply_softplus) {
-    for (int64_t i = 0; i < len; ++i) {
-      const T v = dl[i] + bias;
-      // Same threshold as torch.nn.functional.softplus (beta=1, threshold=20).
-      dts[i] = v > T(20) ? v : std::log1p(std::exp(v));
-      if (dsig) dsig[i] = T(1) / (T(1) + std::exp(-v));
-    }
-  } else {
-    for (int64_t i = 0; i < len; ++i) dts[i] = dl[i] + bias;
-    if (dsig)
-      for (int64_t i = 0; i < len; ++i) dsig[i] = T(1);
+struct ScanArgs {
+  int64_t K, Bt, L, E, N, G;
+  const T* u;
+  int64_t u_sk, u_sb, u_st;
+  const T* delta;
+  int64_t d_sk, d_sb, d_st;
+  const T* A;   // (K, N, E): A transposed so one state's channels are contiguous
+  const T* A2;  // (K, N, E): A * log2(e), so exp(dt * A) = exp2(dt * A2)
+  const T* Bm;
+  int64_t B_sk, B_sb, B_st, B_sg;
+  const T* Cm;
+  int64_t C_sk, C_sb, C_st, C_sg;
+  const T* D;     // (K, E) or null
+  const T* z;     // gate or null; z_sk == 0 when one gate is shared by all K directions
+  int64_t z_sk, z_sb, z_st;
+  const T* bias;  // (K, E) or null
+  const bool* mask;  // (mask_rows, L): row bt % mask_rows; false = padding; or null
+  int64_t mask_rows;
+  const bool* reverse;  // (K, Bt)
+  bool softplus, sum_k;
+  int64_t chunk;
+  T* out;    // (Bt, L, E) when sum_k, else (K, Bt, L, E)
+  T* last;   // (K, Bt, N, E) or null
+  T* ckpt;   // (K, Bt, n_chunks, N, E) or null
+  const T* dout;  // do_sk == 0 when sum_k
+  int64_t do_sk, do_sb, do_st;
+  const T* dlast;  // (K, Bt, N, E) or null
+  T* du;           // (K, Bt, L, E)
+  T* ddelta;       // (K, Bt, L, E); may alias delta (each element is read before it is written)
+  T* dA_part;      // (Bt, K, N, E)
+  T* dD_part;      // (Bt, K, E) or null
+  T* dbias_part;   // (Bt, K, E) or null
+  T* dz;           // (Bt, L, E) for a shared gate, else (K, Bt, L, E); or null
+  T* y_out;        // the forward output recomputed (layout of out), or null
+};
+
+template <typename T>
+struct ConvArgs {
+  int64_t K, Bt, L, E, Wk;
+  const T* x;  // x_sk == 0 when all K directions read the same input
+  int64_t x_sk, x_sb, x_st;
+  const T* w;  // (K, Wk, E)
+  const T* b;  // (K, E) or null
+  const bool* mask;
+  int64_t mask_rows;
+  const bool* reverse;  // (K, Bt)
+  bool silu;
+  T* out;         // (K, Bt, L, E)
+  const T* dout;  // (K, Bt, L, E)
+  T* dx;          // (Bt, L, E) summed over K when dx_shared, else (K, Bt, L, E)
+  bool dx_shared;
+  T* dw_part;  // (Bt, K, Wk, E)
+  T* db_part;  // (Bt, K, E) or null
+};
+
+constexpr float kLog2e = 1.4426950408889634f;
+// 2^f ~ sum_i c_i f^i on [-1/2, 1/2]; log1p(e) / e ~ sum_i c_i e^i on [0, 1] (fitted for this file).
+constexpr float kExp2Poly[7] = {1.0000000005542644f, 0.693147205737614f,    0.24022646889954724f,
+                                0.05550328776052056f, 0.009618489025833532f, 0.0013399931626773241f,
+                                0.0001534579479300216f};
+constexpr float kLog1pPoly[9] = {0.9999999698778625f,  -0.49999493060392264f, 0.33319094882563033f,
+                                 -0.2484296597385292f, 0.19105941075783667f,  -0.13663102976926758f,
+                                 0.07822424045419359f, -0.029504174016476793f, 0.005232425637669104f};
+
+namespace portable {
+#include "scan_kernels.inc"
+}  // namespace portable
+
+#if DNA_MDLM_X86_SIMD
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace avx2 {
+struct VF {
+  using value_type = float;
+  static constexpr int W = 8;
+  __m256 v;
+  static inline VF load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  inline void store(float* p) const { _mm256_storeu_ps(p, v); }
+  static inline VF set1(float x) { return {_mm256_set1_ps(x)}; }
+  static inline VF zero() { return {_mm256_setzero_ps()}; }
+  friend inline VF operator+(VF a, VF b) { return {_mm256_add_ps(a.v, b.v)}; }
+  friend inline VF operator-(VF a, VF b) { return {_mm256_sub_ps(a.v, b.v)}; }
+  friend inline VF operator*(VF a, VF b) { return {_mm256_mul_ps(a.v, b.v)}; }
+  friend inline VF operator/(VF a, VF b) { return {_mm256_div_ps(a.v, b.v)}; }
+  static inline VF fma(VF a, VF b, VF c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+  static inline VF max(VF a, VF b) { return {_mm256_max_ps(a.v, b.v)}; }
+  static inline VF min(VF a, VF b) { return {_mm256_min_ps(a.v, b.v)}; }
+  static inline VF abs(VF a) { return {_mm256_andnot_ps(_mm256_set1_ps(-0.0f), a.v)}; }
+  static inline VF select_ge(VF x, VF y, VF a, VF b) {
+    return {_mm256_blendv_ps(b.v, a.v, _mm256_cmp_ps(x.v, y.v, _CMP_GE_OQ))};
   }
-  if (z)
-    for (int64_t i = 0; i < len; ++i) zsig[i] = T(1) / (T(1) + std::exp(-z[i]));
+  // 2^n is built in the exponent field, so n must stay in the normal range.
+  static inline VF exp2_clamp(VF x) { return min(max(x, set1(-126.0f)), set1(126.0f)); }
+  static inline VF round(VF x) { return {_mm256_round_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  static inline VF ldexp(VF p, VF n) {
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127)), 23);
+    return {_mm256_mul_ps(p.v, _mm256_castsi256_ps(e))};
+  }
+  static inline float hsum(VF a) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+  }
+};
+#include "simd_math.inc"
+#include "scan_kernels.inc"
+}  // namespace avx2
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx2,fma")
+namespace avx512 {
+struct VF {
+  using value_type = float;
+  static constexpr int W = 16;
+  __m512 v;
+  static inline VF load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  inline void store(float* p) const { _mm512_storeu_ps(p, v); }
+  static inline VF set1(float x) { return {_mm512_set1_ps(x)}; }
+  static inline VF zero() { return {_mm512_setzero_ps()}; }
+  friend inline VF operator+(VF a, VF b) { return {_mm512_add_ps(a.v, b.v)}; }
+  friend inline VF operator-(VF a, VF b) { return {_mm512_sub_ps(a.v, b.v)}; }
+  friend inline VF operator*(VF a, VF b) { return {_mm512_mul_ps(a.v, b.v)}; }
+  friend inline VF operator/(VF a, VF b) { return {_mm512_div_ps(a.v, b.v)}; }
+  static inline VF fma(VF a, VF b, VF c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+  static inline VF max(VF a, VF b) { return {_mm512_max_ps(a.v, b.v)}; }
+  static inline VF min(VF a, VF b) { return {_mm512_min_ps(a.v, b.v)}; }
+  static inline VF abs(VF a) { return {_mm512_abs_ps(a.v)}; }
+  static inline VF select_ge(VF x, VF y, VF a, VF b) {
+    return {_mm512_mask_blend_ps(_mm512_cmp_ps_mask(x.v, y.v, _CMP_GE_OQ), b.v, a.v)};
+  }
+  // scalef handles the whole range (underflow to 0, overflow to inf): no clamp needed.
+  static inline VF exp2_clamp(VF x) { return x; }
+  static inline VF round(VF x) { return {_mm512_roundscale_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
+  static inline VF ldexp(VF p, VF n) { return {_mm512_scalef_ps(p.v, n.v)}; }
+  static inline float hsum(VF a) { return _mm512_reduce_add_ps(a.v); }
+};
+#include "simd_math.inc"
+#include "scan_kernels.inc"
+}  // namespace avx512
+#pragma GCC pop_options
+#endif
+
+enum Isa : int64_t { kPortable = 0, kAvx2 = 1, kAvx512 = 2 };
+
+bool cpu_has(int64_t isa) {
+  if (isa == kPortable) return true;
+#if DNA_MDLM_X86_SIMD
+  __builtin_cpu_init();
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (isa == kAvx2) return avx2;
+  if (isa == kAvx512) return avx2 && __builtin_cpu_supports("avx512f");
+#endif
+  return false;
 }
 
-template <typename T, int kN>
-void scan_forward(const T* __restrict__ u, const T* __restrict__ delta, const T* __restrict__ A,
-                  const T* __restrict__ Bt, const T* __restrict__ Ct, const T* D_skip, const T* z,
-                  const T* delta_bias, bool apply_softplus, T* __restrict__ out,
-                  T* __restrict__ last_state, T* ckpt, int64_t batch, int64_t dim, int64_t groups,
-                  int64_t L, int64_t N_runtime, int64_t chunk) {
-  // kN > 0 fixes the state size at compile time (16 in every Mamba/Caduceus config), so the per-step
-  // loops over N unroll fully; kN == 0 is the generic build for any other size.
-  const int64_t N = kN > 0 ? kN : N_runtime;
-  const int64_t dims_per_group = dim / groups;
-  const int64_t n_chunks = (L + chunk - 1) / chunk;
-  // Channels are handled in tiles that share one (batch, group), chunk by chunk, so the chunk of
-  // B and C read by every channel of the tile stays in L1 rather than streaming L*N per channel.
-  constexpr int64_t kTile = 32;
-  at::parallel_for(0, batch * dim, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> h_buf(kTile * N), dt_buf(chunk), zsig_buf(chunk), y_buf(chunk);
-    T* __restrict__ dts = dt_buf.data();
-    T* __restrict__ zsig = zsig_buf.data();
-    T* __restrict__ ys = y_buf.data();
-    for (int64_t tile_lo = begin; tile_lo < end;) {
-      const int64_t b = tile_lo / dim, g = (tile_lo % dim) / dims_per_group;
-      const int64_t group_end = b * dim + (g + 1) * dims_per_group;
-      const int64_t tile_hi = std::min({end, tile_lo + kTile, group_end});
-      const T* __restrict__ B_bg = Bt + (b * groups + g) * L * N;
-      const T* __restrict__ C_bg = Ct + (b * groups + g) * L * N;
-      std::fill(h_buf.begin(), h_buf.end(), T(0));
-      for (int64_t k = 0; k < n_chunks; ++k) {
-        const int64_t t0 = k * chunk, len = std::min(chunk, L - t0);
-        for (int64_t bd = tile_lo; bd < tile_hi; ++bd) {
-          const int64_t d = bd % dim;
-          T* __restrict__ h = h_buf.data() + (bd - tile_lo) * N;
-          const T* __restrict__ a_row = A + d * N;
-          const T* __restrict__ u_c = u + bd * L + t0;
-          const T* z_c = z ? z + bd * L + t0 : nullptr;
-          const T bias = delta_bias ? delta_bias[d] : T(0);
-          const T d_skip = D_skip ? D_skip[d] : T(0);
-          if (ckpt) {
-            T* dst = ckpt + (bd * n_chunks + k) * N;
-            for (int64_t n = 0; n < N; ++n) dst[n] = h[n];
-          }
-          chunk_scalars(delta + bd * L + t0, z_c, len, bias, apply_softplus, dts,
-                        static_cast<T*>(nullptr), zsig);
-          for (int64_t i = 0; i < len; ++i) {
-            const T dt = dts[i];
-            const T dtu = dt * u_c[i];
-            const T* __restrict__ Bn = B_bg + (t0 + i) * N;
-            const T* __restrict__ Cn = C_bg + (t0 + i) * N;
-            T y = T(0);
-            for (int64_t n = 0; n < N; ++n) {
-              h[n] = std::exp(dt * a_row[n]) * h[n] + dtu * Bn[n];
-              y += h[n] * Cn[n];
-            }
-            ys[i] = y;
-          }
-          T* __restrict__ o_c = out + bd * L + t0;
-          if (z_c) {
-            for (int64_t i = 0; i < len; ++i) o_c[i] = (ys[i] + d_skip * u_c[i]) * z_c[i] * zsig[i];
-          } else {
-            for (int64_t i = 0; i < len; ++i) o_c[i] = ys[i] + d_skip * u_c[i];
-          }
-        }
-      }
-      for (int64_t bd = tile_lo; bd < tile_hi; ++bd)
-        for (int64_t n = 0; n < N; ++n) last_state[bd * N + n] = h_buf[(bd - tile_lo) * N + n];
-      tile_lo = tile_hi;
-    }
-  });
+std::vector<int64_t> supported_isas() {
+  std::vector<int64_t> out;
+  for (int64_t isa : {kPortable, kAvx2, kAvx512})
+    if (cpu_has(isa)) out.push_back(isa);
+  return out;
 }
 
-template <typename T, int kN>
-void scan_backward(const T* __restrict__ u, const T* __restrict__ delta, const T* __restrict__ A,
-                   const T* __restrict__ Bt, const T* __restrict__ Ct, const T* D_skip, const T* z,
-                   const T* delta_bias, bool apply_softplus, const T* __restrict__ ckpt,
-                   const T* __restrict__ dout, const T* dlast, T* __restrict__ du,
-                   T* __restrict__ ddelta, T* __restrict__ dA_part, T* __restrict__ dBt_part,
-                   T* __restrict__ dCt_part, T* dD_part, T* dz, T* dbias_part, int64_t batch,
-                   int64_t dim, int64_t groups, int64_t L, int64_t N_runtime, int64_t chunk,
-                   int64_t slices) {
-  const int64_t N = kN > 0 ? kN : N_runtime;
-  // Work unit: (batch b, group g, slice s) owns a contiguous run of the group's channels, and a
-  // private (L, N) accumulator for dB and dC (B and C are shared by all channels of the group), so
-  // no two threads ever write the same memory. The caller sums the slices afterwards.
-  // Chunks are the outer loop and channels the inner one: every channel of the unit adds into the
-  // same chunk of dB/dC, which then stays in L1 instead of streaming L*N values per channel.
-  const int64_t dims_per_group = dim / groups;
-  const int64_t n_chunks = (L + chunk - 1) / chunk;
-  const int64_t per_slice = (dims_per_group + slices - 1) / slices;
-  at::parallel_for(0, batch * groups * slices, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> hs_buf((chunk + 1) * N), as_buf(chunk * N), dt_buf(chunk), sig_buf(chunk),
-        zsig_buf(chunk), grad_h_buf(per_slice * N), dA_buf(per_slice * N), dD_buf(per_slice),
-        dbias_buf(per_slice);
-    T* __restrict__ hs = hs_buf.data();  // hs[0] = state before the chunk, hs[i+1] = after step i
-    T* __restrict__ as = as_buf.data();  // exp(dt*A) of each step of the chunk
-    T* __restrict__ dts = dt_buf.data();
-    T* __restrict__ sig = sig_buf.data();
-    T* __restrict__ zsig = zsig_buf.data();
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t s = task % slices;
-      const int64_t bg = task / slices;
-      const int64_t b = bg / groups, g = bg % groups;
-      const int64_t d_lo = g * dims_per_group + std::min(dims_per_group, s * per_slice);
-      const int64_t d_hi = g * dims_per_group + std::min(dims_per_group, (s + 1) * per_slice);
-      const T* __restrict__ B_bg = Bt + bg * L * N;
-      const T* __restrict__ C_bg = Ct + bg * L * N;
-      T* __restrict__ dB_s = dBt_part + task * L * N;
-      T* __restrict__ dC_s = dCt_part + task * L * N;
-      // dLoss/dh carried backwards across chunk boundaries, one row of N per channel of the unit.
-      for (int64_t d = d_lo; d < d_hi; ++d) {
-        const int64_t j = d - d_lo, bd = b * dim + d;
-        for (int64_t n = 0; n < N; ++n) {
-          grad_h_buf[j * N + n] = dlast ? dlast[bd * N + n] : T(0);
-          dA_buf[j * N + n] = T(0);
-        }
-        dD_buf[j] = T(0);
-        dbias_buf[j] = T(0);
-      }
-      for (int64_t k = n_chunks - 1; k >= 0; --k) {
-        const int64_t t0 = k * chunk, len = std::min(chunk, L - t0);
-        for (int64_t d = d_lo; d < d_hi; ++d) {
-          const int64_t j = d - d_lo, bd = b * dim + d;
-          const T* __restrict__ u_row = u + bd * L;
-          const T* __restrict__ dl_row = delta + bd * L;
-          const T* z_row = z ? z + bd * L : nullptr;
-          const T* __restrict__ dout_row = dout + bd * L;
-          T* __restrict__ du_row = du + bd * L;
-          T* __restrict__ ddl_row = ddelta + bd * L;
-          T* dz_row = z ? dz + bd * L : nullptr;
-          const T* __restrict__ a_row = A + d * N;
-          T* __restrict__ grad_h = grad_h_buf.data() + j * N;
-          T* __restrict__ dA_acc = dA_buf.data() + j * N;
-          const T bias = delta_bias ? delta_bias[d] : T(0);
-          const T d_skip = D_skip ? D_skip[d] : T(0);
-          T dD_acc = T(0), dbias_acc = T(0);
-          const T* c0 = ckpt + (bd * n_chunks + k) * N;
-          for (int64_t n = 0; n < N; ++n) hs[n] = c0[n];
-          chunk_scalars(dl_row + t0, z_row ? z_row + t0 : nullptr, len, bias, apply_softplus, dts,
-                        sig, zsig);
-          for (int64_t i = 0; i < len; ++i) {
-            const T dt = dts[i];
-            const T dtu = dt * u_row[t0 + i];
-            const T* __restrict__ Bn = B_bg + (t0 + i) * N;
-            const T* __restrict__ h_prev = hs + i * N;
-            T* __restrict__ h_next = hs + (i + 1) * N;
-            T* __restrict__ a_i = as + i * N;
-            for (int64_t n = 0; n < N; ++n) {
-              const T a = std::exp(dt * a_row[n]);
-              a_i[n] = a;
-              h_next[n] = a * h_prev[n] + dtu * Bn[n];
-            }
-          }
-          for (int64_t i = len - 1; i >= 0; --i) {
-            const int64_t t = t0 + i;
-            const T dt = dts[i], ut = u_row[t], dtu = dt * ut;
-            const T* __restrict__ Bn = B_bg + t * N;
-            const T* __restrict__ Cn = C_bg + t * N;
-            const T* __restrict__ h_prev = hs + i * N;
-            const T* __restrict__ h_cur = hs + (i + 1) * N;
-            const T* __restrict__ a_i = as + i * N;
-            // With a gate, dLoss/dy = dout * silu(z) needs no y; only dz needs y, whose reduction
-            // rides along in the main loop over N below.
-            const T dout_t = dout_row[t];
-            const T dy = z_row ? dout_t * z_row[t] * zsig[i] : dout_t;
-            T* __restrict__ dBn = dB_s + t * N;
-            T* __restrict__ dCn = dC_s + t * N;
-            T dBu = T(0), ddt = T(0), y = T(0);
-#pragma GCC ivdep
-            for (int64_t n = 0; n < N; ++n) {
-              const T gh = grad_h[n] + dy * Cn[n];  // dLoss/dh_t
-              y += h_cur[n] * Cn[n];
-              dCn[n] += dy * h_cur[n];
-              dBn[n] += gh * dtu;
-              dBu += gh * Bn[n];
-              const T ha = gh * h_prev[n] * a_i[n];
-              ddt += ha * a_row[n];
-              dA_acc[n] += ha * dt;
-              grad_h[n] = gh * a_i[n];  // carried to step t-1 through h_t = a_t * h_{t-1} + ...
-            }
-            if (z_row) {
-              const T zt = z_row[t], sz = zsig[i];
-              dz_row[t] = dout_t * (y + d_skip * ut) * sz * (T(1) + zt * (T(1) - sz));
-            }
-            du_row[t] = d_skip * dy + dBu * dt;
-            dD_acc += dy * ut;
-            const T draw = (ddt + dBu * ut) * sig[i];
-            ddl_row[t] = draw;
-            dbias_acc += draw;
-          }
-          dD_buf[j] += dD_acc;
-          dbias_buf[j] += dbias_acc;
-        }
-      }
-      for (int64_t d = d_lo; d < d_hi; ++d) {
-        const int64_t j = d - d_lo, bd = b * dim + d;
-        for (int64_t n = 0; n < N; ++n) dA_part[bd * N + n] = dA_buf[j * N + n];
-        if (dD_part) dD_part[bd] = dD_buf[j];
-        if (dbias_part) dbias_part[bd] = dbias_buf[j];
-      }
-    }
-  });
+void check_isa(int64_t isa) {
+  TORCH_CHECK(cpu_has(isa), "dna_mdlm scan: instruction set ", isa, " is not available on this CPU or build");
+}
+
+// One entry per element type: float picks the instruction set, float64 always runs portably.
+void scan_fwd_any(const ScanArgs<float>& a, int64_t isa, int64_t slices) {
+#if DNA_MDLM_X86_SIMD
+  if (isa == kAvx512) return avx512::run_scan_fwd<avx512::VF, float>(a, slices);
+  if (isa == kAvx2) return avx2::run_scan_fwd<avx2::VF, float>(a, slices);
+#endif
+  portable::run_scan_fwd<portable::VS<float>, float>(a, slices);
+}
+void scan_fwd_any(const ScanArgs<double>& a, int64_t, int64_t slices) {
+  portable::run_scan_fwd<portable::VS<double>, double>(a, slices);
+}
+void scan_bwd_any(const ScanArgs<float>& a, int64_t isa, int64_t slices, float* dB, float* dC) {
+#if DNA_MDLM_X86_SIMD
+  if (isa == kAvx512) return avx512::run_scan_bwd<avx512::VF, float>(a, slices, dB, dC);
+  if (isa == kAvx2) return avx2::run_scan_bwd<avx2::VF, float>(a, slices, dB, dC);
+#endif
+  portable::run_scan_bwd<portable::VS<float>, float>(a, slices, dB, dC);
+}
+void scan_bwd_any(const ScanArgs<double>& a, int64_t, int64_t slices, double* dB, double* dC) {
+  portable::run_scan_bwd<portable::VS<double>, double>(a, slices, dB, dC);
+}
+template <bool kBackward>
+void conv_any(const ConvArgs<float>& a, int64_t isa, int64_t slices) {
+#if DNA_MDLM_X86_SIMD
+  if (isa == kAvx512) return avx512::run_conv<avx512::VF, float, kBackward>(a, slices);
+  if (isa == kAvx2) return avx2::run_conv<avx2::VF, float, kBackward>(a, slices);
+#endif
+  portable::run_conv<portable::VS<float>, float, kBackward>(a, slices);
+}
+template <bool kBackward>
+void conv_any(const ConvArgs<double>& a, int64_t, int64_t slices) {
+  portable::run_conv<portable::VS<double>, double, kBackward>(a, slices);
+}
+void elementwise_any(const float* x, float* y, int64_t n, int64_t op, int64_t isa) {
+#if DNA_MDLM_X86_SIMD
+  if (isa == kAvx512) return avx512::run_elementwise<avx512::VF, float>(x, y, n, op);
+  if (isa == kAvx2) return avx2::run_elementwise<avx2::VF, float>(x, y, n, op);
+#endif
+  portable::run_elementwise<portable::VS<float>, float>(x, y, n, op);
+}
+void elementwise_any(const double* x, double* y, int64_t n, int64_t op, int64_t) {
+  portable::run_elementwise<portable::VS<double>, double>(x, y, n, op);
 }
 
 template <typename T>
@@ -248,77 +247,310 @@ const T* opt_ptr(const c10::optional<torch::Tensor>& t) {
   return t.has_value() ? t->data_ptr<T>() : nullptr;
 }
 
-std::vector<torch::Tensor> fwd(const torch::Tensor& u, const torch::Tensor& delta,
-                               const torch::Tensor& A, const torch::Tensor& Bt,
-                               const torch::Tensor& Ct, const c10::optional<torch::Tensor>& D_skip,
-                               const c10::optional<torch::Tensor>& z,
-                               const c10::optional<torch::Tensor>& delta_bias,
-                               bool apply_softplus, int64_t chunk, bool save_checkpoints) {
-  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
-  const int64_t groups = Bt.size(1), N = A.size(1);
-  const int64_t n_chunks = (L + chunk - 1) / chunk;
-  auto out = torch::empty_like(u);
-  auto last_state = torch::empty({batch, dim, N}, u.options());
-  auto ckpt = save_checkpoints ? torch::empty({batch, dim, n_chunks, N}, u.options())
-                               : torch::empty({0}, u.options());
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "dna_mdlm_selective_scan_fwd", [&] {
-    auto run = N == 16 ? scan_forward<scalar_t, 16> : scan_forward<scalar_t, 0>;
-    run(u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(),
-                           A.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(),
-                           Ct.data_ptr<scalar_t>(), opt_ptr<scalar_t>(D_skip),
-                           opt_ptr<scalar_t>(z), opt_ptr<scalar_t>(delta_bias), apply_softplus,
-                           out.data_ptr<scalar_t>(), last_state.data_ptr<scalar_t>(),
-                           save_checkpoints ? ckpt.data_ptr<scalar_t>() : nullptr, batch, dim,
-                           groups, L, N, chunk);
-  });
-  return {out, last_state, ckpt};
+void check_inner(const torch::Tensor& t, const char* name) {
+  TORCH_CHECK(t.stride(-1) == 1 || t.size(-1) == 1, "dna_mdlm scan: ", name, " needs a contiguous last dimension");
 }
 
-std::vector<torch::Tensor> bwd(const torch::Tensor& u, const torch::Tensor& delta,
-                               const torch::Tensor& A, const torch::Tensor& Bt,
-                               const torch::Tensor& Ct, const c10::optional<torch::Tensor>& D_skip,
-                               const c10::optional<torch::Tensor>& z,
-                               const c10::optional<torch::Tensor>& delta_bias,
-                               bool apply_softplus, const torch::Tensor& ckpt,
-                               const torch::Tensor& dout,
-                               const c10::optional<torch::Tensor>& dlast, int64_t chunk,
-                               int64_t slices) {
-  const int64_t batch = u.size(0), dim = u.size(1), L = u.size(2);
-  const int64_t groups = Bt.size(1), N = A.size(1);
-  auto du = torch::empty_like(u);
-  auto ddelta = torch::empty_like(u);
-  auto dA_part = torch::empty({batch, dim, N}, u.options());
-  auto dBt_part = torch::zeros({batch, groups, slices, L, N}, u.options());
-  auto dCt_part = torch::zeros({batch, groups, slices, L, N}, u.options());
-  auto dD_part = D_skip.has_value() ? torch::empty({batch, dim}, u.options()) : torch::Tensor();
-  auto dz = z.has_value() ? torch::empty_like(u) : torch::Tensor();
-  auto dbias_part =
-      delta_bias.has_value() ? torch::empty({batch, dim}, u.options()) : torch::Tensor();
-  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "dna_mdlm_selective_scan_bwd", [&] {
-    auto run = N == 16 ? scan_backward<scalar_t, 16> : scan_backward<scalar_t, 0>;
-    run(
-        u.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
-        Bt.data_ptr<scalar_t>(), Ct.data_ptr<scalar_t>(), opt_ptr<scalar_t>(D_skip),
-        opt_ptr<scalar_t>(z), opt_ptr<scalar_t>(delta_bias), apply_softplus,
-        ckpt.data_ptr<scalar_t>(), dout.data_ptr<scalar_t>(), opt_ptr<scalar_t>(dlast),
-        du.data_ptr<scalar_t>(), ddelta.data_ptr<scalar_t>(), dA_part.data_ptr<scalar_t>(),
-        dBt_part.data_ptr<scalar_t>(), dCt_part.data_ptr<scalar_t>(),
-        D_skip.has_value() ? dD_part.data_ptr<scalar_t>() : nullptr,
-        z.has_value() ? dz.data_ptr<scalar_t>() : nullptr,
-        delta_bias.has_value() ? dbias_part.data_ptr<scalar_t>() : nullptr, batch, dim, groups,
-        L, N, chunk, slices);
+int64_t auto_slices(int64_t units, int64_t per_unit_tiles, int64_t requested) {
+  if (requested > 0) return std::max<int64_t>(1, std::min(requested, per_unit_tiles));
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  if (units >= 2 * threads) return 1;
+  return std::max<int64_t>(1, std::min(per_unit_tiles, (2 * threads + units - 1) / units));
+}
+
+template <typename T>
+void fill_scan_args(ScanArgs<T>& a, const torch::Tensor& u, const torch::Tensor& delta,
+                    const torch::Tensor& At, const torch::Tensor& A2, const torch::Tensor& B,
+                    const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
+                    const c10::optional<torch::Tensor>& z,
+                    const c10::optional<torch::Tensor>& delta_bias,
+                    const c10::optional<torch::Tensor>& mask, const torch::Tensor& reverse,
+                    bool softplus, bool sum_k, int64_t chunk) {
+  a.K = u.size(0);
+  a.Bt = u.size(1);
+  a.L = u.size(2);
+  a.E = u.size(3);
+  a.G = B.size(3);
+  a.N = B.size(4);
+  a.u = u.data_ptr<T>();
+  a.u_sk = u.stride(0);
+  a.u_sb = u.stride(1);
+  a.u_st = u.stride(2);
+  a.delta = delta.data_ptr<T>();
+  a.d_sk = delta.stride(0);
+  a.d_sb = delta.stride(1);
+  a.d_st = delta.stride(2);
+  a.A = At.data_ptr<T>();
+  a.A2 = A2.data_ptr<T>();
+  a.Bm = B.data_ptr<T>();
+  a.B_sk = B.stride(0);
+  a.B_sb = B.stride(1);
+  a.B_st = B.stride(2);
+  a.B_sg = B.stride(3);
+  a.Cm = C.data_ptr<T>();
+  a.C_sk = C.stride(0);
+  a.C_sb = C.stride(1);
+  a.C_st = C.stride(2);
+  a.C_sg = C.stride(3);
+  a.D = opt_ptr<T>(D);
+  a.z = opt_ptr<T>(z);
+  a.z_sk = z.has_value() ? z->stride(0) : 0;
+  a.z_sb = z.has_value() ? z->stride(1) : 0;
+  a.z_st = z.has_value() ? z->stride(2) : 0;
+  a.bias = opt_ptr<T>(delta_bias);
+  a.mask = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+  a.mask_rows = mask.has_value() ? mask->size(0) : 1;
+  a.reverse = reverse.data_ptr<bool>();
+  a.softplus = softplus;
+  a.sum_k = sum_k;
+  a.chunk = chunk;
+  a.out = a.last = a.ckpt = nullptr;
+  a.dout = a.dlast = nullptr;
+  a.do_sk = a.do_sb = a.do_st = 0;
+  a.du = a.ddelta = a.dA_part = a.dD_part = a.dbias_part = a.dz = a.y_out = nullptr;
+}
+
+void check_scan_inputs(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
+                       const torch::Tensor& B, const torch::Tensor& C,
+                       const c10::optional<torch::Tensor>& z, const c10::optional<torch::Tensor>& mask,
+                       const torch::Tensor& reverse, int64_t chunk) {
+  TORCH_CHECK(u.dim() == 4 && delta.sizes() == u.sizes(), "dna_mdlm scan: u and delta must be (K, batch, L, E)");
+  TORCH_CHECK(B.dim() == 5 && C.sizes() == B.sizes(), "dna_mdlm scan: B and C must be (K, batch, L, G, N)");
+  TORCH_CHECK(A.dim() == 3 && A.size(0) == u.size(0) && A.size(1) == u.size(3) && A.size(2) == B.size(4),
+              "dna_mdlm scan: A must be (K, E, N)");
+  TORCH_CHECK(B.size(4) <= 256, "dna_mdlm scan: d_state above 256 is not supported");
+  TORCH_CHECK(u.size(3) % B.size(3) == 0, "dna_mdlm scan: groups must divide E");
+  TORCH_CHECK(reverse.dtype() == torch::kBool && reverse.is_contiguous() && reverse.numel() == u.size(0) * u.size(1),
+              "dna_mdlm scan: reverse must be a contiguous (K, batch) bool tensor");
+  TORCH_CHECK(chunk >= 1, "dna_mdlm scan: chunk must be positive");
+  if (mask.has_value())
+    TORCH_CHECK(mask->dtype() == torch::kBool && mask->is_contiguous() && mask->dim() == 2 &&
+                    mask->size(1) == u.size(2) && u.size(1) % mask->size(0) == 0,
+                "dna_mdlm scan: mask must be a contiguous (rows, L) bool tensor with rows dividing batch");
+  for (auto* t : {&u, &delta, &B, &C}) check_inner(*t, "an input");
+  if (z.has_value()) {
+    TORCH_CHECK(z->dim() == 4 && z->size(1) == u.size(1) && z->size(2) == u.size(2) && z->size(3) == u.size(3),
+                "dna_mdlm scan: z must be (K, batch, L, E)");
+    check_inner(*z, "z");
+  }
+}
+
+std::vector<torch::Tensor> scan_fwd(const torch::Tensor& u, const torch::Tensor& delta,
+                                    const torch::Tensor& A, const torch::Tensor& B,
+                                    const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
+                                    const c10::optional<torch::Tensor>& z,
+                                    const c10::optional<torch::Tensor>& delta_bias,
+                                    const c10::optional<torch::Tensor>& mask,
+                                    const torch::Tensor& reverse, bool softplus, bool sum_k,
+                                    int64_t chunk, bool save_ckpt, bool want_last, int64_t isa,
+                                    int64_t slices) {
+  check_isa(isa);
+  check_scan_inputs(u, delta, A, B, C, z, mask, reverse, chunk);
+  const int64_t K = u.size(0), Bt = u.size(1), L = u.size(2), E = u.size(3), G = B.size(3), N = B.size(4);
+  const int64_t n_chunks = (L + chunk - 1) / chunk;
+  auto At = A.transpose(1, 2).contiguous();
+  auto A2 = At * 1.4426950408889634;
+  auto out = sum_k ? torch::empty({Bt, L, E}, u.options()) : torch::empty({K, Bt, L, E}, u.options());
+  auto last = want_last ? torch::empty({K, Bt, N, E}, u.options()) : torch::Tensor();
+  auto ckpt = save_ckpt ? torch::empty({K, Bt, n_chunks, N, E}, u.options()) : torch::Tensor();
+  const int64_t n_slices = auto_slices(Bt * G, (E / G + 15) / 16, slices);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "dna_mdlm_scan_fwd", [&] {
+    ScanArgs<scalar_t> a;
+    fill_scan_args<scalar_t>(a, u, delta, At, A2, B, C, D, z, delta_bias, mask, reverse, softplus, sum_k, chunk);
+    a.out = out.data_ptr<scalar_t>();
+    a.last = want_last ? last.data_ptr<scalar_t>() : nullptr;
+    a.ckpt = save_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr;
+    scan_fwd_any(a, isa, n_slices);
   });
-  auto dA = dA_part.sum(0);
-  auto dBt = slices == 1 ? dBt_part.squeeze(2) : dBt_part.sum(2);
-  auto dCt = slices == 1 ? dCt_part.squeeze(2) : dCt_part.sum(2);
-  auto dD = D_skip.has_value() ? dD_part.sum(0) : torch::Tensor();
+  return {out, last, ckpt};
+}
+
+std::vector<torch::Tensor> scan_bwd(const torch::Tensor& u, const torch::Tensor& delta,
+                                    const torch::Tensor& A, const torch::Tensor& B,
+                                    const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
+                                    const c10::optional<torch::Tensor>& z,
+                                    const c10::optional<torch::Tensor>& delta_bias,
+                                    const c10::optional<torch::Tensor>& mask,
+                                    const torch::Tensor& reverse, bool softplus, bool sum_k,
+                                    int64_t chunk, const torch::Tensor& ckpt,
+                                    const torch::Tensor& dout,
+                                    const c10::optional<torch::Tensor>& dlast, bool want_y,
+                                    const c10::optional<torch::Tensor>& ddelta_out, int64_t isa,
+                                    int64_t slices) {
+  check_isa(isa);
+  check_scan_inputs(u, delta, A, B, C, z, mask, reverse, chunk);
+  const int64_t K = u.size(0), Bt = u.size(1), L = u.size(2), E = u.size(3), G = B.size(3), N = B.size(4);
+  const int64_t n_chunks = (L + chunk - 1) / chunk;
+  TORCH_CHECK(ckpt.is_contiguous() && ckpt.numel() == K * Bt * n_chunks * N * E, "dna_mdlm scan: bad checkpoint tensor");
+  TORCH_CHECK(dout.dim() == (sum_k ? 3 : 4), "dna_mdlm scan: dout must be (batch, L, E) when summing directions, else (K, batch, L, E)");
+  check_inner(dout, "dout");
+  auto At = A.transpose(1, 2).contiguous();
+  auto A2 = At * 1.4426950408889634;
+  auto du = torch::empty({K, Bt, L, E}, u.options());
+  torch::Tensor ddelta;
+  if (ddelta_out.has_value()) {
+    TORCH_CHECK(ddelta_out->is_contiguous() && ddelta_out->numel() == K * Bt * L * E, "dna_mdlm scan: bad ddelta buffer");
+    ddelta = *ddelta_out;
+  } else {
+    ddelta = torch::empty({K, Bt, L, E}, u.options());
+  }
+  const int64_t n_slices = auto_slices(Bt * G, (E / G + 15) / 16, slices);
+  auto dB = torch::zeros({n_slices, K, Bt, L, G, N}, u.options());
+  auto dC = torch::zeros({n_slices, K, Bt, L, G, N}, u.options());
+  auto dA_part = torch::empty({Bt, K, N, E}, u.options());
+  auto dD_part = D.has_value() ? torch::empty({Bt, K, E}, u.options()) : torch::Tensor();
+  auto dbias_part = delta_bias.has_value() ? torch::empty({Bt, K, E}, u.options()) : torch::Tensor();
+  const bool z_shared = z.has_value() && z->stride(0) == 0 && K > 1;
+  auto dz = z.has_value() ? (z_shared ? torch::empty({Bt, L, E}, u.options()) : torch::empty({K, Bt, L, E}, u.options()))
+                          : torch::Tensor();
+  auto y = want_y ? (sum_k ? torch::empty({Bt, L, E}, u.options()) : torch::empty({K, Bt, L, E}, u.options()))
+                  : torch::Tensor();
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "dna_mdlm_scan_bwd", [&] {
+    ScanArgs<scalar_t> a;
+    fill_scan_args<scalar_t>(a, u, delta, At, A2, B, C, D, z, delta_bias, mask, reverse, softplus, sum_k, chunk);
+    if (z_shared) a.z_sk = 0;
+    a.ckpt = ckpt.data_ptr<scalar_t>();
+    a.dout = dout.data_ptr<scalar_t>();
+    a.do_sk = sum_k ? 0 : dout.stride(0);
+    a.do_sb = dout.stride(sum_k ? 0 : 1);
+    a.do_st = dout.stride(sum_k ? 1 : 2);
+    a.dlast = opt_ptr<scalar_t>(dlast);
+    a.du = du.data_ptr<scalar_t>();
+    a.ddelta = ddelta.data_ptr<scalar_t>();
+    a.dA_part = dA_part.data_ptr<scalar_t>();
+    a.dD_part = D.has_value() ? dD_part.data_ptr<scalar_t>() : nullptr;
+    a.dbias_part = delta_bias.has_value() ? dbias_part.data_ptr<scalar_t>() : nullptr;
+    a.dz = z.has_value() ? dz.data_ptr<scalar_t>() : nullptr;
+    a.y_out = want_y ? y.data_ptr<scalar_t>() : nullptr;
+    scalar_t* pB = dB.data_ptr<scalar_t>();
+    scalar_t* pC = dC.data_ptr<scalar_t>();
+    scan_bwd_any(a, isa, n_slices, pB, pC);
+  });
+  auto dA = dA_part.sum(0).transpose(1, 2);  // (K, E, N)
+  auto dBs = n_slices == 1 ? dB.squeeze(0) : dB.sum(0);
+  auto dCs = n_slices == 1 ? dC.squeeze(0) : dC.sum(0);
+  auto dD = D.has_value() ? dD_part.sum(0) : torch::Tensor();
   auto dbias = delta_bias.has_value() ? dbias_part.sum(0) : torch::Tensor();
-  return {du, ddelta, dA, dBt, dCt, dD, dz, dbias};
+  return {du, ddelta, dA, dBs, dCs, dD, dz, dbias, y};
+}
+
+template <typename T>
+void fill_conv_args(ConvArgs<T>& a, const torch::Tensor& x, const torch::Tensor& wt,
+                    const c10::optional<torch::Tensor>& b, const c10::optional<torch::Tensor>& mask,
+                    const torch::Tensor& reverse, bool silu) {
+  a.K = wt.size(0);
+  a.Bt = x.size(1);
+  a.L = x.size(2);
+  a.E = x.size(3);
+  a.Wk = wt.size(1);
+  a.x = x.data_ptr<T>();
+  a.x_sk = x.size(0) == 1 ? 0 : x.stride(0);
+  a.x_sb = x.stride(1);
+  a.x_st = x.stride(2);
+  a.w = wt.data_ptr<T>();
+  a.b = opt_ptr<T>(b);
+  a.mask = mask.has_value() ? mask->data_ptr<bool>() : nullptr;
+  a.mask_rows = mask.has_value() ? mask->size(0) : 1;
+  a.reverse = reverse.data_ptr<bool>();
+  a.silu = silu;
+  a.out = nullptr;
+  a.dout = nullptr;
+  a.dx = nullptr;
+  a.dx_shared = false;
+  a.dw_part = a.db_part = nullptr;
+}
+
+void check_conv_inputs(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& mask,
+                       const torch::Tensor& reverse) {
+  TORCH_CHECK(x.dim() == 4 && (x.size(0) == 1 || x.size(0) == w.size(0)), "dna_mdlm conv: x must be (K or 1, batch, L, E)");
+  TORCH_CHECK(w.dim() == 3 && w.size(1) == x.size(3) && w.size(2) >= 1 && w.size(2) <= 16,
+              "dna_mdlm conv: weight must be (K, E, width <= 16)");
+  check_inner(x, "x");
+  TORCH_CHECK(reverse.dtype() == torch::kBool && reverse.is_contiguous() && reverse.numel() == w.size(0) * x.size(1),
+              "dna_mdlm conv: reverse must be a contiguous (K, batch) bool tensor");
+  if (mask.has_value())
+    TORCH_CHECK(mask->dtype() == torch::kBool && mask->is_contiguous() && mask->dim() == 2 &&
+                    mask->size(1) == x.size(2) && x.size(1) % mask->size(0) == 0,
+                "dna_mdlm conv: mask must be a contiguous (rows, L) bool tensor with rows dividing batch");
+}
+
+torch::Tensor conv_fwd(const torch::Tensor& x, const torch::Tensor& w, const c10::optional<torch::Tensor>& b,
+                       const c10::optional<torch::Tensor>& mask, const torch::Tensor& reverse, bool silu,
+                       int64_t isa, int64_t slices) {
+  check_isa(isa);
+  check_conv_inputs(x, w, mask, reverse);
+  const int64_t K = w.size(0), Bt = x.size(1), L = x.size(2), E = x.size(3);
+  auto wt = w.transpose(1, 2).contiguous();
+  auto out = torch::empty({K, Bt, L, E}, x.options());
+  const int64_t n_slices = auto_slices(Bt, (E + 15) / 16, slices);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dna_mdlm_conv_fwd", [&] {
+    ConvArgs<scalar_t> a;
+    fill_conv_args<scalar_t>(a, x, wt, b, mask, reverse, silu);
+    a.out = out.data_ptr<scalar_t>();
+    conv_any<false>(a, isa, n_slices);
+  });
+  return out;
+}
+
+std::vector<torch::Tensor> conv_bwd(const torch::Tensor& x, const torch::Tensor& w,
+                                    const c10::optional<torch::Tensor>& b,
+                                    const c10::optional<torch::Tensor>& mask,
+                                    const torch::Tensor& reverse, bool silu, const torch::Tensor& dout,
+                                    int64_t isa, int64_t slices) {
+  check_isa(isa);
+  check_conv_inputs(x, w, mask, reverse);
+  const int64_t K = w.size(0), Bt = x.size(1), L = x.size(2), E = x.size(3), Wk = w.size(2);
+  TORCH_CHECK(dout.is_contiguous() && dout.dim() == 4 && dout.size(0) == K && dout.size(1) == Bt &&
+                  dout.size(2) == L && dout.size(3) == E,
+              "dna_mdlm conv: dout must be a contiguous (K, batch, L, E) tensor");
+  auto wt = w.transpose(1, 2).contiguous();
+  const bool shared = x.size(0) == 1 && K > 1;
+  auto dx = shared ? torch::empty({Bt, L, E}, x.options()) : torch::empty({K, Bt, L, E}, x.options());
+  auto dw_part = torch::empty({Bt, K, Wk, E}, x.options());
+  auto db_part = b.has_value() ? torch::empty({Bt, K, E}, x.options()) : torch::Tensor();
+  const int64_t n_slices = auto_slices(Bt, (E + 15) / 16, slices);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dna_mdlm_conv_bwd", [&] {
+    ConvArgs<scalar_t> a;
+    fill_conv_args<scalar_t>(a, x, wt, b, mask, reverse, silu);
+    a.dout = dout.data_ptr<scalar_t>();
+    a.dx = dx.data_ptr<scalar_t>();
+    a.dx_shared = shared;
+    a.dw_part = dw_part.data_ptr<scalar_t>();
+    a.db_part = b.has_value() ? db_part.data_ptr<scalar_t>() : nullptr;
+    conv_any<true>(a, isa, n_slices);
+  });
+  auto dw = dw_part.sum(0).transpose(1, 2);  // (K, E, Wk)
+  auto db = b.has_value() ? db_part.sum(0) : torch::Tensor();
+  return {dx, dw, db};
+}
+
+torch::Tensor elementwise(const torch::Tensor& x, int64_t op, int64_t isa) {
+  check_isa(isa);
+  TORCH_CHECK(x.is_contiguous() && op >= 0 && op <= 3, "dna_mdlm elementwise: contiguous x and op in 0..3");
+  auto y = torch::empty_like(x);
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "dna_mdlm_elementwise", [&] {
+    elementwise_any(x.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), x.numel(), op, isa);
+  });
+  return y;
+}
+
+double exp_bench(int64_t isa, int64_t n_exp) {
+  check_isa(isa);
+#if DNA_MDLM_X86_SIMD
+  if (isa == kAvx512) return avx512::run_exp_bench<avx512::VF, float>(n_exp);
+  if (isa == kAvx2) return avx2::run_exp_bench<avx2::VF, float>(n_exp);
+#endif
+  return portable::run_exp_bench<portable::VS<float>, float>(n_exp);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("fwd", &fwd, "selective scan forward (CPU)");
-  m.def("bwd", &bwd, "selective scan backward (CPU)");
+  m.def("supported_isas", &supported_isas, "instruction sets this CPU and build can run (0 portable, 1 avx2, 2 avx512)");
+  m.def("scan_fwd", &scan_fwd, "token-major selective scan, forward");
+  m.def("scan_bwd", &scan_bwd, "token-major selective scan, backward (recomputes chunk by chunk)");
+  m.def("conv_fwd", &conv_fwd, "token-major depthwise causal conv (+ SiLU), forward");
+  m.def("conv_bwd", &conv_bwd, "token-major depthwise causal conv (+ SiLU), backward");
+  m.def("elementwise", &elementwise, "exp2 / softplus / sigmoid / softplus' of one instruction set (tests)");
+  m.def("exp_bench", &exp_bench, "n exp2 evaluations of one instruction set; returns a checksum (benchmark)");
 }
