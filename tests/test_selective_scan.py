@@ -234,7 +234,7 @@ def test_gradcheck_tiny(fast_scan, groups):
 
 def test_cpp_long_sequence_crosses_many_chunks(cpp_ext):
     """Lengths spanning several checkpoint chunks, with a ragged last chunk."""
-    length = 3 * ss.CPP_CHUNK + 17
+    length = 3 * ss.SCAN_CHUNK + 17
     inputs = make_inputs(batch=1, dim=3, n_state=4, length=length, seed=7)
     expected = _grads(ss.selective_scan_ref, inputs, True, ("y", "last"))
     got = _grads(ss.selective_scan_cpp, inputs, True, ("y", "last"))

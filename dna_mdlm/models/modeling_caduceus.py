@@ -12,6 +12,13 @@ Padding: every forward takes an optional `attention_mask` (B, L). Masked positio
 each Mamba (their conv input and their step size are zeroed, so the state passes through unchanged), which
 makes a right-padded batch give exactly the outputs of the unpadded sequences at real positions, in both
 scan directions. Without a mask nothing changes, which is how the research code runs.
+
+Execution: on CPU (float32/float64, C++ kernels built) a whole BiMamba layer, both strands of a PS layer
+included, runs as one `ops.mamba_mixer_fn` call on the token-major activations (one conv and one scan call
+for all strands and directions; the reverse direction and the RC strand by indexing and weight flips, no
+activation flips) and saves only its input for backward. Elsewhere (CUDA, other dtypes, or
+DNA_MDLM_SCAN=ref|blocked) each Mamba runs the reference-shaped path below with `ops.selective_scan_fn`;
+the tests hold the two to float64 round-off.
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutput, MaskedLMOutput, SequenceClassifierOutput
 
-from ..ops.selective_scan import selective_scan_fn
+from ..ops.mamba_inner import mamba_mixer_fn
+from ..ops.selective_scan import scan_backend, selective_scan_fn, selective_state_update
 from ..tokenizer import rc_ids
 from .configuration_caduceus import CaduceusConfig
 
@@ -41,8 +49,41 @@ def swap_halves(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x[..., d:], x[..., :d]], dim=-1)
 
 
+class _RMSNormFn(torch.autograd.Function):
+    """RMSNorm over the last axis of x viewed as (..., G, d) with weight (G, d); saves only x and 1/rms
+    (autograd through the plain expression keeps three full-size tensors)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        xf = x.float() if x.dtype != torch.float64 else x
+        rstd = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x, weight, rstd)
+        return (xf * rstd * weight.to(xf.dtype)).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, rstd = ctx.saved_tensors
+        xf = x.float() if x.dtype != torch.float64 else x
+        xhat = xf * rstd
+        dyf = dy.to(xf.dtype)
+        dxhat = dyf * weight.to(xf.dtype)
+        dx = rstd * (dxhat - xhat * (dxhat * xhat).mean(-1, keepdim=True))
+        dw = (dyf * xhat).reshape(-1, *weight.shape).sum(0) if ctx.needs_input_grad[1] else None
+        return dx.to(x.dtype), None if dw is None else dw.to(weight.dtype), None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x / sqrt(mean(x^2) + eps) * weight over the last weight.shape[-1] channels, in fp32 (fp64 for fp64).
+
+    weight (d,) normalises x (..., d); weight (G, d) normalises each of the G groups of x (..., G*d)."""
+    groups = weight.shape[0] if weight.dim() == 2 else 1
+    d = weight.shape[-1]
+    xg = x.view(*x.shape[:-1], groups, d) if groups > 1 else x
+    return _RMSNormFn.apply(xg, weight, eps).view(x.shape)
+
+
 class RMSNorm(nn.Module):
-    """y = x / sqrt(mean(x^2) + eps) * w, computed in fp32 like the Triton kernel."""
+    """y = x / sqrt(mean(x^2) + eps) * w, computed in fp32 like the Triton kernel (fp64 for fp64 inputs)."""
 
     def __init__(self, d_model: int, eps: float = 1e-5):
         super().__init__()
@@ -50,9 +91,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
-        return y.to(x.dtype)
+        return rms_norm(x, self.weight, self.eps)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -120,6 +159,12 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """hidden_states (B, L, D) -> (B, L, D); mask (B, L) bool, False = padding."""
+        if fused_path_ok(hidden_states):
+            return run_mixers([self], hidden_states, (False,), (False,), mask)
+        return self.forward_unfused(hidden_states, mask)
+
+    def forward_unfused(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The reference-shaped path: (B, D, L) activations through `ops.selective_scan_fn` (mamba-ssm on CUDA)."""
         L = hidden_states.shape[1]
         xz = self.in_proj(hidden_states).transpose(1, 2)  # (B, 2E, L)
         x, z = xz.chunk(2, dim=1)
@@ -162,12 +207,9 @@ class Mamba(nn.Module):
             x = x + self.conv1d.bias
         x = F.silu(x)
         dt, B, C = torch.split(self.x_proj(x), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        acc = torch.promote_types(hidden_states.dtype, torch.float32)  # fp32 state, or fp64 for a double model
-        delta = F.softplus(F.linear(dt, self.dt_proj.weight) + self.dt_proj.bias).to(acc)  # (B, E)
-        A = -torch.exp(self.A_log.to(acc))
-        ssm_state.mul_(torch.exp(delta[..., None] * A)).add_(delta[..., None] * B.to(acc)[:, None, :] * x.to(acc)[..., None])
-        y = (ssm_state * C.to(acc)[:, None, :]).sum(-1) + self.D.to(acc) * x.to(acc)
-        y = (y * F.silu(z.to(acc))).to(hidden_states.dtype)
+        # One selective-scan step, the same home as the scan (mamba-ssm's Mamba.step calls its step kernel).
+        y = selective_state_update(ssm_state, x, F.linear(dt, self.dt_proj.weight), -torch.exp(self.A_log.to(ssm_state.dtype)), B,
+                                   C, D=self.D, z=z, dt_bias=self.dt_proj.bias, dt_softplus=True)
         return self.out_proj(y)
 
 
@@ -191,12 +233,61 @@ class BiMambaWrapper(nn.Module):
             self.mamba_rev.out_proj.bias = self.mamba_fwd.out_proj.bias
 
     def forward(self, hidden_states: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        out = self.mamba_fwd(hidden_states, mask)
+        if fused_path_ok(hidden_states):
+            return self.forward_strands(hidden_states, (False,), mask)
+        out = self.mamba_fwd.forward_unfused(hidden_states, mask)
         if self.mamba_rev is not None:
             rev_mask = None if mask is None else mask.flip(1)
-            out_rev = self.mamba_rev(hidden_states.flip(1), rev_mask).flip(1)
+            out_rev = self.mamba_rev.forward_unfused(hidden_states.flip(1), rev_mask).flip(1)
             out = out + out_rev if self.bidirectional_strategy == "add" else out * out_rev
         return out
+
+    def forward_strands(self, x: torch.Tensor, rc_strands: tuple[bool, ...], mask: torch.Tensor | None,
+                        norm: RMSNorm | None = None) -> torch.Tensor:
+        """This BiMamba on S strands at once, x (B, L, S*d); an RC strand is given rc(BiMamba(rc(x_s))).
+        With `norm`, on norm(x) per strand (the RC strand in RC space), the norm folded into the kernel call.
+
+        Both directions share one kernel call when they share in_proj/out_proj and their outputs are added
+        (Caduceus's default); otherwise each direction gets its own call and the outputs are combined."""
+        if self.mamba_rev is None:
+            return run_mixers([self.mamba_fwd], x, rc_strands, (False,), mask, norm)
+        pair = [self.mamba_fwd, self.mamba_rev]
+        tied = self.mamba_rev.in_proj.weight is self.mamba_fwd.in_proj.weight and (
+            self.mamba_rev.out_proj.weight is self.mamba_fwd.out_proj.weight)
+        if tied and self.bidirectional_strategy == "add" and _same_bias(pair):
+            return run_mixers(pair, x, rc_strands, (False, True), mask, norm)
+        out = run_mixers([self.mamba_fwd], x, rc_strands, (False,), mask, norm)
+        out_rev = run_mixers([self.mamba_rev], x, rc_strands, (True,), mask, norm)
+        return out + out_rev if self.bidirectional_strategy == "add" else out * out_rev
+
+
+def _same_bias(mambas) -> bool:
+    first = mambas[0]
+    return all(m.in_proj.bias is first.in_proj.bias and m.out_proj.bias is first.out_proj.bias for m in mambas)
+
+
+def fused_path_ok(x: torch.Tensor) -> bool:
+    """Whether the one-call CPU layer (`ops.mamba_mixer_fn`) runs for activations x: CPU, float32/float64,
+    and the scan dispatcher on its C++ path (DNA_MDLM_SCAN=ref|blocked forces the reference-shaped path)."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and scan_backend("cpu") == "cpp"
+
+
+def run_mixers(mambas: list, x: torch.Tensor, rc_strands: tuple[bool, ...], reverse: tuple[bool, ...],
+               mask: torch.Tensor | None, norm: RMSNorm | None = None) -> torch.Tensor:
+    """Sum over `mambas` (sharing in_proj/out_proj) run in directions `reverse` on the strands of x (first
+    RMS-normalised by `norm` if given), in one `ops.mamba_mixer_fn` call. Per-direction weights are stacked
+    along a new first axis."""
+    first = mambas[0]
+    conv_b = None if first.conv1d.bias is None else torch.stack([m.conv1d.bias for m in mambas])
+    return mamba_mixer_fn(
+        x, first.in_proj.weight, first.in_proj.bias,
+        torch.stack([m.conv1d.weight[:, 0, :] for m in mambas]), conv_b,
+        torch.stack([m.x_proj.weight for m in mambas]), torch.stack([m.dt_proj.weight for m in mambas]),
+        torch.stack([m.dt_proj.bias for m in mambas]), torch.stack([m.A_log for m in mambas]),
+        torch.stack([m.D for m in mambas]), first.out_proj.weight, first.out_proj.bias,
+        rc_strands=rc_strands, reverse_directions=reverse, mask=mask,
+        norm_weight=None if norm is None else norm.weight, norm_eps=1e-5 if norm is None else norm.eps,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -231,6 +322,9 @@ class RCPSWrapper(nn.Module):
         self.submodule = submodule
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(self.submodule, BiMambaWrapper) and fused_path_ok(x):
+            # Both strands in one kernel call, the RC strand by weight flips and reversed scans (no copies).
+            return self.submodule.forward_strands(x, (False, True), mask)
         d = x.shape[-1] // 2
         both = torch.cat([x[..., :d], rc_hidden(x[..., d:])], dim=0)  # one call on a doubled batch
         both_mask = None if mask is None else torch.cat([mask, mask.flip(1)], dim=0)
@@ -238,9 +332,12 @@ class RCPSWrapper(nn.Module):
         return torch.cat([fwd, rc_hidden(rc)], dim=-1)
 
 
-def rcps_norm(norm: RMSNorm, x: torch.Tensor) -> torch.Tensor:
-    """Per-strand norm: half 1 directly, half 2 in RC space (= a channel-reversed weight)."""
+def rcps_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Per-strand norm: half 1 directly, half 2 in RC space. The norm acts per position, so RC space only
+    reverses the channels: half 2 is normalised with the channel-reversed weight, in one call, no flips."""
     d = x.shape[-1] // 2
+    if isinstance(norm, RMSNorm):
+        return rms_norm(x, torch.stack([norm.weight, norm.weight.flip(0)]), norm.eps)
     return torch.cat([norm(x[..., :d]), rc_hidden(norm(rc_hidden(x[..., d:])))], dim=-1)
 
 
@@ -307,7 +404,11 @@ class CaduceusBlock(nn.Module):
         residual = hidden_states if residual is None else residual + hidden_states
         if self.residual_in_fp32:
             residual = residual.float()
-        hidden_states = self.mixer(self.norm(residual.to(self.norm.weight.dtype)), mask)
+        x = residual.to(self.norm.weight.dtype)
+        if isinstance(self.norm, RMSNorm) and fused_path_ok(x):
+            # The norm runs inside the one-call layer, which then keeps only its un-normalised input.
+            return self.mixer.forward_strands(x, (False,), mask, norm=self.norm), residual
+        hidden_states = self.mixer(self.norm(x), mask)
         return hidden_states, residual
 
 
@@ -333,9 +434,12 @@ class RCPSMambaBlock(nn.Module):
             residual = residual.float()
         if self.fused_add_norm:
             residual = swap_halves(residual)
-            normed = rcps_norm(self.norm, residual)
-        else:
-            normed = self.norm(residual)
+        norm = self.norm if self.fused_add_norm else self.norm.submodule
+        x = residual.to(self.norm_dtype)
+        if isinstance(norm, RMSNorm) and isinstance(self.mixer.submodule, BiMambaWrapper) and fused_path_ok(x):
+            # Per-strand norm (the RC half in RC space), both strands and directions in one call.
+            return self.mixer.submodule.forward_strands(x, (False, True), mask, norm=norm), residual
+        normed = rcps_norm(self.norm, residual) if self.fused_add_norm else self.norm(residual)
         return self.mixer(normed.to(self.norm_dtype), mask), residual
 
     @property

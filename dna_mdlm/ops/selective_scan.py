@@ -411,7 +411,7 @@ class _TokenScanFn(torch.autograd.Function):
             z_c = z_c.unsqueeze(0).expand(K, *z_c.shape)
         save = any(ctx.needs_input_grad[:8])
         out, last, ckpt = ext.scan_fwd(u_c, d_c, A_c, B_c, C_c, D_c, z_c, bias_c, mask, reverse, softplus, sum_k,
-                                       SCAN_CHUNK, save, want_last, isa, 0)
+                                       SCAN_CHUNK, save, want_last, None, None, isa, 0)
         if save:
             ctx.save_for_backward(u_c, d_c, A_c, B_c, C_c, D_c, z_c, bias_c, mask, reverse, ckpt)
         ctx.flags = (softplus, sum_k, isa, ext)
@@ -431,10 +431,12 @@ class _TokenScanFn(torch.autograd.Function):
         else:
             dout = _inner_contiguous(dout, u_c.dtype)
         dlast = None if dlast is None or dlast.numel() == 0 else dlast.to(u_c.dtype).contiguous()
-        du, ddelta, dA, dB, dC, dD, dz, dbias, _ = ext.scan_bwd(
+        du, ddelta, dA, dX, dD, dz, dbias, _, _ = ext.scan_bwd(
             u_c, d_c, A_c, B_c, C_c, D_c, z_c, bias_c, mask, reverse, softplus, sum_k, SCAN_CHUNK, ckpt, dout, dlast,
-            False, None, isa, 0,
+            True, False, None, None, isa, 0,
         )
+        GN = B_c.shape[3] * B_c.shape[4]
+        dB, dC = dX[..., :GN].reshape(B_c.shape), dX[..., GN:].reshape(C_c.shape)
         if dz is not None and ctx.z_shape is not None:
             dz = dz.reshape(ctx.z_shape)
         grads = [du, ddelta, dA, dB, dC, dD, dz, dbias]

@@ -34,8 +34,10 @@ struct ScanArgs {
   int64_t K, Bt, L, E, N, G;
   const T* u;
   int64_t u_sk, u_sb, u_st;
-  const T* delta;
+  const T* delta;  // (K, Bt, L, E), or (K, Bt, L, R) low-rank input of a fused dt_proj when R > 0
   int64_t d_sk, d_sb, d_st;
+  const T* dtw;    // (K, R, E): dt_proj weight transposed, when R > 0
+  int64_t R;
   const T* A;   // (K, N, E): A transposed so one state's channels are contiguous
   const T* A2;  // (K, N, E): A * log2(e), so exp(dt * A) = exp2(dt * A2)
   const T* Bm;
@@ -53,17 +55,18 @@ struct ScanArgs {
   int64_t chunk;
   T* out;    // (Bt, L, E) when sum_k, else (K, Bt, L, E)
   T* last;   // (K, Bt, N, E) or null
-  T* ckpt;   // (K, Bt, n_chunks, N, E) or null
+  T* ckpt;   // (Bt, K, n_chunks, N, E) or null: batch-major, so a range of rows is one block
   const T* dout;  // do_sk == 0 when sum_k
   int64_t do_sk, do_sb, do_st;
   const T* dlast;  // (K, Bt, N, E) or null
   T* du;           // (K, Bt, L, E)
-  T* ddelta;       // (K, Bt, L, E); may alias delta (each element is read before it is written)
-  T* dA_part;      // (Bt, K, N, E)
+  T* ddelta;       // (K, Bt, L, E) when R == 0; may alias delta (each element is read before written)
+  T* dW_part;      // (Bt, K, R, E) when R > 0
+  T* dA_part;      // (Bt, K, N, E); dB, dC (and d dt_low) go to one (K, Bt, L, R + 2GN) block
   T* dD_part;      // (Bt, K, E) or null
   T* dbias_part;   // (Bt, K, E) or null
   T* dz;           // (Bt, L, E) for a shared gate, else (K, Bt, L, E); or null
-  T* y_out;        // the forward output recomputed (layout of out), or null
+  T* y_out;        // the forward output before the gate, recomputed (layout of out), or null
 };
 
 template <typename T>
@@ -134,6 +137,23 @@ struct VF {
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
   }
+  // out[i] += sum of the lanes of v[i], i < n: for 8 vectors a transpose-and-add tree (7 adds, 14
+  // shuffles) whose result vector holds the 8 sums.
+  static inline __m256 tree8(const VF* v) {
+    __m256 s[4], t[2];
+    for (int i = 0; i < 4; ++i)
+      s[i] = _mm256_add_ps(_mm256_unpacklo_ps(v[2 * i].v, v[2 * i + 1].v), _mm256_unpackhi_ps(v[2 * i].v, v[2 * i + 1].v));
+    for (int i = 0; i < 2; ++i) {
+      const __m256d a = _mm256_castps_pd(s[2 * i]), b = _mm256_castps_pd(s[2 * i + 1]);
+      t[i] = _mm256_add_ps(_mm256_castpd_ps(_mm256_unpacklo_pd(a, b)), _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)));
+    }
+    return _mm256_add_ps(_mm256_permute2f128_ps(t[0], t[1], 0x20), _mm256_permute2f128_ps(t[0], t[1], 0x31));
+  }
+  static inline void reduce_add(const VF* v, int64_t n, float* out) {
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(out + i), tree8(v + i)));
+    for (; i < n; ++i) out[i] += hsum(v[i]);
+  }
 };
 #include "simd_math.inc"
 #include "scan_kernels.inc"
@@ -167,6 +187,25 @@ struct VF {
   static inline VF round(VF x) { return {_mm512_roundscale_ps(x.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)}; }
   static inline VF ldexp(VF p, VF n) { return {_mm512_scalef_ps(p.v, n.v)}; }
   static inline float hsum(VF a) { return _mm512_reduce_add_ps(a.v); }
+  // out[i] += sum of the lanes of v[i], i < n: for 16 vectors a transpose-and-add tree (15 adds, 30
+  // shuffles) whose result vector holds the 16 sums.
+  static inline __m512 tree16(const VF* v) {
+    __m512 s[8], t[4];
+    for (int i = 0; i < 8; ++i)
+      s[i] = _mm512_add_ps(_mm512_unpacklo_ps(v[2 * i].v, v[2 * i + 1].v), _mm512_unpackhi_ps(v[2 * i].v, v[2 * i + 1].v));
+    for (int i = 0; i < 4; ++i) {
+      const __m512d a = _mm512_castps_pd(s[2 * i]), b = _mm512_castps_pd(s[2 * i + 1]);
+      t[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)), _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+    }
+    const __m512 u0 = _mm512_add_ps(_mm512_shuffle_f32x4(t[0], t[1], 0x88), _mm512_shuffle_f32x4(t[0], t[1], 0xDD));
+    const __m512 u1 = _mm512_add_ps(_mm512_shuffle_f32x4(t[2], t[3], 0x88), _mm512_shuffle_f32x4(t[2], t[3], 0xDD));
+    return _mm512_add_ps(_mm512_shuffle_f32x4(u0, u1, 0x88), _mm512_shuffle_f32x4(u0, u1, 0xDD));
+  }
+  static inline void reduce_add(const VF* v, int64_t n, float* out) {
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, _mm512_add_ps(_mm512_loadu_ps(out + i), tree16(v + i)));
+    for (; i < n; ++i) out[i] += hsum(v[i]);
+  }
 };
 #include "simd_math.inc"
 #include "scan_kernels.inc"
@@ -209,15 +248,15 @@ void scan_fwd_any(const ScanArgs<float>& a, int64_t isa, int64_t slices) {
 void scan_fwd_any(const ScanArgs<double>& a, int64_t, int64_t slices) {
   portable::run_scan_fwd<portable::VS<double>, double>(a, slices);
 }
-void scan_bwd_any(const ScanArgs<float>& a, int64_t isa, int64_t slices, float* dB, float* dC) {
+void scan_bwd_any(const ScanArgs<float>& a, int64_t isa, int64_t slices, float* dX) {
 #if DNA_MDLM_X86_SIMD
-  if (isa == kAvx512) return avx512::run_scan_bwd<avx512::VF, float>(a, slices, dB, dC);
-  if (isa == kAvx2) return avx2::run_scan_bwd<avx2::VF, float>(a, slices, dB, dC);
+  if (isa == kAvx512) return avx512::run_scan_bwd<avx512::VF, float>(a, slices, dX);
+  if (isa == kAvx2) return avx2::run_scan_bwd<avx2::VF, float>(a, slices, dX);
 #endif
-  portable::run_scan_bwd<portable::VS<float>, float>(a, slices, dB, dC);
+  portable::run_scan_bwd<portable::VS<float>, float>(a, slices, dX);
 }
-void scan_bwd_any(const ScanArgs<double>& a, int64_t, int64_t slices, double* dB, double* dC) {
-  portable::run_scan_bwd<portable::VS<double>, double>(a, slices, dB, dC);
+void scan_bwd_any(const ScanArgs<double>& a, int64_t, int64_t slices, double* dX) {
+  portable::run_scan_bwd<portable::VS<double>, double>(a, slices, dX);
 }
 template <bool kBackward>
 void conv_any(const ConvArgs<float>& a, int64_t isa, int64_t slices) {
@@ -260,7 +299,8 @@ int64_t auto_slices(int64_t units, int64_t per_unit_tiles, int64_t requested) {
 
 template <typename T>
 void fill_scan_args(ScanArgs<T>& a, const torch::Tensor& u, const torch::Tensor& delta,
-                    const torch::Tensor& At, const torch::Tensor& A2, const torch::Tensor& B,
+                    const torch::Tensor& At, const torch::Tensor& A2, const torch::Tensor& dtw,
+                    const torch::Tensor& B,
                     const torch::Tensor& C, const c10::optional<torch::Tensor>& D,
                     const c10::optional<torch::Tensor>& z,
                     const c10::optional<torch::Tensor>& delta_bias,
@@ -280,6 +320,8 @@ void fill_scan_args(ScanArgs<T>& a, const torch::Tensor& u, const torch::Tensor&
   a.d_sk = delta.stride(0);
   a.d_sb = delta.stride(1);
   a.d_st = delta.stride(2);
+  a.R = dtw.defined() ? dtw.size(1) : 0;
+  a.dtw = dtw.defined() ? dtw.data_ptr<T>() : nullptr;
   a.A = At.data_ptr<T>();
   a.A2 = A2.data_ptr<T>();
   a.Bm = B.data_ptr<T>();
@@ -307,14 +349,22 @@ void fill_scan_args(ScanArgs<T>& a, const torch::Tensor& u, const torch::Tensor&
   a.out = a.last = a.ckpt = nullptr;
   a.dout = a.dlast = nullptr;
   a.do_sk = a.do_sb = a.do_st = 0;
-  a.du = a.ddelta = a.dA_part = a.dD_part = a.dbias_part = a.dz = a.y_out = nullptr;
+  a.du = a.ddelta = a.dW_part = a.dA_part = a.dD_part = a.dbias_part = a.dz = a.y_out = nullptr;
 }
 
 void check_scan_inputs(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A,
                        const torch::Tensor& B, const torch::Tensor& C,
                        const c10::optional<torch::Tensor>& z, const c10::optional<torch::Tensor>& mask,
-                       const torch::Tensor& reverse, int64_t chunk) {
-  TORCH_CHECK(u.dim() == 4 && delta.sizes() == u.sizes(), "dna_mdlm scan: u and delta must be (K, batch, L, E)");
+                       const torch::Tensor& reverse, int64_t chunk, const c10::optional<torch::Tensor>& dt_proj) {
+  TORCH_CHECK(u.dim() == 4, "dna_mdlm scan: u must be (K, batch, L, E)");
+  if (dt_proj.has_value()) {
+    TORCH_CHECK(dt_proj->dim() == 3 && dt_proj->size(0) == u.size(0) && dt_proj->size(1) == u.size(3) &&
+                    delta.dim() == 4 && delta.size(0) == u.size(0) && delta.size(1) == u.size(1) &&
+                    delta.size(2) == u.size(2) && delta.size(3) == dt_proj->size(2),
+                "dna_mdlm scan: with dt_proj (K, E, R), delta must be the low-rank (K, batch, L, R)");
+  } else {
+    TORCH_CHECK(delta.sizes() == u.sizes(), "dna_mdlm scan: u and delta must be (K, batch, L, E)");
+  }
   TORCH_CHECK(B.dim() == 5 && C.sizes() == B.sizes(), "dna_mdlm scan: B and C must be (K, batch, L, G, N)");
   TORCH_CHECK(A.dim() == 3 && A.size(0) == u.size(0) && A.size(1) == u.size(3) && A.size(2) == B.size(4),
               "dna_mdlm scan: A must be (K, E, N)");
@@ -342,21 +392,31 @@ std::vector<torch::Tensor> scan_fwd(const torch::Tensor& u, const torch::Tensor&
                                     const c10::optional<torch::Tensor>& delta_bias,
                                     const c10::optional<torch::Tensor>& mask,
                                     const torch::Tensor& reverse, bool softplus, bool sum_k,
-                                    int64_t chunk, bool save_ckpt, bool want_last, int64_t isa,
+                                    int64_t chunk, bool save_ckpt, bool want_last,
+                                    const c10::optional<torch::Tensor>& dt_proj,
+                                    const c10::optional<torch::Tensor>& ckpt_out, int64_t isa,
                                     int64_t slices) {
   check_isa(isa);
-  check_scan_inputs(u, delta, A, B, C, z, mask, reverse, chunk);
+  check_scan_inputs(u, delta, A, B, C, z, mask, reverse, chunk, dt_proj);
   const int64_t K = u.size(0), Bt = u.size(1), L = u.size(2), E = u.size(3), G = B.size(3), N = B.size(4);
   const int64_t n_chunks = (L + chunk - 1) / chunk;
   auto At = A.transpose(1, 2).contiguous();
   auto A2 = At * 1.4426950408889634;
+  auto dtw = dt_proj.has_value() ? dt_proj->transpose(1, 2).contiguous() : torch::Tensor();
   auto out = sum_k ? torch::empty({Bt, L, E}, u.options()) : torch::empty({K, Bt, L, E}, u.options());
   auto last = want_last ? torch::empty({K, Bt, N, E}, u.options()) : torch::Tensor();
-  auto ckpt = save_ckpt ? torch::empty({K, Bt, n_chunks, N, E}, u.options()) : torch::Tensor();
+  torch::Tensor ckpt;
+  if (save_ckpt && ckpt_out.has_value()) {
+    TORCH_CHECK(ckpt_out->is_contiguous() && ckpt_out->numel() == Bt * K * n_chunks * N * E,
+                "dna_mdlm scan: ckpt_out must be a contiguous (batch, K, n_chunks, N, E) tensor");
+    ckpt = *ckpt_out;
+  } else if (save_ckpt) {
+    ckpt = torch::empty({Bt, K, n_chunks, N, E}, u.options());
+  }
   const int64_t n_slices = auto_slices(Bt * G, (E / G + 15) / 16, slices);
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "dna_mdlm_scan_fwd", [&] {
     ScanArgs<scalar_t> a;
-    fill_scan_args<scalar_t>(a, u, delta, At, A2, B, C, D, z, delta_bias, mask, reverse, softplus, sum_k, chunk);
+    fill_scan_args<scalar_t>(a, u, delta, At, A2, dtw, B, C, D, z, delta_bias, mask, reverse, softplus, sum_k, chunk);
     a.out = out.data_ptr<scalar_t>();
     a.last = want_last ? last.data_ptr<scalar_t>() : nullptr;
     a.ckpt = save_ckpt ? ckpt.data_ptr<scalar_t>() : nullptr;
@@ -374,40 +434,46 @@ std::vector<torch::Tensor> scan_bwd(const torch::Tensor& u, const torch::Tensor&
                                     const torch::Tensor& reverse, bool softplus, bool sum_k,
                                     int64_t chunk, const torch::Tensor& ckpt,
                                     const torch::Tensor& dout,
-                                    const c10::optional<torch::Tensor>& dlast, bool want_y,
+                                    const c10::optional<torch::Tensor>& dlast, bool want_dz, bool want_y,
+                                    const c10::optional<torch::Tensor>& dt_proj,
                                     const c10::optional<torch::Tensor>& ddelta_out, int64_t isa,
                                     int64_t slices) {
   check_isa(isa);
-  check_scan_inputs(u, delta, A, B, C, z, mask, reverse, chunk);
+  check_scan_inputs(u, delta, A, B, C, z, mask, reverse, chunk, dt_proj);
   const int64_t K = u.size(0), Bt = u.size(1), L = u.size(2), E = u.size(3), G = B.size(3), N = B.size(4);
   const int64_t n_chunks = (L + chunk - 1) / chunk;
   TORCH_CHECK(ckpt.is_contiguous() && ckpt.numel() == K * Bt * n_chunks * N * E, "dna_mdlm scan: bad checkpoint tensor");
+  TORCH_CHECK(!dt_proj.has_value() || !ddelta_out.has_value(), "dna_mdlm scan: ddelta_out needs a full delta");
   TORCH_CHECK(dout.dim() == (sum_k ? 3 : 4), "dna_mdlm scan: dout must be (batch, L, E) when summing directions, else (K, batch, L, E)");
   check_inner(dout, "dout");
   auto At = A.transpose(1, 2).contiguous();
   auto A2 = At * 1.4426950408889634;
+  auto dtw = dt_proj.has_value() ? dt_proj->transpose(1, 2).contiguous() : torch::Tensor();
+  const int64_t R = dt_proj.has_value() ? dt_proj->size(2) : 0;
   auto du = torch::empty({K, Bt, L, E}, u.options());
   torch::Tensor ddelta;
-  if (ddelta_out.has_value()) {
+  if (R > 0) {
+    // no full-size delta gradient: it goes straight to dt_low and the dt_proj weight
+  } else if (ddelta_out.has_value()) {
     TORCH_CHECK(ddelta_out->is_contiguous() && ddelta_out->numel() == K * Bt * L * E, "dna_mdlm scan: bad ddelta buffer");
     ddelta = *ddelta_out;
   } else {
     ddelta = torch::empty({K, Bt, L, E}, u.options());
   }
   const int64_t n_slices = auto_slices(Bt * G, (E / G + 15) / 16, slices);
-  auto dB = torch::zeros({n_slices, K, Bt, L, G, N}, u.options());
-  auto dC = torch::zeros({n_slices, K, Bt, L, G, N}, u.options());
+  auto dX = torch::zeros({n_slices, K, Bt, L, R + 2 * G * N}, u.options());
+  auto dW_part = R > 0 ? torch::empty({Bt, K, R, E}, u.options()) : torch::Tensor();
   auto dA_part = torch::empty({Bt, K, N, E}, u.options());
   auto dD_part = D.has_value() ? torch::empty({Bt, K, E}, u.options()) : torch::Tensor();
   auto dbias_part = delta_bias.has_value() ? torch::empty({Bt, K, E}, u.options()) : torch::Tensor();
   const bool z_shared = z.has_value() && z->stride(0) == 0 && K > 1;
-  auto dz = z.has_value() ? (z_shared ? torch::empty({Bt, L, E}, u.options()) : torch::empty({K, Bt, L, E}, u.options()))
+  auto dz = z.has_value() && want_dz ? (z_shared ? torch::empty({Bt, L, E}, u.options()) : torch::empty({K, Bt, L, E}, u.options()))
                           : torch::Tensor();
   auto y = want_y ? (sum_k ? torch::empty({Bt, L, E}, u.options()) : torch::empty({K, Bt, L, E}, u.options()))
                   : torch::Tensor();
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "dna_mdlm_scan_bwd", [&] {
     ScanArgs<scalar_t> a;
-    fill_scan_args<scalar_t>(a, u, delta, At, A2, B, C, D, z, delta_bias, mask, reverse, softplus, sum_k, chunk);
+    fill_scan_args<scalar_t>(a, u, delta, At, A2, dtw, B, C, D, z, delta_bias, mask, reverse, softplus, sum_k, chunk);
     if (z_shared) a.z_sk = 0;
     a.ckpt = ckpt.data_ptr<scalar_t>();
     a.dout = dout.data_ptr<scalar_t>();
@@ -416,22 +482,21 @@ std::vector<torch::Tensor> scan_bwd(const torch::Tensor& u, const torch::Tensor&
     a.do_st = dout.stride(sum_k ? 1 : 2);
     a.dlast = opt_ptr<scalar_t>(dlast);
     a.du = du.data_ptr<scalar_t>();
-    a.ddelta = ddelta.data_ptr<scalar_t>();
+    a.ddelta = R > 0 ? nullptr : ddelta.data_ptr<scalar_t>();
+    a.dW_part = R > 0 ? dW_part.data_ptr<scalar_t>() : nullptr;
     a.dA_part = dA_part.data_ptr<scalar_t>();
     a.dD_part = D.has_value() ? dD_part.data_ptr<scalar_t>() : nullptr;
     a.dbias_part = delta_bias.has_value() ? dbias_part.data_ptr<scalar_t>() : nullptr;
-    a.dz = z.has_value() ? dz.data_ptr<scalar_t>() : nullptr;
+    a.dz = z.has_value() && want_dz ? dz.data_ptr<scalar_t>() : nullptr;
     a.y_out = want_y ? y.data_ptr<scalar_t>() : nullptr;
-    scalar_t* pB = dB.data_ptr<scalar_t>();
-    scalar_t* pC = dC.data_ptr<scalar_t>();
-    scan_bwd_any(a, isa, n_slices, pB, pC);
+    scan_bwd_any(a, isa, n_slices, dX.data_ptr<scalar_t>());
   });
   auto dA = dA_part.sum(0).transpose(1, 2);  // (K, E, N)
-  auto dBs = n_slices == 1 ? dB.squeeze(0) : dB.sum(0);
-  auto dCs = n_slices == 1 ? dC.squeeze(0) : dC.sum(0);
+  auto dXs = n_slices == 1 ? dX.squeeze(0) : dX.sum(0);  // (K, Bt, L, R + 2GN)
+  auto dW = R > 0 ? dW_part.sum(0).transpose(1, 2) : torch::Tensor();  // (K, E, R)
   auto dD = D.has_value() ? dD_part.sum(0) : torch::Tensor();
   auto dbias = delta_bias.has_value() ? dbias_part.sum(0) : torch::Tensor();
-  return {du, ddelta, dA, dBs, dCs, dD, dz, dbias, y};
+  return {du, ddelta, dA, dXs, dD, dz, dbias, y, dW};
 }
 
 template <typename T>
@@ -524,6 +589,34 @@ std::vector<torch::Tensor> conv_bwd(const torch::Tensor& x, const torch::Tensor&
   return {dx, dw, db};
 }
 
+void gate_any(float* y, int64_t y_st, float* z, int64_t z_st, const float* d, int64_t d_st, int64_t rows, int64_t E,
+              int64_t isa) {
+#if DNA_MDLM_X86_SIMD
+  if (isa == kAvx512) return avx512::run_gate_bwd<avx512::VF, float>(y, y_st, z, z_st, d, d_st, rows, E);
+  if (isa == kAvx2) return avx2::run_gate_bwd<avx2::VF, float>(y, y_st, z, z_st, d, d_st, rows, E);
+#endif
+  portable::run_gate_bwd<portable::VS<float>, float>(y, y_st, z, z_st, d, d_st, rows, E);
+}
+void gate_any(double* y, int64_t y_st, double* z, int64_t z_st, const double* d, int64_t d_st, int64_t rows,
+              int64_t E, int64_t) {
+  portable::run_gate_bwd<portable::VS<double>, double>(y, y_st, z, z_st, d, d_st, rows, E);
+}
+
+// In place: y <- y * silu(z), z <- dout * y * silu'(z) (y, z, dout: (rows, L, E) with unit channel stride).
+void gate_bwd(torch::Tensor y, torch::Tensor z, const torch::Tensor& dout, int64_t isa) {
+  check_isa(isa);
+  TORCH_CHECK(y.dim() == 3 && z.sizes() == y.sizes() && dout.sizes() == y.sizes(), "dna_mdlm gate: shapes differ");
+  for (const torch::Tensor* t : {static_cast<const torch::Tensor*>(&y), static_cast<const torch::Tensor*>(&z), &dout}) {
+    check_inner(*t, "a gate operand");
+    TORCH_CHECK(t->stride(0) == t->size(1) * t->stride(1), "dna_mdlm gate: rows must be evenly strided");
+  }
+  const int64_t rows = y.size(0) * y.size(1), E = y.size(2);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dna_mdlm_gate_bwd", [&] {
+    gate_any(y.data_ptr<scalar_t>(), y.stride(1), z.data_ptr<scalar_t>(), z.stride(1),
+             dout.data_ptr<scalar_t>(), dout.stride(1), rows, E, isa);
+  });
+}
+
 torch::Tensor elementwise(const torch::Tensor& x, int64_t op, int64_t isa) {
   check_isa(isa);
   TORCH_CHECK(x.is_contiguous() && op >= 0 && op <= 3, "dna_mdlm elementwise: contiguous x and op in 0..3");
@@ -551,6 +644,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("scan_bwd", &scan_bwd, "token-major selective scan, backward (recomputes chunk by chunk)");
   m.def("conv_fwd", &conv_fwd, "token-major depthwise causal conv (+ SiLU), forward");
   m.def("conv_bwd", &conv_bwd, "token-major depthwise causal conv (+ SiLU), backward");
+  m.def("gate_bwd", &gate_bwd, "the gate of a summed scan output, backward, in place");
   m.def("elementwise", &elementwise, "exp2 / softplus / sigmoid / softplus' of one instruction set (tests)");
   m.def("exp_bench", &exp_bench, "n exp2 evaluations of one instruction set; returns a checksum (benchmark)");
 }
