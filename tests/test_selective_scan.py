@@ -436,3 +436,202 @@ def test_a_killed_build_leaves_no_lock_that_hangs_later_processes():
     code = "from dna_mdlm.ops.selective_scan import load_cpp_extension; assert load_cpp_extension() is not None"
     subprocess.run([sys.executable, "-c", code], timeout=600, check=True)
     assert not (build_dir / "lock").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Token-major kernels (the layout the model uses): every instruction set against the oracle
+# ---------------------------------------------------------------------------------------------
+
+
+def _isas():
+    """Every instruction set the C++ kernels can run here (skips without a compiler)."""
+    if _compiler_missing():
+        return []
+    return ss.available_isas()
+
+
+@pytest.fixture(params=["scalar", "avx2", "avx512"])
+def isa(request, cpp_ext):
+    if request.param not in ss.available_isas():
+        pytest.skip(f"this CPU cannot run {request.param}")
+    return request.param
+
+
+def make_token_inputs(K=2, batch=3, length=37, dim=20, n_state=16, groups=None, dtype=torch.float64, seed=0,
+                      z="shared", with_d=True, with_bias=True, mamba_ranges=False):
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype)
+
+    bc = (K, batch, length, n_state) if groups is None else (K, batch, length, groups, n_state)
+    if mamba_ranges:  # Mamba's init: dt log-uniform in [1e-3, 0.1], A = -[1..N]
+        lo, hi = math.log(1e-3), math.log(0.1)
+        dt = torch.exp(torch.rand(K, batch, length, dim, generator=gen, dtype=dtype) * (hi - lo) + lo)
+        delta = torch.log(torch.expm1(dt))
+        A = -torch.arange(1, n_state + 1, dtype=dtype).repeat(K, dim, 1)
+    else:
+        delta = randn(K, batch, length, dim) * 0.5 - 1.0
+        A = -(torch.rand(K, dim, n_state, generator=gen, dtype=dtype) * 2 + 0.1)
+    return {
+        "u": randn(K, batch, length, dim), "delta": delta, "A": A, "B": randn(*bc), "C": randn(*bc),
+        "D": randn(K, dim) if with_d else None,
+        "z": {"shared": randn(batch, length, dim), "per_direction": randn(K, batch, length, dim), None: None}[z],
+        "delta_bias": randn(K, dim) * 0.1 if with_bias else None,
+    }
+
+
+def _token_grads(inputs, **kw):
+    """Outputs and the gradient of every input for a loss that touches y and the final states."""
+    leaves = {k: (v.clone().requires_grad_() if v is not None else None) for k, v in inputs.items()}
+    y, last = ss.selective_scan_tokens(**leaves, return_last_state=True, **kw)
+    weights = torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)
+    ((y * weights).sum() + (y**2).sum() * 0.1 + (last * last.flip(-1)).sum()).backward()
+    return y.detach(), last.detach(), {k: v.grad for k, v in leaves.items() if v is not None}
+
+
+def _padding_mask(batch, length):
+    mask = torch.ones(batch, length, dtype=torch.bool)
+    mask[1 % batch, length - max(1, length // 5):] = False
+    mask[-1, -1:] = False
+    return mask
+
+
+TOKEN_CONFIGS = [
+    # (length, dim, groups, z, sum_directions, masked, reverse)
+    (37, 20, None, "shared", True, True, [[False, True, False], [True, False, True]]),
+    (3 * ss.SCAN_CHUNK + 17, 36, 2, "per_direction", False, False, [True, False]),  # ragged last chunk
+    (200, 33, None, None, True, True, None),  # channels not a multiple of any vector width
+    (1, 16, None, "shared", False, True, [[True, True, False], [False, False, True]]),
+]
+
+
+@pytest.mark.parametrize("length,dim,groups,z,sum_k,masked,reverse", TOKEN_CONFIGS)
+def test_token_scan_float64_values_and_gradients_match_reference(isa, length, dim, groups, z, sum_k, masked, reverse):
+    """float64 always runs the portable code; the test also runs it under every forced instruction set."""
+    inputs = make_token_inputs(length=length, dim=dim, groups=groups, z=z)
+    kw = dict(delta_softplus=True, mask=_padding_mask(3, length) if masked else None, reverse=reverse,
+              sum_directions=sum_k)
+    y_ref, last_ref, g_ref = _token_grads(inputs, backend="ref", **kw)
+    y, last, g = _token_grads(inputs, backend="cpp", isa=isa, **kw)
+    torch.testing.assert_close(y, y_ref, rtol=1e-11, atol=1e-11)
+    torch.testing.assert_close(last, last_ref, rtol=1e-11, atol=1e-11)
+    assert set(g) == set(g_ref)
+    for name in g_ref:
+        torch.testing.assert_close(g[name], g_ref[name], rtol=1e-9, atol=1e-10, msg=f"grad of {name}")
+
+
+@pytest.mark.parametrize("length,dim,groups,z,sum_k,masked,reverse", TOKEN_CONFIGS)
+def test_token_scan_float32_every_isa_agrees_with_float64_reference(isa, length, dim, groups, z, sum_k, masked,
+                                                                     reverse):
+    """The vector paths (polynomial exp, softplus, sigmoid) in float32, values and all gradients, at Mamba's
+    init ranges, relative to the float64 oracle."""
+    inputs = make_token_inputs(length=length, dim=dim, groups=groups, z=z, dtype=torch.float32, seed=2,
+                               mamba_ranges=True)
+    kw = dict(delta_softplus=True, mask=_padding_mask(3, length) if masked else None, reverse=reverse,
+              sum_directions=sum_k)
+    y64, last64, g64 = _token_grads({k: None if v is None else v.double() for k, v in inputs.items()},
+                                    backend="ref", **kw)
+    y, last, g = _token_grads(inputs, backend="cpp", isa=isa, **kw)
+    assert y.dtype == torch.float32
+    for got, want, name in [(y, y64, "y"), (last, last64, "last")] + [(g[k], g64[k], k) for k in g64]:
+        rel = (got.double() - want).abs().max().item() / max(want.abs().max().item(), 1e-30)
+        assert rel < 2e-5, (name, rel)
+
+
+def test_token_scan_masked_rows_equal_unpadded_rows(cpp_ext):
+    """A right-padded row scans exactly like the unpadded sequence, in both directions."""
+    inputs = make_token_inputs(K=2, batch=1, length=40)
+    short = {k: (v[:, :, :29] if k in ("u", "delta", "B", "C") else v[:, :29] if k == "z" else v)
+             for k, v in inputs.items()}
+    mask = torch.arange(40)[None] < 29
+    y = ss.selective_scan_tokens(**inputs, delta_softplus=True, mask=mask, reverse=[False, True])
+    y_short = ss.selective_scan_tokens(**short, delta_softplus=True, reverse=[False, True])
+    torch.testing.assert_close(y[:, :, :29], y_short, rtol=1e-12, atol=1e-12)
+
+
+def test_token_scan_gradcheck_tiny(cpp_ext):
+    inputs = make_token_inputs(K=2, batch=2, length=6, dim=3, n_state=2, seed=4)
+    names = list(INPUT_NAMES)
+    leaves = [inputs[k].clone().requires_grad_() for k in names]
+
+    def fn(*args):
+        return ss.selective_scan_tokens(*args, delta_softplus=True, reverse=[[False, True], [True, False]],
+                                        mask=torch.tensor([[True] * 5 + [False], [True] * 6]), sum_directions=True,
+                                        return_last_state=True, backend="cpp")
+
+    assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
+def test_token_scan_rejects_bad_shapes():
+    inputs = make_token_inputs(length=5)
+    with pytest.raises(InputError, match="delta shape"):
+        ss.selective_scan_tokens(**dict(inputs, delta=inputs["delta"][:, :, :4]))
+    with pytest.raises(InputError, match="mask must be"):
+        ss.selective_scan_tokens(**inputs, mask=torch.ones(2, 5, dtype=torch.bool))
+    with pytest.raises(InputError, match="reverse must be"):
+        ss.selective_scan_tokens(**inputs, reverse=[True, False, True])
+
+
+@pytest.mark.parametrize("shared,width,masked", [(True, 4, True), (False, 4, False), (True, 3, False), (False, 2, True)])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_token_conv_matches_torch_conv1d(isa, shared, width, masked, dtype):
+    """The depthwise causal conv (+ SiLU) on token-major input, both directions, against torch's conv1d on
+    flipped copies: values and the gradients of input, weight and bias."""
+    gen = torch.Generator().manual_seed(7)
+    K, batch, length, dim = 2, 3, 29, 37
+    x = torch.randn(*((batch,) if shared else (K, batch)), length, dim, generator=gen, dtype=dtype)
+    w = torch.randn(K, dim, width, generator=gen, dtype=dtype)
+    b = torch.randn(K, dim, generator=gen, dtype=dtype)
+    reverse = [[False, True, True], [True, False, False]]
+    mask = _padding_mask(batch, length) if masked else None
+    res = {}
+    for backend in ("ref", "cpp"):
+        leaves = [t.clone().requires_grad_() for t in (x, w, b)]
+        y = ss.causal_conv1d_tokens(*leaves, mask=mask, reverse=reverse, backend=backend, isa=isa)
+        (y * torch.linspace(-1, 1, y.numel(), dtype=dtype).view_as(y) + y**2).sum().backward()
+        res[backend] = [y.detach()] + [t.grad for t in leaves]
+    tol = 1e-12 if dtype == torch.float64 else 2e-6
+    for got, want in zip(res["cpp"], res["ref"]):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
+
+
+@pytest.mark.parametrize("op", ["exp2", "softplus", "sigmoid", "softplus_grad"])
+def test_vector_math_matches_torch(isa, op):
+    """The polynomial exp2 and the softplus / sigmoid built on it, per instruction set, in float32."""
+    x = torch.cat([torch.linspace(-40, 40, 4001), torch.tensor([0.0, -1e-8, 1e-8, -126.5, 20.5, -20.5])])
+    if op == "exp2":
+        x = x.clamp(-120, 120)
+    code = {"exp2": 0, "softplus": 1, "sigmoid": 2, "softplus_grad": 3}[op]
+    got = ss._cpp_ext_or_raise().elementwise(x.contiguous(), code, ss.ISAS[isa]).double()
+    xd = x.double()
+    want = {"exp2": torch.exp2(xd), "softplus": torch.nn.functional.softplus(xd), "sigmoid": torch.sigmoid(xd),
+            "softplus_grad": torch.sigmoid(xd)}[op]
+    assert torch.isfinite(got).all()
+    tiny = want < 1e-37  # below float32's normal range: 0 or a denormal is right
+    assert (got[tiny] < 2e-37).all()
+    got, want, xd = got[~tiny], want[~tiny], xd[~tiny]
+    # exp(x) = exp2(x * log2 e) with the product rounded in float32: relative error ~6e-8 * |x| * log2 e
+    # (torch's float32 exp of a rounded float32 argument has the same order), plus the polynomial's.
+    allowed = want.abs() * (1e-6 + 1.2e-7 * xd.abs() * (1.0 if op == "exp2" else math.log2(math.e)))
+    assert ((got - want).abs() <= allowed).all(), ((got - want).abs() / want.abs()).max().item()
+
+
+def test_isa_env_var(monkeypatch, cpp_ext):
+    monkeypatch.setenv(ss.ISA_ENV_VAR, "sse9")
+    with pytest.raises(InputError, match=ss.ISA_ENV_VAR):
+        ss.scan_isa()
+    monkeypatch.setenv(ss.ISA_ENV_VAR, "scalar")
+    assert ss.scan_isa() == "scalar"
+    monkeypatch.delenv(ss.ISA_ENV_VAR)
+    assert ss.scan_isa() == ss.available_isas()[-1]
+
+
+def test_cpp_bdl_api_runs_each_isa(isa, monkeypatch):
+    """The mamba-ssm-shaped (batch, d_inner, L) entry point goes through the same kernels."""
+    monkeypatch.setenv(ss.ISA_ENV_VAR, isa)
+    case = _fp32_case()
+    y32 = ss.selective_scan_cpp(**case["inputs"], delta_softplus=True)
+    rel = (y32.double() - case["y64"]).abs().max().item() / case["y64"].abs().max().item()
+    assert rel < 1e-5, rel

@@ -174,18 +174,20 @@ class Mamba(nn.Module):
         x_dbl = self.x_proj(x.transpose(1, 2))  # (B, L, R + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # bias is added inside the scan
-        A = -torch.exp(self.A_log.float())
+        # SSM parameters in fp32 as mamba-ssm's kernels take them (fp64 for a float64 model).
+        acc = torch.promote_types(hidden_states.dtype, torch.float32)
+        A = -torch.exp(self.A_log.to(acc))
         B = B.transpose(1, 2).contiguous()
         C = C.transpose(1, 2).contiguous()
         if mask is None:
             y = selective_scan_fn(
-                x.contiguous(), dt.contiguous(), A, B, C, self.D.float(), z=z.contiguous(),
-                delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                x.contiguous(), dt.contiguous(), A, B, C, self.D.to(acc), z=z.contiguous(),
+                delta_bias=self.dt_proj.bias.to(acc), delta_softplus=True,
             )
         else:
             # A zero step at padding keeps the state unchanged: exp(0 * A) = 1 and 0 * B * u = 0.
             delta = F.softplus(dt + self.dt_proj.bias[None, :, None]) * mask[:, None, :].to(dt.dtype)
-            y = selective_scan_fn(x.contiguous(), delta.contiguous(), A, B, C, self.D.float(), z=z.contiguous())
+            y = selective_scan_fn(x.contiguous(), delta.contiguous(), A, B, C, self.D.to(acc), z=z.contiguous())
         return self.out_proj(y.transpose(1, 2))
 
     # --- recurrent decoding (causal models only): O(1) work per new base --------------------------
