@@ -8,10 +8,19 @@ One training step = forward + cross-entropy + backward (no optimizer: AdamW cost
 parameter counts). Batch x length is held constant (`--tokens`), so every row does the same number of
 tokens and the only thing that changes is the length the mixer has to cover.
 
+Lengths above `--tokens` run one sequence per step (batch 1, L tokens), so a 131,072-token window can be
+trained and its memory shown; the Transformer is not run above `--transformer-max-len` (its O(L^2) attention
+would take hours per step there).
+
 Each (model, length) runs in its own subprocess, one thread, so `ru_maxrss` is that config's peak resident
-memory and a config that runs past `--timeout` is reported as "did not finish" rather than stalling the rest.
+memory; "step" memory is its growth over what was resident before the first step (torch, the model, the C++
+kernels), so it holds activations, gradients and workspace, plus whatever one-off buffers the first step
+allocates (it errs high); per token it is that growth over the tokens of one step. A config that runs past `--timeout` is reported as
+"did not finish" rather than stalling the rest. `--clock cpu` times with the process's CPU time, steadier
+than wall time when other jobs share the cores (with one thread it is the time on a quiet core).
 
     .venv/bin/python benchmarks/backbone.py                                 # L 1k, 4k, 16k at 16,384 tokens
+    .venv/bin/python benchmarks/backbone.py --lengths 1024 16384 131072 --clock cpu
     .venv/bin/python benchmarks/backbone.py --lengths 1024 4096 --tokens 8192 --repeats 2
 """
 
@@ -33,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dna_mdlm.models import CaduceusConfig, CaduceusForMaskedLM
+from dna_mdlm.ops.selective_scan import load_cpp_extension
 from dna_mdlm.tokenizer import A_ID, PADDED_VOCAB_SIZE, T_ID
 
 HEAD_DIM = 32
@@ -109,22 +119,24 @@ def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-def child(kind: str, length: int, batch: int, d_model: int, n_layer: int, repeats: int) -> dict:
-    """Time `repeats` training steps after one warm-up step; report per-step seconds and peak RSS."""
+def child(kind: str, length: int, batch: int, d_model: int, n_layer: int, repeats: int, clock: str) -> dict:
+    """Time `repeats` training steps after one warm-up step; report per-step seconds and step memory."""
+    tick = time.process_time if clock == "cpu" else time.perf_counter
     torch.manual_seed(0)
     model = build(kind, d_model, n_layer).train()
+    load_cpp_extension()  # the compiled kernels are code, not activations: resident before the baseline
     x = torch.randint(A_ID, T_ID + 1, (batch, length))
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     times = []
     for _ in range(repeats + 1):
-        start = time.perf_counter()
+        start = tick()
         logits = logits_of(model, x)
         loss = F.cross_entropy(logits.float().transpose(1, 2), x)
         loss.backward()
         model.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - start)
+        times.append(tick() - start)
         del logits, loss
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"kind": kind, "L": length, "batch": batch, "params": n_params(model), "step_s": times[1:],
             "rss_before_mib": rss_before / 1024, "peak_rss_mib": peak / 1024}
 
@@ -132,7 +144,7 @@ def child(kind: str, length: int, batch: int, d_model: int, n_layer: int, repeat
 def run_config(kind: str, length: int, batch: int, args) -> dict:
     cmd = [sys.executable, __file__, "--child", kind, "--lengths", str(length), "--batch", str(batch),
            "--d-model", str(args.d_model), "--n-layer", str(args.n_layer), "--repeats", str(args.repeats),
-           "--threads", str(args.threads)]
+           "--threads", str(args.threads), "--clock", args.clock]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     start = time.time()
     try:
@@ -153,15 +165,20 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up; the median is reported")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds allowed per (model, length) subprocess")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="wall: elapsed time per step; cpu: the process's CPU time (steadier on a shared machine)")
+    p.add_argument("--transformer-max-len", type=int, default=16384,
+                   help="do not run the Transformer above this length (quadratic attention)")
     p.add_argument("--batch", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child", choices=["caduceus", "transformer"], default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(child(args.child, args.lengths[0], args.batch, args.d_model, args.n_layer, args.repeats)))
+        print(json.dumps(child(args.child, args.lengths[0], args.batch, args.d_model, args.n_layer, args.repeats,
+                               args.clock)))
         return 0
     for length in args.lengths:
-        if args.tokens % length:
+        if length <= args.tokens and args.tokens % length:
             raise SystemExit(f"--tokens {args.tokens} is not a multiple of length {length}: batch x L must be constant")
 
     cad = caduceus(args.d_model, args.n_layer)
@@ -172,14 +189,20 @@ def main(argv=None) -> int:
     print(f"Caduceus-PS d_model {args.d_model}, {args.n_layer} layers: {n_params(cad):,} parameters")
     print(f"Transformer d_model {args.d_model}, {args.n_layer} layers, {args.d_model // HEAD_DIM} heads, "
           f"FFN {trf.blocks[0].ff_in.out_features}: {n_params(trf):,} parameters ({mismatch:+.1%})")
-    print(f"{args.tokens} tokens per step; median of {args.repeats} steps after a warm-up; timeout {args.timeout:g} s\n",
-          flush=True)
+    print(f"{args.tokens} tokens per step (one sequence of L above that); median of {args.repeats} steps after a "
+          f"warm-up, {args.clock} clock; timeout {args.timeout:g} s\n", flush=True)
     del cad, trf
+
+    def batch_of(length):
+        return max(1, args.tokens // length)
 
     rows = []
     for length in args.lengths:
-        batch = args.tokens // length
+        batch = batch_of(length)
         for kind in ("caduceus", "transformer"):
+            if kind == "transformer" and length > args.transformer_max_len:
+                rows.append({"kind": kind, "L": length, "batch": batch, "skipped": True})
+                continue
             r = run_config(kind, length, batch, args)
             rows.append(r)
             status = "timeout" if r.get("timeout") else ("error " + str(r["error"]) if "error" in r else
@@ -187,24 +210,31 @@ def main(argv=None) -> int:
             print(f"  {kind:11s} L={length:6d} batch={batch:3d}: {status}", flush=True)
 
     def cell(r):
+        """(tokens/s text, memory text, tokens/s, KiB per token)"""
+        if r.get("skipped"):
+            return f"not run (L > {args.transformer_max_len})", "-", None, None
         if r.get("timeout"):
-            return f"did not finish in {args.timeout:g} s", "-", None
+            return f"did not finish in {args.timeout:g} s", "-", None, None
         if "error" in r:
-            return f"error: {r['error']}", "-", None
+            return f"error: {r['error']}", "-", None, None
+        tokens = r["batch"] * r["L"]
         median = sorted(r["step_s"])[len(r["step_s"]) // 2]
-        tps = args.tokens / median
-        return f"{tps:,.0f}", f"{r['peak_rss_mib']:.0f} ({r['peak_rss_mib'] - r['rss_before_mib']:+.0f})", tps
+        tps = tokens / median
+        step_mib = r["peak_rss_mib"] - r["rss_before_mib"]
+        per_token = step_mib * 1024 / tokens
+        return f"{tps:,.0f}", f"{r['peak_rss_mib']:.0f} ({step_mib:+.0f}; {per_token:.1f} KiB/token)", tps, per_token
 
     print("\n| L | batch | Caduceus-PS tokens/s | Transformer tokens/s | Caduceus / Transformer | "
-          "Caduceus peak RSS MiB (step) | Transformer peak RSS MiB (step) |")
+          "Caduceus peak RSS MiB (step; per token) | Transformer peak RSS MiB (step; per token) |")
     print("|---|---|---|---|---|---|---|")
     by = {(r["kind"], r["L"]): r for r in rows}
     for length in args.lengths:
-        c_tps, c_mem, c = cell(by[("caduceus", length)])
-        t_tps, t_mem, t = cell(by[("transformer", length)])
+        c_tps, c_mem, c, _ = cell(by[("caduceus", length)])
+        t_tps, t_mem, t, _ = cell(by[("transformer", length)])
         ratio = f"{c / t:.2f}x" if c and t else "-"
-        print(f"| {length} | {args.tokens // length} | {c_tps} | {t_tps} | {ratio} | {c_mem} | {t_mem} |")
-    print("\nPeak RSS is the subprocess's ru_maxrss (torch + model included); (step) is its growth during the steps.")
+        print(f"| {length} | {batch_of(length)} | {c_tps} | {t_tps} | {ratio} | {c_mem} | {t_mem} |")
+    print("\nPeak RSS: the subprocess's ru_maxrss; step: its growth over what was resident before the first step "
+          "(activations, gradients, workspace and first-step one-offs).")
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     return 0
 
