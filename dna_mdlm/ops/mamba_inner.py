@@ -200,7 +200,7 @@ class _MambaMixerFn(torch.autograd.Function):
                 ckpt[b0 * S : b1 * S], dy, None, False, True, dt_w, None, sp.isa, 0)
             # The gate once for the summed output: y becomes the gated output, xz's z half its gradient.
             rows = xz.view(grp.rows, L, 2 * E)
-            sp.ext.gate_bwd(y, rows[..., E:], dy, sp.isa)
+            sp.ext.gate_bwd(y, rows[..., E:], dy, rows[..., E:], sp.isa)
             del dy, low, B, C, z
             y = y.view(S, grp.gL, E)
             for s in range(S):

@@ -589,31 +589,31 @@ std::vector<torch::Tensor> conv_bwd(const torch::Tensor& x, const torch::Tensor&
   return {dx, dw, db};
 }
 
-void gate_any(float* y, int64_t y_st, float* z, int64_t z_st, const float* d, int64_t d_st, int64_t rows, int64_t E,
-              int64_t isa) {
+template <typename T>
+void gate_any(T* y, int64_t y_st, const T* z, int64_t z_st, const T* d, int64_t d_st, T* dz, int64_t dz_st,
+              int64_t rows, int64_t E, int64_t isa) {
+  if constexpr (std::is_same<T, float>::value) {
 #if DNA_MDLM_X86_SIMD
-  if (isa == kAvx512) return avx512::run_gate_bwd<avx512::VF, float>(y, y_st, z, z_st, d, d_st, rows, E);
-  if (isa == kAvx2) return avx2::run_gate_bwd<avx2::VF, float>(y, y_st, z, z_st, d, d_st, rows, E);
+    if (isa == kAvx512) return avx512::run_gate_bwd<avx512::VF, float>(y, y_st, z, z_st, d, d_st, dz, dz_st, rows, E);
+    if (isa == kAvx2) return avx2::run_gate_bwd<avx2::VF, float>(y, y_st, z, z_st, d, d_st, dz, dz_st, rows, E);
 #endif
-  portable::run_gate_bwd<portable::VS<float>, float>(y, y_st, z, z_st, d, d_st, rows, E);
-}
-void gate_any(double* y, int64_t y_st, double* z, int64_t z_st, const double* d, int64_t d_st, int64_t rows,
-              int64_t E, int64_t) {
-  portable::run_gate_bwd<portable::VS<double>, double>(y, y_st, z, z_st, d, d_st, rows, E);
+  }
+  portable::run_gate_bwd<portable::VS<T>, T>(y, y_st, z, z_st, d, d_st, dz, dz_st, rows, E);
 }
 
-// In place: y <- y * silu(z), z <- dout * y * silu'(z) (y, z, dout: (rows, L, E) with unit channel stride).
-void gate_bwd(torch::Tensor y, torch::Tensor z, const torch::Tensor& dout, int64_t isa) {
+// y <- y * silu(z) in place and dz = dout * y * silu'(z) (all (rows, L, E), unit channel stride; dz may be z).
+void gate_bwd(torch::Tensor y, const torch::Tensor& z, const torch::Tensor& dout, torch::Tensor dz, int64_t isa) {
   check_isa(isa);
-  TORCH_CHECK(y.dim() == 3 && z.sizes() == y.sizes() && dout.sizes() == y.sizes(), "dna_mdlm gate: shapes differ");
-  for (const torch::Tensor* t : {static_cast<const torch::Tensor*>(&y), static_cast<const torch::Tensor*>(&z), &dout}) {
+  TORCH_CHECK(y.dim() == 3 && z.sizes() == y.sizes() && dout.sizes() == y.sizes() && dz.sizes() == y.sizes(),
+              "dna_mdlm gate: shapes differ");
+  for (const torch::Tensor* t : {static_cast<const torch::Tensor*>(&y), &z, &dout, static_cast<const torch::Tensor*>(&dz)}) {
     check_inner(*t, "a gate operand");
     TORCH_CHECK(t->stride(0) == t->size(1) * t->stride(1), "dna_mdlm gate: rows must be evenly strided");
   }
   const int64_t rows = y.size(0) * y.size(1), E = y.size(2);
   AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "dna_mdlm_gate_bwd", [&] {
-    gate_any(y.data_ptr<scalar_t>(), y.stride(1), z.data_ptr<scalar_t>(), z.stride(1),
-             dout.data_ptr<scalar_t>(), dout.stride(1), rows, E, isa);
+    gate_any<scalar_t>(y.data_ptr<scalar_t>(), y.stride(1), z.data_ptr<scalar_t>(), z.stride(1),
+                       dout.data_ptr<scalar_t>(), dout.stride(1), dz.data_ptr<scalar_t>(), dz.stride(1), rows, E, isa);
   });
 }
 
