@@ -322,3 +322,17 @@ def test_recurrent_step_is_one_selective_state_update_per_layer(monkeypatch):
         steps = torch.stack([model.step(x[:, t], cache) for t in range(x.shape[1])], 1)
     assert len(calls) == 3 * 11
     assert torch.allclose(full, steps, atol=1e-10)
+
+
+def test_cpu_autocast_takes_the_reference_path_and_trains():
+    """bf16-mixed training on CPU (autocast) keeps the reference-shaped path, whose matmuls autocast."""
+    torch.manual_seed(0)
+    model = CaduceusForMaskedLM(tiny(n_layer=2))
+    x = ids()
+    with torch.no_grad():
+        full = model(x).logits
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x).logits
+        logits.float().sum().backward()
+    assert torch.allclose(logits.float(), full, atol=0.05, rtol=0.05)
+    assert all(p.grad is not None for p in model.parameters())

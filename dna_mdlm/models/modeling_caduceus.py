@@ -270,8 +270,10 @@ def _same_bias(mambas) -> bool:
 
 def fused_path_ok(x: torch.Tensor) -> bool:
     """Whether the one-call CPU layer (`ops.mamba_mixer_fn`) runs for activations x: CPU, float32/float64,
-    and the scan dispatcher on its C++ path (DNA_MDLM_SCAN=ref|blocked forces the reference-shaped path)."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and scan_backend("cpu") == "cpp"
+    no CPU autocast (bf16-mixed training keeps the reference-shaped path, whose matmuls autocast), and the
+    scan dispatcher on its C++ path (DNA_MDLM_SCAN=ref|blocked forces the reference-shaped path)."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+            and not torch.is_autocast_enabled("cpu") and scan_backend("cpu") == "cpp")
 
 
 def run_mixers(mambas: list, x: torch.Tensor, rc_strands: tuple[bool, ...], reverse: tuple[bool, ...],

@@ -5,8 +5,12 @@ of mamba-ssm's ``selective_scan_fn``, and the paths behind it:
 
 * ``cuda``: mamba-ssm's CUDA kernel, used only when CUDA tensors are given and it imports
   (:func:`mamba_cuda_available`); mamba_ssm is never imported at package import time.
-* ``cpp``: a fused C++ kernel (``csrc/selective_scan.cpp``) with a hand-written backward, compiled at
-  first use through ``torch.utils.cpp_extension.load`` and cached per machine; the CPU default.
+* ``cpp``: C++ kernels (``csrc/``) with hand-written backward passes, compiled at first use through
+  ``torch.utils.cpp_extension.load`` and cached per machine; the CPU default. They work on the model's
+  token-major layout, K directions per call (:func:`selective_scan_tokens`, :func:`causal_conv1d_tokens`;
+  the (batch, d_inner, L) API converts), keep one state per chunk of ``SCAN_CHUNK`` steps and recompute the
+  rest in the backward, and are built for AVX-512, AVX2+FMA and portable C++, chosen at run time
+  (:func:`scan_isa`, ``DNA_MDLM_SCAN_ISA``).
 * ``blocked``: a differentiable pure-torch path stepping through blocks of steps; the fallback when no
   C++ compiler works, and the path for CUDA tensors without mamba-ssm.
 * ``ref``: :func:`selective_scan_ref`, the plain sequential oracle the tests compare against.
