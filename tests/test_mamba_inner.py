@@ -68,7 +68,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("group_bytes", [mi._GROUP_BYTES, 1])  # 1: every batch row its own group
+# 1: every batch row its own group; 2 rows' worth: groups of 2 rows and a last group of 1
+@pytest.mark.parametrize("group_bytes", [mi._GROUP_BYTES, 1, 2 * 37 * 4 * D_INNER * 8])
 @pytest.mark.parametrize("rc,directions,bias,masked,norm", CASES)
 def test_float64_matches_flip_reference(rc, directions, bias, masked, norm, group_bytes, monkeypatch):
     monkeypatch.setattr(mi, "_GROUP_BYTES", group_bytes)

@@ -59,6 +59,7 @@ class _Spec:
         self.N = A_log.shape[-1]
         self.R = x_proj_w.shape[1] - 2 * self.N
         self.rc = tuple(bool(r) for r in rc_strands)
+        self.reverse = tuple(bool(r) for r in reverse_directions)
         self.norm_eps = norm_eps
         self.n_chunks = -(-self.L // ss.SCAN_CHUNK)
         self.isa = ss.ISAS[isa or ss.scan_isa()]
@@ -75,12 +76,12 @@ class _Group:
     """One group of batch rows [b0, b1): its S*g scan rows are ordered (strand, batch), so every per-strand
     operand is a plain (g*L, width) matrix and the projections are 2-D matmuls without copies."""
 
-    def __init__(self, sp: _Spec, mask, flags, b0, b1):
+    def __init__(self, sp: _Spec, mask, b0, b1):
         self.b0, self.b1, self.g = b0, b1, b1 - b0
         self.rows = sp.S * self.g
         self.gL = self.g * sp.L
         self.mask = None if mask is None else mask[b0:b1].repeat(sp.S, 1).contiguous()
-        self.flags = flags[:, : self.rows].contiguous()
+        self.flags = _flags(sp.rc, sp.reverse, self.g, mask.device if mask is not None else "cpu")
 
     def strand(self, t: torch.Tensor, sp: _Spec, s: int) -> torch.Tensor:
         """Columns of strand s of a (batch, L, S*width) tensor, for this group's rows: a (g*L, width) view."""
@@ -131,14 +132,14 @@ def _in_weights(sp: _Spec, in_w, norm_w):
 
 
 def _forward(sp: _Spec, hidden, norm_w, in_w, in_b, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, out_b,
-             mask, flags, save: bool):
+             mask, save: bool):
     in_w_s = _in_weights(sp, in_w, norm_w)
     out_w_s = [out_w.flip(0) if rc else out_w for rc in sp.rc]
     A = -torch.exp(A_log)
     out = hidden.new_empty(sp.batch, sp.L, sp.S * sp.d)
     ckpt = hidden.new_empty(sp.batch * sp.S, sp.K, sp.n_chunks, sp.N, sp.E) if save else None
     for b0, b1 in sp.groups():
-        grp = _Group(sp, mask, flags, b0, b1)
+        grp = _Group(sp, mask, b0, b1)
         xin, _, _ = grp.inputs(sp, hidden, norm_w is not None)
         xz, xc, x_dbl = _front(sp, grp, xin, in_w_s, in_b, conv_w, conv_b, x_proj_w)
         del xin
@@ -157,17 +158,17 @@ def _forward(sp: _Spec, hidden, norm_w, in_w, in_b, conv_w, conv_b, x_proj_w, dt
 class _MambaMixerFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, norm_w, in_w, in_b, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, out_b, mask,
-                flags, sp):
+                sp):
         out, ckpt = _forward(sp, hidden, norm_w, in_w, in_b, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w,
-                             out_b, mask, flags, save=True)
+                             out_b, mask, save=True)
         ctx.save_for_backward(hidden, norm_w, in_w, in_b, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, out_b,
-                              mask, flags, ckpt)
+                              mask, ckpt)
         ctx.sp = sp
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        (hidden, norm_w, in_w, in_b, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, out_b, mask, flags,
+        (hidden, norm_w, in_w, in_b, conv_w, conv_b, x_proj_w, dt_w, dt_b, A_log, D, out_w, out_b, mask,
          ckpt) = ctx.saved_tensors
         sp = ctx.sp
         S, K, E, L = sp.S, sp.K, sp.E, sp.L
@@ -187,7 +188,7 @@ class _MambaMixerFn(torch.autograd.Function):
         g_dt_b = torch.zeros_like(dt_b)
         g_in_b = None if in_b is None else torch.zeros_like(in_b)
         for b0, b1 in sp.groups():
-            grp = _Group(sp, mask, flags, b0, b1)
+            grp = _Group(sp, mask, b0, b1)
             xin, xhat, rstd = grp.inputs(sp, hidden, norm_w is not None)
             xz, xc, x_dbl = _front(sp, grp, xin, in_w_s, in_b, conv_w, conv_b, x_proj_w)
             low, B, C, z = _scan_operands(sp, grp, xz, x_dbl)
@@ -246,7 +247,7 @@ class _MambaMixerFn(torch.autograd.Function):
             g_norm = (g_w_eff * in_w).sum(0)
             g_w_eff = g_w_eff * norm_w
         return (dhidden, g_norm, g_w_eff, g_in_b, g_conv, g_conv_b, g_xproj, g_dt, g_dt_b, g_A * A, g_D,
-                _unstrand(g_out, sp.rc, 0), d_out_b, None, None, None)
+                _unstrand(g_out, sp.rc, 0), d_out_b, None, None)
 
 
 def _check(hidden, in_w, conv_w, x_proj_w, dt_w, dt_b, A_log, D, out_w, rc_strands, reverse_directions):
@@ -305,13 +306,12 @@ def mamba_mixer_fn(hidden, in_proj_weight, in_proj_bias, conv_weight, conv_bias,
         if mask.shape != (sp.batch, sp.L):
             raise InputError(f"mamba_mixer_fn: mask must be (batch={sp.batch}, L={sp.L}), got {tuple(mask.shape)}")
         mask = mask.to(torch.bool).contiguous()
-    flags = _flags(rc_strands, reverse_directions, sp.group, hidden.device)
     hidden = hidden.contiguous()
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (hidden, *weights))
     if not needs_grad:  # inference: no autograd bookkeeping, nothing saved
-        return _forward(sp, hidden, *weights, mask, flags, save=False)[0]
-    return _MambaMixerFn.apply(hidden, *weights, mask, flags, sp)
+        return _forward(sp, hidden, *weights, mask, save=False)[0]
+    return _MambaMixerFn.apply(hidden, *weights, mask, sp)
 
 
 def mamba_mixer_ref(hidden, in_proj_weight, in_proj_bias, conv_weight, conv_bias, x_proj_weight, dt_proj_weight,
