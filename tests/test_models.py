@@ -8,8 +8,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForMaskedLM
 
+import dna_mdlm.models.modeling_caduceus as mc
 from dna_mdlm.models import CaduceusConfig, CaduceusForMaskedLM, CaduceusForSequenceClassification, CaduceusModel
 from dna_mdlm.models.modeling_caduceus import masked_pool, rc_padded
+from dna_mdlm.ops import selective_scan as ss
 from dna_mdlm.tokenizer import MASK_ID, PAD_ID, complement_map, rc_ids
 
 COMP = torch.tensor(complement_map())
@@ -268,8 +270,6 @@ def _logits_and_grads(model, x, mask):
 def test_one_call_layer_equals_per_mamba_reference_path(cfg, masked, monkeypatch):
     """Same weights, same function: logits and every parameter gradient of the fused CPU path equal the
     per-Mamba path with flips and the sequential reference scan, to float64 round-off."""
-    from dna_mdlm.ops import selective_scan as ss
-
     if ss.load_cpp_extension() is None:
         pytest.skip("the C++ kernels cannot be built here")
     model = lm(tiny(n_layer=2, **cfg), seed=4).train()
@@ -304,8 +304,6 @@ def test_inference_path_keeps_no_autograd_state():
 
 def test_recurrent_step_is_one_selective_state_update_per_layer(monkeypatch):
     """Mamba.step delegates the recurrence to ops.selective_state_update (one home for one scan step)."""
-    import dna_mdlm.models.modeling_caduceus as mc
-
     calls = []
     real = mc.selective_state_update
 

@@ -318,7 +318,7 @@ def mamba_mixer_ref(hidden, in_proj_weight, in_proj_bias, conv_weight, conv_bias
                     dt_proj_bias, A_log, D, out_proj_weight, out_proj_bias, *, rc_strands=(False,),
                     reverse_directions=(False,), mask=None, norm_weight=None, norm_eps: float = 1e-5):
     """:func:`mamba_mixer_fn` spelled out with flips and the per-stream torch oracles (tests)."""
-    S, K = len(rc_strands), len(reverse_directions)
+    S = len(rc_strands)
     d = hidden.shape[2] // S
     E = in_proj_weight.shape[0] // 2
     N = A_log.shape[-1]

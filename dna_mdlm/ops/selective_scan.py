@@ -367,10 +367,6 @@ def _isa_code(isa: str | None) -> int:
     return ISAS[isa or scan_isa()]
 
 
-def _work_dtype(*tensors) -> torch.dtype:
-    return _compute_dtype(*tensors)
-
-
 def _inner_contiguous(t: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
     """`t` in `dtype` with a contiguous last dimension, copying only when needed."""
     if t is None:
@@ -404,7 +400,7 @@ def _mask_rows(mask, batch: int, length: int, device) -> torch.Tensor | None:
 class _TokenScanFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, mask, reverse, softplus, sum_k, want_last, isa, ext):
-        work = _work_dtype(u, delta, A, B, C, D, z, delta_bias)
+        work = _compute_dtype(u, delta, A, B, C, D, z, delta_bias)
         ctx.in_dtypes = [None if t is None else t.dtype for t in (u, delta, A, B, C, D, z, delta_bias)]
         ctx.z_shape = None if z is None else z.shape
         K = u.shape[0]
@@ -588,7 +584,7 @@ def selective_scan_cpp(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
 class _TokenConvFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, mask, reverse, silu, isa, ext):
-        work = _work_dtype(x, weight, bias)
+        work = _compute_dtype(x, weight, bias)
         ctx.in_dtypes = (x.dtype, weight.dtype, None if bias is None else bias.dtype)
         x_c = _inner_contiguous(x, work)
         w_c = weight.detach().to(work).contiguous()
