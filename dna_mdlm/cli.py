@@ -306,7 +306,7 @@ def finetune_config(args):
 
 
 def run_finetune(args):
-    from .data.benchmarks import read_labelled
+    from .data.labelled import read_labelled
     from .training.finetune import run_protocol
 
     cfg = finetune_config(args)

@@ -46,7 +46,7 @@ def _load_encoder(model_or_dir, device: str):
 
 @torch.no_grad()
 def _embed_ids(model, ids: Sequence[np.ndarray], pool: str, batch_size: int) -> list[np.ndarray]:
-    from .data.benchmarks import collate_labelled
+    from .data.labelled import collate_labelled
     from .models.modeling_caduceus import masked_pool
 
     device = next(model.parameters()).device

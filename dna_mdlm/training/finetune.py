@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.benchmarks import LabelledSequences, collate_labelled
+from ..data.labelled import LabelledSequences, collate_labelled
 from ..data.genome import iter_fasta_batches
 from ..errors import InputError, atomic_path
 from ..models import CaduceusConfig, CaduceusForSequenceClassification
