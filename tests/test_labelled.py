@@ -278,7 +278,7 @@ def test_read_labelled_fasta_errors_name_the_line(tmp_path):
     with pytest.raises(InputError, match=r"bad\.fa:5: invalid character '\*' at column 2 \(base 4 of record 's2\|b'\)"):
         read_labelled_fasta(p)
     p.write_text(">s1|a\nACGT\n>s2|b\n")
-    with pytest.raises(InputError, match=r"bad\.fa:3: record >s2: empty sequence"):
+    with pytest.raises(InputError, match=r"bad\.fa:3: record 's2\|b' has no sequence"):
         read_labelled_fasta(p)
     p.write_text("\n\n")
     with pytest.raises(InputError, match="empty file"):
