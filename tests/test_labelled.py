@@ -281,6 +281,9 @@ def test_read_labelled_fasta_errors_name_the_line(tmp_path):
     with pytest.raises(InputError, match=r"bad\.fa:3: record 's2\|b' has no sequence"):
         read_labelled_fasta(p)
     p.write_text("\n\n")
+    with pytest.raises(InputError, match="no FASTA records"):
+        read_labelled_fasta(p)
+    p.write_text("")
     with pytest.raises(InputError, match="empty file"):
         read_labelled_fasta(p)
 
