@@ -20,13 +20,14 @@ _LAZY = {
     "CaduceusForMaskedLM": ".models",
     "CaduceusForSequenceClassification": ".models",
     "MDLM": ".diffusion.mdlm",
-    "sample": ".diffusion.sampling",
-    "generate": ".diffusion.sampling",
+    "sample": ".generate",
+    "generate": ".generate",
     "likelihood": ".evaluation.likelihood",
     "embed": ".embedding",
     "load_model": ".loading",
     "MarkovLM": ".baselines.markov",
-    "evaluate_samples": ".evaluation.sequences",
+    "evaluate_samples": ".evaluation.sample_quality",
+    "load_language_model": ".loading",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

@@ -1,7 +1,11 @@
-"""Open any model directory a verb is given: a Caduceus model (MDLM or AR) or a Markov baseline.
+"""Open any model directory a verb is given, and the device it runs on.
 
-Every verb consumes a directory written by `save_pretrained` (config.json + model.safetensors +
-tokenizer files). `load_model` checks it with one-line errors and returns the right object.
+Every verb consumes a directory written by `save_pretrained` (config.json + model.safetensors + tokenizer files):
+a Caduceus model (MDLM, AR or fine-tuned classifier) or a k-mer Markov LM. `load_model` checks it with one-line
+errors — a missing or foreign directory, weights that are not safetensors, weights that do not fit the config,
+weights that are not finite — and returns the model. `load_language_model` returns the language-model view
+(`diffusion.mdlm.MDLM`, `baselines.ar.AR` or `baselines.markov.MarkovLM`) that `likelihood`, `evaluate-samples`
+and `sample` call through their shared methods (`kind`, `upper_bound`, `window`, `nats_per_window`, ...).
 """
 
 from __future__ import annotations
@@ -10,7 +14,32 @@ import json
 import os
 from pathlib import Path
 
+import torch
+from transformers.utils import logging as hf_logging
+
+from .baselines.ar import AR
+from .baselines.markov import MarkovLM
+from .diffusion.mdlm import MDLM
 from .errors import InputError
+from .models import CaduceusForMaskedLM, CaduceusForSequenceClassification
+
+KINDS = ("mdlm", "ar", "markov", "classifier")
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """`auto` (CUDA when available, else CPU), `cpu`, `cuda` or `cuda:N`; a one-line error for anything else or
+    for CUDA on a machine without it."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {device}: CUDA is not available on this machine (use --device cpu or auto)")
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
+    return dev
 
 
 def read_model_config(path: str | os.PathLike) -> dict:
@@ -23,9 +52,12 @@ def read_model_config(path: str | os.PathLike) -> dict:
     if not cfg.is_file():
         raise InputError(f"--model {path}: config.json missing (expected a model directory written by save_pretrained)")
     try:
-        return json.loads(cfg.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"--model {cfg}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        data = json.loads(cfg.read_text(encoding="utf-8-sig"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"--model {cfg}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"--model {cfg}: expected a JSON object")
+    return data
 
 
 def model_kind(path: str | os.PathLike) -> str:
@@ -38,21 +70,32 @@ def model_kind(path: str | os.PathLike) -> str:
     archs = cfg.get("architectures") or []
     if any("SequenceClassification" in a for a in archs):
         return "classifier"
-    return cfg.get("objective", "mdlm")
+    objective = cfg.get("objective", "mdlm")
+    if objective not in ("mdlm", "ar"):
+        raise InputError(f"--model {path}: objective {objective!r} in config.json is not mdlm or ar")
+    return objective
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu"):
-    """Returns (model, kind). Caduceus models come back in eval mode on `device`."""
+def _check_finite(model, path) -> None:
+    tensors = model.named_parameters() if isinstance(model, torch.nn.Module) else (
+        (f"counts.{j}", torch.as_tensor(c, dtype=torch.float64)) for j, c in enumerate(model.counts))
+    for name, t in tensors:
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            n = int((~torch.isfinite(t)).sum())
+            raise InputError(f"--model {path}: {n} weight(s) of {name} are not finite (NaN or inf); the model is "
+                             f"unusable (a diverged training run?); retrain or use an earlier checkpoint")
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Returns (model, kind). Caduceus models come back in eval mode on `device`; every weight is finite."""
     kind = model_kind(path)
+    device = resolve_device(device)
     if kind == "markov":
-        from .baselines.markov import MarkovLM
-
-        return MarkovLM.from_pretrained(path), kind
-    from transformers.utils import logging as hf_logging
-
-    from .models import CaduceusForMaskedLM, CaduceusForSequenceClassification
-
+        model = MarkovLM.from_pretrained(path)
+        _check_finite(model, path)
+        return model, kind
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     cls = CaduceusForSequenceClassification if kind == "classifier" else CaduceusForMaskedLM
     if not (Path(path) / "model.safetensors").is_file():
         raise InputError(f"--model {path}: model.safetensors missing (weights are stored as safetensors only)")
@@ -60,4 +103,27 @@ def load_model(path: str | os.PathLike, device: str = "cpu"):
         model = cls.from_pretrained(str(path))
     except Exception as exc:  # a truncated or mismatched file: say which, in one line
         raise InputError(f"--model {path}: could not load weights ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
+    _check_finite(model, path)
     return model.to(device).eval(), kind
+
+
+def load_language_model(path: str | os.PathLike, device: str | torch.device = "cpu", verb: str = "this verb"):
+    """The language model in `path`: an `MDLM`, `AR` or `MarkovLM` (see the module docstring). A fine-tuned
+    classifier is a one-line error naming `verb`."""
+    model, kind = load_model(path, device)
+    return as_language_model(model, kind, path, verb)
+
+
+def as_language_model(model, kind: str | None = None, path="model", verb: str = "this verb"):
+    """Wrap a loaded model (a CaduceusForMaskedLM, an MDLM, an AR or a MarkovLM) as a language model."""
+    if isinstance(model, (MDLM, AR, MarkovLM)):
+        return model
+    if kind is None:
+        kind = getattr(getattr(model, "config", None), "objective", None)
+        if kind is None or not hasattr(model, "lm_head"):
+            raise InputError(f"model: expected a model directory, CaduceusForMaskedLM, MDLM, AR or MarkovLM, got "
+                             f"{type(model).__name__}")
+    if kind == "classifier":
+        raise InputError(f"--model {path}: a fine-tuned classifier is not a language model; {verb} needs a "
+                         f"pretrained MDLM, AR or Markov model")
+    return MDLM(model) if kind == "mdlm" else AR(model)

@@ -1,12 +1,14 @@
-"""Pretraining and likelihood end to end on real chr20 sequence: model directory, resume, DDP, bad inputs."""
+"""Pretraining and likelihood end to end on real chr20 sequence: model directory, resume (also after SIGKILL),
+divergence, DDP, bad inputs."""
 
 import csv
-import gzip
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,8 @@ import torch
 
 from dna_mdlm.cli import main
 from dna_mdlm.errors import InputError
-from dna_mdlm.training.pretrain import EMA, optimizer_groups, pretrain
+from dna_mdlm.training.common import EMA, optimizer_groups
+from dna_mdlm.training.pretrain import pretrain
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -37,8 +40,19 @@ def cfg(**over):
 
 
 def train_losses(run: Path) -> dict[int, float]:
-    with open(run / "logs" / "version_0" / "metrics.csv") as fh:
-        return {int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")}
+    """Training loss per step over every log segment of a run (a later segment's row wins)."""
+    out = {}
+    for f in sorted((run / "logs").glob("segment-*/metrics.csv"), key=lambda f: int(f.parent.name.split("-")[1])):
+        with open(f) as fh:
+            out.update({int(r["step"]): float(r["train/loss"]) for r in csv.DictReader(fh) if r.get("train/loss")})
+    return out
+
+
+def strict_json(path: Path):
+    """json.loads that rejects the bare NaN / Infinity tokens strict parsers refuse."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+    return json.loads(path.read_text(), parse_constant=refuse)
 
 
 @pytest.mark.slow
@@ -74,11 +88,75 @@ def test_resume_continues_with_the_same_losses(tmp_path):
     pretrain(cfg(optim=const), full)
     part = tmp_path / "part"
     pretrain(cfg(optim=const, trainer={"max_steps": 3}), part)  # checkpoint at step 3 (val_every)
-    pretrain(cfg(optim=const), part, resume=True)
+    pretrain({"trainer": {"max_steps": 6}}, part, resume=True)  # only the budget changes
     a, b = train_losses(full), train_losses(part)
     assert set(range(3, 6)) <= set(b)
     for step in range(3, 6):  # the steps after the resume point
         assert b[step] == pytest.approx(a[step], rel=1e-6), step
+    assert len(list((part / "logs").glob("segment-*/metrics.csv"))) == 2  # both segments kept
+    with pytest.raises(InputError, match=r"--resume: data.window = 32 contradicts the saved run \(64"):
+        pretrain({"data": {"window": 32}}, part, resume=True)
+
+
+CLI_RUN = ["--fasta", str(SLICE), "--val-region", f"{REC}:900001-1000000", "--seed", "3",
+           "--set", "model.d_model=8", "--set", "model.n_layer=1", "--set", "data.window=64", "--set", "data.batch_size=4",
+           "--set", "data.max_val_windows=8", "--set", "trainer.max_steps=40", "--set", "trainer.val_every=4",
+           "--set", "trainer.log_every=1", "--set", "trainer.progress_bar=false", "--set", "optim.warmup_steps=2"]
+
+
+def _cli(*args, **kw):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "dna_mdlm.cli", "pretrain", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_sigkill_then_the_readme_resume_command_matches_an_uninterrupted_run(tmp_path):
+    full = _cli(*CLI_RUN, "--out", str(tmp_path / "full"))
+    killed = _cli(*CLI_RUN, "--out", str(tmp_path / "run"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while not last.is_file() and killed.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)  # a real kill: no Python cleanup runs
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert full.wait(timeout=600) == 0, full.stderr.read()[-2000:]
+    resumed = _cli("--out", str(tmp_path / "run"), "--resume")  # the README's form: nothing but --out
+    out, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-2000:]
+    a, b = train_losses(tmp_path / "full"), train_losses(tmp_path / "run")
+    assert max(b) == max(a) == 39
+    for step in range(30, 40):  # well after the resume point: the same data, masks and optimiser state
+        assert b[step] == pytest.approx(a[step], rel=1e-5), step
+    assert (tmp_path / "run" / "logs" / "segment-1" / "metrics.csv").is_file()  # the killed segment's log stays
+    assert strict_json(tmp_path / "run" / "summary.json")["steps"] == 40
+    # a flag that contradicts the saved run is a one-line error, and nothing is deleted
+    files = sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*"))
+    bad = _cli("--out", str(tmp_path / "run"), "--resume", "--lr", "0.5")
+    _, err = bad.communicate(timeout=300)
+    assert bad.returncode == 2 and err.strip().count("\n") == 0 and "contradicts the saved run" in err
+    assert sorted(p.relative_to(tmp_path) for p in (tmp_path / "run").rglob("*")) == files
+
+
+@pytest.mark.slow
+def test_divergence_stops_with_one_line_keeps_finite_files_and_exports_no_nan_model(tmp_path, capsys):
+    run = tmp_path / "nan"
+    rc = main(["pretrain", "--config", "tiny", "--max-steps", "50", "--lr", "1", "--out", str(run),
+               "--set", "trainer.progress_bar=false"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "diverged" in err[0], err
+    summary = strict_json(run / "summary.json")
+    assert summary["status"] == "diverged" and "not finite" in summary["error"]
+    from dna_mdlm.loading import load_model
+
+    for directory in (run / "model", run / "final_model"):
+        if directory.exists():
+            load_model(directory)  # refuses non-finite weights
+    ckpt = run / "checkpoints" / "last.ckpt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
 
 @pytest.mark.slow
@@ -171,6 +249,24 @@ def test_bad_inputs_give_one_line_errors_and_no_output(tmp_path, capsys, case):
         assert "g.fa:3:" in err[0] and "'X'" in err[0]
     if case == "bed_outside":
         assert "x.bed:2:" in err[0]
+
+
+@pytest.mark.parametrize("spelling,expected", [("fp16", "16-mixed"), ("16", "16-mixed"), ("bf16", "bf16-mixed"),
+                                                ("32", "32-true"), ("BF16-mixed", "bf16-mixed"), ("64", "64-true")])
+def test_precision_spellings(spelling, expected):
+    from dna_mdlm.training.recipes import normalize_precision
+
+    assert normalize_precision(spelling) == expected
+
+
+def test_bad_precision_and_unusable_hardware_are_one_line_errors(tmp_path, capsys):
+    for args, word in ((["--precision", "fp8"], "expected one of 32, 16, bf16"),
+                       (["--precision", "fp16", "--accelerator", "cpu"], "fp16 needs a GPU"),
+                       (["--accelerator", "tpu"], "--accelerator tpu")):
+        rc = main(["pretrain", "--fasta", str(SLICE), "--config", "tiny", "--out", str(tmp_path / "o"), *args])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and word in err[0], (args, err)
+        assert not (tmp_path / "o").exists()
 
 
 def test_cli_help_lists_every_verb(capsys):

@@ -11,7 +11,7 @@ from conftest import CTCF_JASPAR, SLICE, write_fasta
 
 from dna_mdlm.errors import InputError
 from dna_mdlm.evaluation.report import verdicts, write_report
-from dna_mdlm.evaluation.sequences import dinucleotide_shuffle, evaluate_samples_files
+from dna_mdlm.evaluation.sample_quality import dinucleotide_shuffle, evaluate_samples_files
 
 
 

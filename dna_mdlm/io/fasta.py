@@ -26,7 +26,6 @@ import hashlib
 import json
 import os
 import re
-import sys
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +36,8 @@ import pyfaidx
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
 from ..errors import InputError
-from ..tokenizer import IUPAC_AMBIGUOUS, InvalidSequenceError, encode_dna
+from ..tokenizer import IUPAC_AMBIGUOUS, InvalidSequenceError, decode_dna, encode_dna
+from .regions import parse_region
 from .text import check_file, compression, has_bom, read_lines
 from .writers import atomic_path, atomic_write_text
 
@@ -303,9 +303,6 @@ class FastaFile:
                 for i in range(0, len(seq), NORMALISED_WIDTH):
                     out.write(seq[i:i + NORMALISED_WIDTH])
                     out.write("\n")
-        print(f"dna-mdlm: {self.source} copied once, normalised, into the cache {target} (pyfaidx cannot index the "
-              f"file as it is; the copy is reused while the file is unchanged; set DNA_MDLM_CACHE to move it)",
-              file=sys.stderr)
 
     @staticmethod
     def _agrees(target: Path, fai: Path, records: list, heads: dict[str, str]) -> bool:
@@ -355,3 +352,21 @@ class FastaFile:
         """(name, sequence) of every record, in file order, read one at a time."""
         for name in self.names:
             yield name, self.fetch(name)
+
+
+def read_sequences(path: str | os.PathLike, what: str = "", region: str | None = None,
+                   unknown: str = "error") -> list[str]:
+    """Upper-case sequences of every record of a FASTA file, or of one region (`chr:start-end`, 1-based inclusive,
+    or a record name; checked, never clipped). Characters are validated (file, line and column on error); with
+    `unknown="N"` IUPAC codes come back as N. Holds the sequences in memory: for small and medium files."""
+    if region is not None:
+        fasta = FastaFile(path, what)
+        interval = parse_region(region, "--region", fasta.lengths)
+        ids = fasta.read(interval.record, interval.start, interval.end, unknown)
+        fasta.close()
+        return [decode_dna(ids)]
+    out = []
+    for rec in iter_fasta(path, what):
+        ids = encode_record(rec, path, unknown, what)
+        out.append(decode_dna(ids) if unknown == "N" else rec.sequence.upper())
+    return out

@@ -52,7 +52,8 @@ from torch import nn
 
 from ..data.labelled import LabelledSequences, collate_labelled
 from ..data.genome import iter_fasta_batches
-from ..errors import InputError, atomic_path
+from ..errors import InputError
+from ..io.writers import atomic_path
 from ..models import CaduceusConfig, CaduceusForSequenceClassification
 from ..models.modeling_caduceus import rc_padded
 from ..tokenizer import PAD_ID, DNATokenizer, encode_dna
@@ -620,20 +621,29 @@ def load_classifier(model_dir: str | os.PathLike, device: str = "cpu") -> Caduce
 
 def predict_fasta(model_dir: str | os.PathLike, fasta: str | os.PathLike, out: str | os.PathLike,
                   batch_size: int = 64, device: str = "cpu", max_length: int | None = None,
-                  truncate: bool = False) -> int:
-    """Write a TSV (record id + one probability column per class name) atomically; returns the record count."""
+                  truncate: bool = False, unknown: str = "error") -> dict:
+    """Write a TSV (record name + one probability column per class name) atomically, rows in FASTA order.
+
+    Returns {"records", "truncated"}: with `truncate`, records longer than `max_length` keep their first
+    `max_length` bases and are counted (never silently); without it they are an error naming the record."""
     model = load_classifier(model_dir, device)
     classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    n = 0
+    n = truncated = 0
     with atomic_path(out) as tmp, open(tmp, "w") as fh:
         fh.write("\t".join(["record"] + [str(c) for c in classes]) + "\n")
-        for chunk in iter_fasta_batches(fasta, 16 * batch_size):
-            try:
-                ids = _encode_all([s for _, s in chunk], max_length, truncate, f"--fasta {fasta}")
-            except InputError as exc:
-                raise InputError(f"{exc} (counting from record {n + 1})") from None
+        for chunk in iter_fasta_batches(fasta, 16 * batch_size, unknown):
+            ids = []
+            for rid, a in chunk:
+                if max_length is not None and len(a) > max_length:
+                    if not truncate:
+                        raise InputError(f"--fasta {fasta}: record {rid!r} has {len(a)} bases > --max-length "
+                                         f"{max_length} (raise --max-length or pass --truncate)")
+                    a, truncated = a[:max_length], truncated + 1
+                ids.append(a)
             proba = predict_proba(model, ids, batch_size)
+            if not np.isfinite(proba).all():
+                raise InputError(f"--model {model_dir}: the classifier produced non-finite probabilities")
             for (rid, _), row in zip(chunk, proba):
                 fh.write(rid + "\t" + "\t".join(f"{p:.6g}" for p in row) + "\n")
             n += len(chunk)
-    return n
+    return {"records": n, "truncated": truncated}
