@@ -19,7 +19,7 @@ venv: $(BIN)/dna-mdlm
 
 demo: venv
 	rm -rf runs/demo  # the demo always starts fresh
-	$(BIN)/dna-mdlm pretrain --config configs/pretrain/demo.yaml --out runs/demo
+	$(BIN)/dna-mdlm pretrain --config demo --out runs/demo
 
 test: venv
 	$(BIN)/python -m pytest -q

@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .errors import InputError, TrainingDiverged
 
 
@@ -280,8 +281,10 @@ def run_finetune(args):
                           methods=[primary] + [m for m in extra if m != primary], task=args.task,
                           log=lambda msg: print(msg, file=sys.stderr))
     acc = report["summary"][primary]["accuracy"]
+    warnings = "".join(f"; WARNING: {w}" for w in report["summary"][primary].get("warnings", []))
     print(f"dna-mdlm finetune: {primary} accuracy {acc['mean']:.4f} ±{acc['spread']:.4f} (max-min over {acc['n_runs']} runs; "
-          f"{'cross-validation' if report['cross_validation'] else 'test set'}); model and report in {args.out}", file=sys.stderr)
+          f"{'cross-validation' if report['cross_validation'] else 'test set'}); model and report in {args.out}{warnings}",
+          file=sys.stderr)
     return 0
 
 
@@ -397,17 +400,22 @@ VERBS = {
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`dna-mdlm VERB: error: ...; see dna-mdlm VERB --help`), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dna-mdlm",
         description="Masked diffusion language models for DNA on a Caduceus (RC-aware BiMamba) backbone.",
         epilog=_examples("dna-mdlm pretrain --config tiny --out runs/tiny", "dna-mdlm likelihood --model runs/tiny/model --fasta genome.fa"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"dna-mdlm {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     for verb, (help_text, add_name, _) in VERBS.items():
         p = sub.add_parser(verb, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
         globals()[add_name](p)

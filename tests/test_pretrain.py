@@ -182,9 +182,8 @@ def test_two_process_cpu_ddp(tmp_path):
            "--set", "trainer.progress_bar=false"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "distributed_backend=gloo" in proc.stderr + proc.stdout
     summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
-    assert summary["steps"] == 4
+    assert summary["steps"] == 4 and summary["world_size"] == 2
     assert (tmp_path / "ddp" / "model" / "model.safetensors").is_file()
 
 

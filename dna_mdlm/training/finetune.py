@@ -53,7 +53,7 @@ from torch import nn
 from ..data.labelled import LabelledSequences, collate_labelled
 from ..data.genome import iter_fasta_batches
 from ..errors import InputError
-from ..io.writers import atomic_path
+from ..io.writers import atomic_path, dumps_json
 from ..models import CaduceusConfig, CaduceusForSequenceClassification
 from ..models.modeling_caduceus import rc_padded
 from ..tokenizer import PAD_ID, DNATokenizer, encode_dna
@@ -575,8 +575,15 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
                 results[method].append({"run": run["name"], **metrics, **info})
                 oof[method][0].append(run["test"].labels)
                 oof[method][1].append(proba)
-                log(f"[finetune] {run['name']} {method}: test accuracy {metrics['accuracy']:.4f}, AUROC {metrics['auroc']:.4f}")
+                log(f"[finetune] {run['name']} {method}: test accuracy {metrics['accuracy']:.4f}, AUROC {metrics['auroc']:.4f}"
+                    + "".join(f"; WARNING: {w}" for w in metrics["warnings"]))
         summaries = {m: summarize(results[m]) for m in methods}
+        for m in methods:  # every distinct warning, with the runs it came from
+            seen: dict[str, list[str]] = {}
+            for r in results[m]:
+                for w in r.get("warnings", []):
+                    seen.setdefault(w, []).append(r["run"])
+            summaries[m]["warnings"] = [f"{w} ({', '.join(runs)})" for w, runs in seen.items()]
         title = f"{task or train.source}: {desc}"
         table = markdown_table({METHOD_LABELS[m]: summaries[m] for m in methods}, title=None)
         report = {"task": task, "data": train.source, "test_data": test.source if test is not None else None,
@@ -584,8 +591,9 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
                   "class_counts": train.class_counts(), "model": str(model_dir), "primary_method": primary,
                   "config": asdict(cfg), "summary": summaries, "runs": results,
                   "spread": "± is max − min over runs (the Caduceus GB convention), not a standard deviation"}
-        (tmp / "metrics.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-        (tmp / "metrics.md").write_text(f"## {title}\n\n{table}\n± = max − min over {len(runs)} runs.\n")
+        (tmp / "metrics.json").write_text(dumps_json(report) + "\n")
+        warned = "".join(f"\n**Warning ({METHOD_LABELS[m]})**: {w}\n" for m in methods for w in summaries[m]["warnings"])
+        (tmp / "metrics.md").write_text(f"## {title}\n\n{table}\n± = max − min over {len(runs)} runs.\n{warned}")
         labels = np.concatenate(oof[primary][0])
         proba = np.concatenate(oof[primary][1])
         what = "out-of-fold predictions" if test is None else f"test predictions pooled over {len(runs)} seeds"

@@ -307,7 +307,8 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
     summary = {"objective": cfg["objective"], "status": "diverged" if error else "finished",
                "steps": int(trainer.global_step), "seconds": round(time.time() - start, 1),
                "parameters": sum(p.numel() for p in module.model.parameters()), "model_dir": str(out / "model"),
-               "train_bases": int(trainer.global_step * d["batch_size"] * d["window"])}
+               "world_size": int(trainer.world_size),
+               "train_bases": int(trainer.global_step * d["batch_size"] * d["window"] * trainer.world_size)}
     if trainer.global_rank == 0:
         for key in ("val/nll", "val/bpd", "val/ppl"):
             if key in trainer.callback_metrics:

@@ -89,6 +89,7 @@ def load_recipe(name_or_path: str | os.PathLike | None, verb: str) -> dict:
         raise InputError(f"--config {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise InputError(f"--config {p}: expected a mapping of settings at the top level")
+    data = _numbers(data)
     for key in ("fasta", "bed"):
         if key in data and data[key] is not None:
             values = data[key] if isinstance(data[key], list) else [data[key]]
@@ -111,10 +112,29 @@ def parse_overrides(pairs: list[str] | None) -> dict:
             if not isinstance(node, dict):
                 raise InputError(f"--set {pair}: {part!r} is a value, not a section")
         try:
-            node[parts[-1]] = yaml.safe_load(value)
+            parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             raise InputError(f"--set {pair}: cannot read the value {value!r}") from None
+        node[parts[-1]] = _number(parsed)
     return out
+
+
+def _number(value):
+    """YAML 1.1 reads `2e-3` (no dot) as a string; people mean the number."""
+    if isinstance(value, str):
+        try:
+            return float(value) if value.strip().lower() not in ("nan", "inf", "-inf", "infinity") else value
+        except ValueError:
+            return value
+    return value
+
+
+def _numbers(node):
+    if isinstance(node, dict):
+        return {k: _numbers(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_numbers(v) for v in node]
+    return _number(node)
 
 
 def merge(base: dict, over: dict) -> dict:
