@@ -22,6 +22,7 @@ anyway) and validated with `encode_dna`; every rejection is a one-line `InputErr
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -110,9 +111,17 @@ class LabelledSequences:
         return LabelledSequences(list(self.seqs), remap[self.labels], list(classes), self.source,
                                  None if self.ids is None else list(self.ids))
 
-    def stratified_split(self, test_size: float = 0.1, seed: int = 0) -> tuple["LabelledSequences", "LabelledSequences"]:
-        """One seeded stratified (train, held-out) split — the Caduceus GB protocol's 90/10 train/val split."""
-        splitter = StratifiedShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    def stratified_split(self, test_size: float | int = 0.1, seed: int = 0) -> tuple["LabelledSequences", "LabelledSequences"]:
+        """One seeded stratified (train, held-out) split — the Caduceus GB protocol's 90/10 train/val split.
+
+        A fraction is rounded up to at least one sequence per class present on the held-out side; a set too small
+        for that is a one-line InputError instead of scikit-learn's traceback."""
+        k = int(np.unique(self.labels).size)
+        n_test = test_size if isinstance(test_size, (int, np.integer)) else max(k, math.ceil(test_size * len(self)))
+        if n_test >= len(self) or len(self) - n_test < k:
+            raise InputError(f"{self.source}: {len(self)} sequences in {k} classes are too few to hold out {n_test} "
+                             f"stratified for validation (need at least {n_test + k})")
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=int(n_test), random_state=seed)
         train_idx, test_idx = next(splitter.split(np.zeros(len(self)), self.labels))
         return (self.subset(train_idx, f"{self.source} [split seed {seed}, train {len(train_idx)}]"),
                 self.subset(test_idx, f"{self.source} [split seed {seed}, held-out {len(test_idx)}]"))

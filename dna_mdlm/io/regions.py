@@ -59,7 +59,7 @@ def parse_region(text: str, flag: str = "--region", lengths: Mapping[str, int] |
         return Interval(text, 0, lengths[text])
     match = _REGION_RE.match(text)
     if match is None:
-        if lengths is not None and not re.search(r"[:-][0-9,]+$", text):
+        if lengths is not None and ":" not in text:
             raise InputError(f"{flag} {text}: unknown record {text!r} (the FASTA has {_known(lengths)})"
                              f"{_alias_hint(text, lengths)}")
         raise InputError(f"{flag} {text}: cannot parse the region; expected chr:start-end, 1-based inclusive "

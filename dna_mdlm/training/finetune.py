@@ -549,9 +549,9 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
         for i, s in enumerate(data.seqs):
             if not s:
                 raise InputError(f"{name} data {data.source}: sequence {i + 1} is empty")
-    from ..loading import model_kind
+    from ..loading import load_model
 
-    model_kind(model_dir)  # a missing or foreign --model fails before any work
+    load_model(model_dir)  # a missing, foreign or non-finite --model fails before any work
     desc, runs = protocol_splits(train, test, seeds, folds, cfg.val_fraction)
     results: dict[str, list[dict]] = {m: [] for m in methods}
     oof: dict[str, tuple[list, list]] = {m: ([], []) for m in methods}
