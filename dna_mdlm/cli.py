@@ -95,7 +95,7 @@ def run_pretrain(args):
     print(dumps_json(summary))
     extra = ""
     if summary.get("val_bpd") is not None:
-        bound = "<= " if summary["objective"] == "mdlm" else ""
+        bound = "<= " if summary.get("upper_bound") else ""
         extra = f", held-out {bound}{summary['val_bpd']:.4f} bits/base"
         yard = summary.get("markov_yardstick")
         if yard:

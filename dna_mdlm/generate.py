@@ -26,7 +26,6 @@ from .diffusion.sampling import SAMPLERS, GenerationSettings, SamplingStats
 from .errors import InputError
 from .io.writers import atomic_path, atomic_write_text
 from .loading import as_language_model, load_language_model, resolve_device
-from .models.configuration_caduceus import DEFAULT_WINDOW
 from .tokenizer import MASK_ID, N_ID, InvalidSequenceError, decode_dna, encode_dna
 
 
@@ -115,12 +114,10 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
         if fixed.size and fixed[-1] != fixed.size - 1:
             raise InputError(f"a {lm.kind} model generates left to right: only --prefix is supported "
                              f"(not --suffix/--template)")
-        if lm.kind == "markov" and (temperature == 0 or top_p < 1):
-            raise InputError("a Markov model samples with temperature > 0 and no --top-p")
-        if lm.kind == "ar":
-            record["decoding"] = "recurrent state stepping"
+        if getattr(lm, "decoding", None):
+            record["decoding"] = lm.decoding
     else:
-        settings.window = int(window or lm.window or DEFAULT_WINDOW)
+        settings.window = int(window or lm.window)
         settings.overlap = settings.window // 2 if overlap is None else overlap
         if not 0 <= settings.overlap < settings.window:
             raise InputError(f"--overlap: expected 0 <= overlap < window ({settings.window}), got {settings.overlap}")

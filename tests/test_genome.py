@@ -300,7 +300,7 @@ def test_region_errors_unknown_record_and_past_the_end():
         GenomeWindows(SLICE, window=100, test_regions=[f"{SLICE_NAME}:1-1000001"])
     with pytest.raises(InputError, match="--val-records chrX: unknown record 'chrX'"):
         GenomeWindows(SLICE, window=100, val_records=["chrX"])
-    with pytest.raises(InputError, match="--val-region 20-40000001: cannot parse"):
+    with pytest.raises(InputError, match="--val-region 20-40000001: neither a record of the FASTA .* nor a region"):
         GenomeWindows(SLICE, window=100, val_regions=["20-40000001"])
 
 

@@ -35,15 +35,16 @@ class AR(nn.Module):
 
     kind = "ar"
     upper_bound = False  # exact likelihood
+    decoding = "recurrent state stepping"
 
     def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
 
     @property
-    def window(self) -> int | None:
-        cfg = self.model.config
-        return getattr(cfg, "train_window", None) or getattr(cfg, "max_length", None)
+    def window(self) -> int:
+        """The window the model works in (`CaduceusConfig.window`: its training length, else 1024)."""
+        return self.model.config.window
 
     def describe(self) -> str:
         return "AR Caduceus (causal), exact"

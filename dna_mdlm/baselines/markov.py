@@ -83,7 +83,7 @@ class MarkovLM:
 
     kind = "markov"
     upper_bound = False  # exact likelihood
-    window = None  # any length: records are scored whole
+    window = None  # any length: records are scored whole (a neural model's window is an int)
 
     def __init__(self, order: int, keys: Sequence[np.ndarray], counts: Sequence[np.ndarray],
                  validation_bits_per_base: dict | None = None, n_train_bases: int = 0):
@@ -205,6 +205,8 @@ class MarkovLM:
     def infill(self, canvas: torch.Tensor, settings, generator=None, stats=None, progress=None) -> torch.Tensor:
         """Complete canvas (B, L), whose fixed bases form a prefix, with `sample`; the numpy seed is drawn from
         `generator`, so successive batches differ and a seed fixes them all."""
+        if settings.temperature == 0 or settings.top_p < 1:
+            raise InputError("a Markov model samples with --temperature > 0 and no --top-p")
         fixed = canvas[0][canvas[0] != MASK_ID].cpu().numpy()
         prefix = decode_dna(fixed) if fixed.size else None
         seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else settings.seed

@@ -35,6 +35,7 @@ from ..errors import InputError
 from ..io.fasta import FastaFile, batched, encode_record, iter_fasta
 from ..io.regions import (
     Interval,
+    check_interval,
     intersect_intervals,
     merge_intervals,
     parse_region,
@@ -145,7 +146,7 @@ class GenomeWindows:
         held = []
         for name in records:
             if name not in self.lengths:
-                parse_region(name, f"--{split}-records", self.lengths)  # the one-line unknown-record error
+                check_interval(Interval(name, 0, 1), self.lengths, f"--{split}-records {name}")
             held.append(Interval(name, 0, self.lengths[name]))
         return held + parse_regions(regions, self.lengths, f"--{split}-region")
 

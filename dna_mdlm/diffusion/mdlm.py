@@ -76,10 +76,9 @@ class MDLM(nn.Module):
         self.sampling_eps = sampling_eps
 
     @property
-    def window(self) -> int | None:
-        """The training window length recorded in the config (`train_window`; `max_length` in released configs)."""
-        cfg = self.model.config
-        return getattr(cfg, "train_window", None) or getattr(cfg, "max_length", None)
+    def window(self) -> int:
+        """The window the model works in (`CaduceusConfig.window`: its training length, else 1024)."""
+        return self.model.config.window
 
     def describe(self) -> str:
         return f"MDLM Caduceus ({self.schedule.name} schedule), NELBO upper bound"

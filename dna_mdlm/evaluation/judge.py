@@ -23,7 +23,6 @@ import torch
 
 from ..errors import InputError
 from ..loading import as_language_model, load_language_model, resolve_device
-from ..models.configuration_caduceus import DEFAULT_WINDOW
 from ..tokenizer import A_ID, T_ID, encode_dna
 from ..units import LN2
 from .likelihood import score_windows
@@ -41,8 +40,7 @@ class ModelJudge:
         self.lm, self.model_dir = lm, str(model_dir)
         self.num_samples, self.batch_size, self.seed = int(num_samples), int(batch_size), int(seed)
         self.device = resolve_device(device)
-        self.window = window if window is not None else (None if lm.window is None and lm.kind == "markov"
-                                                         else (lm.window or DEFAULT_WINDOW))
+        self.window = window if window is not None else lm.window  # None: each sequence is scored whole
         self.upper_bound = bool(lm.upper_bound)
 
     @property

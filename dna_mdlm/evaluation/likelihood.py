@@ -23,7 +23,6 @@ from ..data.genome import GenomeWindows
 from ..errors import InputError
 from ..io.regions import Interval, intersect_intervals, merge_intervals, parse_regions
 from ..loading import as_language_model, load_language_model, resolve_device
-from ..models.configuration_caduceus import DEFAULT_WINDOW
 from ..tokenizer import A_ID, T_ID
 from ..units import LN2, per_base
 
@@ -102,7 +101,7 @@ def likelihood(model, fasta, bed=None, regions=(), window: int | None = None, nu
     lm = (load_language_model(model, dev, "likelihood") if isinstance(model, (str, os.PathLike))
           else as_language_model(model, verb="likelihood"))
     if window is None:
-        window = MARKOV_CHUNK if lm.kind == "markov" else (lm.window or DEFAULT_WINDOW)
+        window = lm.window or MARKOV_CHUNK  # None: the model scores any length exactly
     order = {name: i for i, name in enumerate(genome.lengths)}
     tiles = _tiles(sorted(intervals, key=lambda iv: (order[iv.record], iv.start)), window)
     available = len(tiles)

@@ -60,8 +60,8 @@ def parse_region(text: str, flag: str = "--region", lengths: Mapping[str, int] |
     match = _REGION_RE.match(text)
     if match is None:
         if lengths is not None and ":" not in text:
-            raise InputError(f"{flag} {text}: unknown record {text!r} (the FASTA has {_known(lengths)})"
-                             f"{_alias_hint(text, lengths)}")
+            raise InputError(f"{flag} {text}: neither a record of the FASTA ({_known(lengths)}) nor a region "
+                             f"chr:start-end (1-based inclusive){_alias_hint(text, lengths)}")
         raise InputError(f"{flag} {text}: cannot parse the region; expected chr:start-end, 1-based inclusive "
                          f"(e.g. 20:40,000,001-41,000,000)")
     start = int(match["start"].replace(",", ""))

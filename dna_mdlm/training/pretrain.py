@@ -304,7 +304,8 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
     except TrainingDiverged as exc:
         error = exc
-    summary = {"objective": cfg["objective"], "status": "diverged" if error else "finished",
+    summary = {"objective": cfg["objective"], "upper_bound": cfg["objective"] == "mdlm",
+               "status": "diverged" if error else "finished",
                "steps": int(trainer.global_step), "seconds": round(time.time() - start, 1),
                "parameters": sum(p.numel() for p in module.model.parameters()), "model_dir": str(out / "model"),
                "world_size": int(trainer.world_size),
