@@ -1,7 +1,13 @@
-"""Open any model directory a verb is given, and the device it runs on.
+"""Open any model a verb is given — a local directory or a Hugging Face hub id — and the device it runs on.
 
 Every verb consumes a directory written by `save_pretrained` (config.json + model.safetensors + tokenizer files):
-a Caduceus model (MDLM, AR or fine-tuned classifier) or a k-mer Markov LM. `load_model` checks it with one-line
+a Caduceus model (MDLM, AR or fine-tuned classifier) or a k-mer Markov LM. `--model` may also be a hub id
+(`org/name`, optionally `@revision`): `model_dir` resolves it with `huggingface_hub.snapshot_download`, restricted to
+the config, safetensors and tokenizer files, so the cache, `HF_HOME` and `HF_HUB_OFFLINE=1` work as users expect.
+The published Caduceus checkpoints (kuleshov-group/caduceus-{ps,ph}_...) load as they are: their `auto_map` to
+remote code is never executed (there is no `trust_remote_code` here), weights are read from safetensors only, and a
+masked-LM checkpoint is read as an MDLM denoiser (the objectives share the network; Sahoo et al. 2024 §5.2 train
+Caduceus MLM checkpoints on with the MDLM loss). `load_model` checks what it reads with one-line
 errors — a missing or foreign directory, weights that are not safetensors, weights that do not fit the config,
 weights that are not finite — and returns the model. `load_language_model` returns the language-model view
 (`diffusion.mdlm.MDLM`, `baselines.ar.AR` or `baselines.markov.MarkovLM`) that `likelihood`, `evaluate-samples`
@@ -12,9 +18,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
+import huggingface_hub
 import torch
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 from transformers.utils import logging as hf_logging
 
 from .baselines.ar import AR
@@ -42,10 +57,51 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
-def read_model_config(path: str | os.PathLike) -> dict:
-    path = Path(path)
+HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
+HUB_FILES = ["config.json", "*.safetensors", "tokenizer*", "vocab*", "special_tokens_map.json", "README.md"]
+
+
+def model_dir(spec: str | os.PathLike) -> Path:
+    """A local model directory for `spec`: the directory itself, or the hub snapshot of `org/name[@revision]`
+    (downloaded into the Hugging Face cache unless `HF_HUB_OFFLINE=1`). One-line errors: not found locally or on
+    the hub, offline and not cached (with the command that downloads it), a gated or private repository."""
+    path = Path(spec)
+    if path.exists() or isinstance(spec, Path):
+        return path
+    match = HUB_ID.match(str(spec))
+    if match is None:
+        return path  # reported as a missing directory by read_model_config
+    repo, revision = match["repo"], match["revision"]
+    # Read the environment now, not at import time, so HF_HOME / HF_HUB_CACHE / HF_HUB_OFFLINE set by a caller count.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    cache = os.environ.get("HF_HUB_CACHE") or (str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME")
+                                               else None)
+    try:
+        return Path(huggingface_hub.snapshot_download(repo, revision=revision, allow_patterns=HUB_FILES,
+                                                      cache_dir=cache, local_files_only=offline))
+    except LocalEntryNotFoundError:
+        raise InputError(f"--model {spec}: not a local directory, and not in the Hugging Face cache while offline "
+                         f"(HF_HUB_OFFLINE=1 or no network); download it once with `hf download {repo}` (or "
+                         f"`huggingface-cli download {repo}`) where there is internet, or point HF_HOME at a cache "
+                         f"that holds it") from None
+    except RevisionNotFoundError:
+        raise InputError(f"--model {spec}: the hub repository {repo} has no revision {revision!r}") from None
+    except GatedRepoError:
+        raise InputError(f"--model {spec}: {repo} is gated on the hub; accept its terms and log in "
+                         f"(`hf auth login`)") from None
+    except RepositoryNotFoundError:
+        raise InputError(f"--model {spec}: no such local directory, and no such model on the Hugging Face hub "
+                         f"(or it is private: log in with `hf auth login`)") from None
+    except (HfHubHTTPError, OSError, ValueError) as exc:
+        raise InputError(f"--model {spec}: could not fetch it from the Hugging Face hub "
+                         f"({type(exc).__name__}: {' '.join(str(exc).split())[:200]})") from None
+
+
+def read_model_config(spec: str | os.PathLike) -> dict:
+    path = model_dir(spec)
     if not path.exists():
-        raise InputError(f"--model {path}: no such directory (expected a model directory written by save_pretrained)")
+        raise InputError(f"--model {spec}: no such directory or hub id (expected a model directory written by "
+                         f"save_pretrained, or org/name on the Hugging Face hub)")
     if not path.is_dir():
         raise InputError(f"--model {path}: not a directory (expected a model directory with config.json)")
     cfg = path / "config.json"
@@ -86,24 +142,29 @@ def _check_finite(model, path) -> None:
                              f"unusable (a diverged training run?); retrain or use an earlier checkpoint")
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu"):
-    """Returns (model, kind). Caduceus models come back in eval mode on `device`; every weight is finite."""
+def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu"):
+    """Returns (model, kind) for a model directory or hub id. Caduceus models come back in eval mode on `device`;
+    every weight is finite."""
+    path = model_dir(spec)
     kind = model_kind(path)
     device = resolve_device(device)
     if kind == "markov":
         model = MarkovLM.from_pretrained(path)
-        _check_finite(model, path)
+        _check_finite(model, spec)
         return model, kind
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     cls = CaduceusForSequenceClassification if kind == "classifier" else CaduceusForMaskedLM
     if not (Path(path) / "model.safetensors").is_file():
-        raise InputError(f"--model {path}: model.safetensors missing (weights are stored as safetensors only)")
+        raise InputError(f"--model {spec}: model.safetensors missing (weights are read from safetensors only, never "
+                         f"from pickled .bin files)")
     try:
-        model = cls.from_pretrained(str(path))
+        # Our classes are registered for model_type "caduceus": a published config's auto_map is never followed.
+        model = cls.from_pretrained(str(path), use_safetensors=True)
     except Exception as exc:  # a truncated or mismatched file: say which, in one line
-        raise InputError(f"--model {path}: could not load weights ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-    _check_finite(model, path)
+        raise InputError(f"--model {spec}: could not load weights ({type(exc).__name__}: "
+                         f"{' '.join(str(exc).split())[:300]})") from None
+    _check_finite(model, spec)
     return model.to(device).eval(), kind
 
 
