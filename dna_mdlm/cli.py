@@ -42,6 +42,7 @@ def add_pretrain_arguments(p):
         "dna-mdlm pretrain --fasta hg38.fa --val-region chr20:40000000-41000000 --config cpu-small --out runs/hg38",
         "dna-mdlm pretrain --fasta ecoli.fa.gz --objective ar --config tiny --out runs/ar --set trainer.max_steps=200",
         "dna-mdlm pretrain --out runs/demo --resume              # continue at the same step and data stream",
+        "dna-mdlm pretrain --init runs/demo/model --fasta ecoli.fa.gz --val-region K-12-MG1655:4000001-4639675 --out runs/ecoli",
     )
     p.add_argument("--fasta", action="append", help="FASTA file (plain, bgzip or gzip); repeat for several. "
                    "Default: the bundled chr20 excerpt with its last 250 kb held out")
@@ -66,6 +67,9 @@ def add_pretrain_arguments(p):
     p.add_argument("--seed", type=int, help="seed of the data stream, masks and init")
     p.add_argument("--unknown", choices=["error", "N"], help="IUPAC ambiguity codes in the FASTA: an error naming "
                    "file and line (default) or read as N")
+    p.add_argument("--init", metavar="MODEL", help="start from this model's weights (a model directory or a hub id such "
+                   "as kuleshov-group/caduceus-ps_seqlen-1k_d_model-118_n_layer-4_lr-8e-3); its architecture and "
+                   "objective are kept, the optimiser starts fresh")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with "
                    "its own data, recipe, model and seed (only the budget and hardware flags may change)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe key, e.g. model.d_model=64")
@@ -75,6 +79,7 @@ def pretrain_flags(args) -> dict:
     """The pretraining settings the user typed (None = not given); `training.recipes` resolves the rest."""
     return {
         "fasta": args.fasta, "bed": args.bed, "val_regions": args.val_region, "val_records": args.val_records,
+        "init": args.init,
         "test_regions": args.test_region, "objective": args.objective, "seed": args.seed,
         "data": {"window": args.window, "batch_size": args.batch_size, "num_workers": args.num_workers,
                  "unknown": args.unknown},
@@ -94,9 +99,11 @@ def run_pretrain(args):
     summary = pretrain(settings, args.out, resume=args.resume)
     print(dumps_json(summary))
     extra = ""
-    if summary.get("val_bpd") is not None:
-        bound = "<= " if summary.get("upper_bound") else ""
-        extra = f", held-out {bound}{summary['val_bpd']:.4f} bits/base"
+    held = summary.get("heldout")
+    if held:
+        bound = "<= " if held["upper_bound"] else ""
+        se = f" ± {held['stderr_bits_per_base']:.4f}" if "stderr_bits_per_base" in held else ""
+        extra = f", held-out {bound}{held['bits_per_base']:.4f}{se} bits/base"
         yard = summary.get("markov_yardstick")
         if yard:
             extra += f" (k-mer Markov LM, order {yard['order']}, on the same windows: {yard['bits_per_base']:.4f})"

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -274,3 +275,48 @@ def test_cli_help_lists_every_verb(capsys):
     out = capsys.readouterr().out
     for verb in ("pretrain", "likelihood", "sample", "finetune", "predict", "embed", "evaluate-samples"):
         assert verb in out
+
+
+def _periodic_genome(path: Path, n: int = 60_000, seed: int = 0) -> Path:
+    """A learnable genome: a repeated 10-mer with 3% substitutions (a tiny model learns it in a hundred steps)."""
+    rng = np.random.default_rng(seed)
+    seq = np.array(list("ACGTTGCAAC" * (n // 10)))
+    flip = rng.random(seq.size) < 0.03
+    seq[flip] = rng.choice(list("ACGT"), int(flip.sum()))
+    path.write_text(">p\n" + "\n".join("".join(seq[i:i + 60]) for i in range(0, seq.size, 60)) + "\n")
+    return path
+
+
+@pytest.mark.slow
+def test_init_starts_from_the_init_models_own_bound_and_writes_a_model_card(tmp_path):
+    from dna_mdlm.training.pretrain import heldout_bound
+
+    genome = _periodic_genome(tmp_path / "p.fa")
+    base = {"fasta": [str(genome)], "val_regions": ["p:50001-60000"], "seed": 0,
+            "model": {"d_model": 8, "n_layer": 1, "rcps": True},
+            "data": {"window": 64, "batch_size": 8, "max_val_windows": 16, "train_samples_per_epoch": 1000},
+            "optim": {"lr": 1e-2, "warmup_steps": 5, "ema_decay": 0.9},
+            "trainer": {"max_steps": 100, "val_every": 50, "log_every": 10, "progress_bar": False}}
+    first = pretrain(base, tmp_path / "first")
+    assert first["heldout"]["bits_per_base"] < 1.6  # learnt: uniform is 2 bits
+    cont = {k: v for k, v in base.items() if k != "model"}
+    cont["trainer"] = {**base["trainer"], "max_steps": 5}
+    cont["init"] = str(tmp_path / "first" / "model")
+    second = pretrain(cont, tmp_path / "second")
+    # step 0 of the continued run is the init model itself (one time sample per window: Monte-Carlo noise only)
+    from dna_mdlm.data.genome import GenomeWindows
+
+    val = GenomeWindows(genome, window=64, val_regions=["p:50001-60000"]).eval_dataset("val", 16)
+    ref = heldout_bound(tmp_path / "first" / "model", val, num_samples=16)
+    assert second["init_val_bpd"] == pytest.approx(ref["bits_per_base"], abs=max(0.05, 6 * ref["stderr_bits_per_base"]))
+    assert second["init"] == str(tmp_path / "first" / "model")
+    card = (tmp_path / "second" / "model" / "README.md").read_text()
+    for words in ("initialised from", str(tmp_path / "first" / "model"), "held-out bits/base", "k-mer Markov LM",
+                  "How to load", "Data licence"):
+        assert words in card, words
+    # a recipe that would change the architecture is refused; so is an objective that does not fit
+    with pytest.raises(InputError, match=r"model.d_model = 16 would change the init model's architecture"):
+        pretrain({**cont, "model": {"d_model": 16}}, tmp_path / "third")
+    with pytest.raises(InputError, match=r"--objective ar does not fit a mdlm model"):
+        pretrain({**cont, "objective": "ar"}, tmp_path / "fourth")
+    assert not (tmp_path / "third").exists() and not (tmp_path / "fourth").exists()

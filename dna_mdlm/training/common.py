@@ -181,3 +181,16 @@ def read_json(path: str | os.PathLike) -> dict | None:
         return json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
+
+
+def render_model_card(title: str, facts: list[tuple[str, str]], sections: dict[str, str] | None = None) -> str:
+    """A model card (`README.md` of a model directory): a title, a table of facts, then free-text sections.
+
+    What a shared model needs (Mitchell et al., "Model Cards for Model Reporting", FAT* 2019; Hugging Face's model
+    card guide): what it is, what it was trained on and how, how well it does against a simple baseline, the data's
+    licence, and how to load it."""
+    lines = [f"# {title}", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in facts]
+    for heading, text in (sections or {}).items():
+        lines += ["", f"## {heading}", "", text.strip()]
+    return "\n".join(lines) + "\n"

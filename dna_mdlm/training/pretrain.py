@@ -29,10 +29,21 @@ from ..baselines.markov import markov_yardstick
 from ..data.datamodules import GenomeDataModule
 from ..diffusion.mdlm import MDLM, stratified_times
 from ..errors import InputError, TrainingDiverged
-from ..io.writers import atomic_path, write_json
+from ..evaluation.likelihood import score_windows
+from ..io.writers import atomic_path, atomic_write_text, write_json
+from ..loading import load_language_model, load_model
 from ..models import CaduceusConfig, CaduceusForMaskedLM
 from ..units import LN2
-from .common import EMA, AtomicCheckpointIO, NonFiniteGuard, export_model_dir, optimizer_groups, read_json, warmup_cosine
+from .common import (
+    EMA,
+    AtomicCheckpointIO,
+    NonFiniteGuard,
+    export_model_dir,
+    optimizer_groups,
+    read_json,
+    render_model_card,
+    warmup_cosine,
+)
 from .recipes import reconcile_resume, resolve_pretrain
 
 RUN_CONFIG = "run_config.json"
@@ -67,6 +78,17 @@ class PretrainModule(pl.LightningModule):
         self.lm = MDLM(self.model, schedule) if objective == "mdlm" else AR(self.model)
         self.ema = EMA(self.model, ema_decay) if ema_decay else None
         self._val = None
+
+    @torch.no_grad()
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Start from another model's weights (`--init`): same architecture; the EMA starts there too."""
+        missing, unexpected = self.model.load_state_dict(model.state_dict(), strict=False)
+        tied = set(getattr(self.model, "_tied_weights_keys", None) or {})
+        if unexpected or set(missing) - tied - {k for k in missing if "mamba_rev" in k and "_proj" in k}:
+            raise InputError(f"--init: weights do not fit the architecture (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]})")
+        if self.ema is not None:
+            self.ema = EMA(self.model, self.ema.decay)
 
     def _noise(self, n: int, stage: str, batch_idx: int = 0):
         """Times and mask draws from a generator seeded by (seed, step, rank): a resumed run draws exactly
@@ -293,6 +315,8 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
         warmup_steps=o["warmup_steps"], lr_schedule=o["lr_schedule"], min_lr_ratio=o["min_lr_ratio"],
         max_steps=tr["max_steps"], ema_decay=o["ema_decay"], seed=cfg["seed"], window=d["window"],
     )
+    if cfg.get("init") and not resume:
+        module.load_weights(load_model(cfg["init"])[0])
     has_val = len(dm._eval_set("val")) > 0
     trainer = _trainer(cfg, out, has_val)
     if not resume and not _launched_worker():
@@ -300,7 +324,12 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
     start = time.time()
     last = out / "checkpoints" / "last.ckpt"
     error = None
+    init_val = None
     try:
+        if cfg.get("init") and not resume and has_val:
+            # The init model's own held-out bound at step 0: what continued training starts from.
+            trainer.validate(module, datamodule=dm, verbose=False)
+            init_val = float(trainer.callback_metrics["val/bpd"])
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
     except TrainingDiverged as exc:
         error = exc
@@ -310,11 +339,16 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
                "parameters": sum(p.numel() for p in module.model.parameters()), "model_dir": str(out / "model"),
                "world_size": int(trainer.world_size),
                "train_bases": int(trainer.global_step * d["batch_size"] * d["window"] * trainer.world_size)}
+    if cfg.get("init"):
+        summary["init"] = cfg["init"]
+        if init_val is not None:
+            summary["init_val_bpd"] = round(init_val, 5)
     if trainer.global_rank == 0:
         for key in ("val/nll", "val/bpd", "val/ppl"):
             if key in trainer.callback_metrics:
                 summary[key.replace("/", "_")] = round(float(trainer.callback_metrics[key]), 5)
-        if error is None and has_val and cfg["objective"] in ("mdlm", "ar"):
+        if error is None and has_val and (out / "model" / "config.json").is_file():
+            summary["heldout"] = heldout_bound(out / "model", dm._eval_set("val"))
             summary["markov_yardstick"] = markov_yardstick(dm.genome, dm._eval_set("val"))
         if error is not None:
             summary["error"] = str(error)
@@ -323,6 +357,10 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
                 summary["model_dir"] = None
         plot_loss_curve(out / "logs", out / "loss_curve.png")
         write_json(out / "summary.json", {**summary, "config": cfg})
+        if error is None:
+            for directory in (out / "model", out / "final_model"):
+                if (directory / "config.json").is_file():
+                    write_model_card(directory, cfg, summary, dm.genome)
     if error is not None:
         where = f"; the last finite checkpoint is {last}" if last.is_file() else "; no checkpoint had been written"
         raise TrainingDiverged(f"{error}{where}")
@@ -361,6 +399,76 @@ def _trainer(cfg: dict, out: Path, has_val: bool) -> pl.Trainer:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"trainer settings (--accelerator {tr['accelerator']}, --devices {tr['devices']}, "
                          f"--strategy {tr['strategy']}, --precision {tr['precision']}): {first}") from None
+
+
+def heldout_bound(model_dir: Path, val_windows, num_samples: int = 4) -> dict:
+    """The exported model's bits/base on the validation windows, with a Monte-Carlo standard error for an MDLM
+    (`num_samples` time samples per window; the validation during training used one)."""
+    lm = load_language_model(model_dir, "cpu", "pretrain")
+    windows = [(item["input_ids"].numpy(), item["loss_mask"].numpy())
+               for item in (val_windows[i] for i in range(len(val_windows)))]
+    k = num_samples if lm.upper_bound else 1
+    scores = score_windows(lm, windows, k, 16, "cpu", torch.Generator().manual_seed(0))
+    n = int(scores[:, 2].sum())
+    out = {"bits_per_base": round(float(scores[:, 0].sum()) / max(n, 1) / LN2, 5), "upper_bound": bool(lm.upper_bound),
+           "bases": n, "windows": len(windows), "mc_samples_per_window": k}
+    if k > 1:
+        out["stderr_bits_per_base"] = round(math.sqrt(float(scores[:, 1].sum())) / max(n, 1) / LN2, 5)
+    return out
+
+
+ARCHITECTURES = {(True, True): "Caduceus-PS (RC-equivariant BiMamba)", (True, False): "Caduceus-Ph / BiMamba",
+                 (False, False): "causal Mamba (the AR baseline)"}
+
+
+def write_model_card(directory: Path, cfg: dict, summary: dict, genome) -> None:
+    """README.md of an exported model directory: architecture, objective, data, training, held-out bits/base with its
+    standard error next to the Markov yardstick, init source, data licence, and how to load it."""
+    m, d, o = cfg["model"], cfg["data"], cfg["optim"]
+    config = read_json(directory / "config.json") or {}
+    arch = ARCHITECTURES.get((bool(config.get("bidirectional", True)), bool(config.get("rcps", False))), "Caduceus")
+    held = summary.get("heldout") or {}
+    yard = summary.get("markov_yardstick") or {}
+    bound = "<= " if held.get("upper_bound") else ""
+    se = f" ± {held['stderr_bits_per_base']:.4f}" if "stderr_bits_per_base" in held else ""
+    heldout = (f"{bound}{held['bits_per_base']:.4f}{se} bits/base on {held['windows']} validation windows "
+               f"({held['bases']:,} bases)" if held else "no validation split")
+    holdouts = ", ".join(cfg.get("val_regions") or []) + " ".join(cfg.get("val_records") or [])
+    tests = ", ".join((cfg.get("test_regions") or []) + (cfg.get("test_records") or []))
+    files = ", ".join(Path(f).name for f in cfg["fasta"])
+    bundled = any("chr20_demo" in Path(f).name for f in cfg["fasta"])
+    objective = {"mdlm": f"MDLM (masked diffusion, {cfg['schedule']} schedule); likelihoods are NELBO upper bounds",
+                 "ar": "next-base prediction (autoregressive); likelihoods are exact"}[cfg["objective"]]
+    facts = [
+        ("architecture", f"{arch}, d_model {m.get('d_model')}, {m.get('n_layer')} layers, "
+                         f"{summary.get('parameters', 0):,} parameters"),
+        ("objective", objective),
+        ("initialised from", cfg.get("init") or "random initialisation"),
+        ("training data", f"{files}: {len(genome.lengths)} record(s), {sum(genome.lengths.values()):,} bp"),
+        ("held out", f"validation {holdouts or 'none'}; test {tests or 'none'}"),
+        ("training", f"{summary.get('steps', 0):,} steps x {d['batch_size']} windows x {d['window']} bp "
+                     f"({summary.get('train_bases', 0):,} bases seen), lr {o['lr']}, seed {cfg['seed']}, "
+                     f"{summary.get('seconds', 0):.0f} s wall time"),
+        ("held-out bits/base", heldout),
+        ("k-mer Markov LM on the same windows", f"{yard['bits_per_base']:.4f} bits/base (order {yard['order']})"
+         if yard else "not computed"),
+    ]
+    licence = ("The bundled excerpt is GRCh37 human reference sequence, public data (provenance in "
+               "dna_mdlm/resources/README.md)." if bundled else
+               "The weights derive from the training data listed above: check its licence before sharing them.")
+    sections = {
+        "Data licence": licence,
+        "How to load": f"""```python
+from dna_mdlm import load_language_model, sample, likelihood
+lm = load_language_model("{directory.name}")      # this directory, or its hub id after upload
+seqs = sample(lm, num_samples=4, length={d['window']}, seed=0)
+```
+or on the command line: `dna-mdlm likelihood --model {directory.name} --fasta genome.fa`. The directory is a
+Hugging Face `save_pretrained` directory (config.json + model.safetensors); loading never runs remote code.""",
+        "Made with": "dna-mdlm `pretrain`; the full settings are in the run's `run_config.json`.",
+    }
+    title = f"{directory.parent.name}/{directory.name}: a dna-mdlm {cfg['objective'].upper()} model"
+    atomic_write_text(directory / "README.md", render_model_card(title, facts, sections))
 
 
 def pretrain_markov(cfg: dict, out: Path) -> dict:

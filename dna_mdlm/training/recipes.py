@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import InputError
+from ..loading import model_kind, read_model_config
 from ..models import CaduceusConfig
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -59,6 +60,10 @@ RESUMABLE = {"trainer.max_steps", "trainer.max_time", "trainer.accelerator", "tr
 MODEL_KEYS = set(inspect.signature(CaduceusConfig.__init__).parameters) - {
     "self", "kwargs", "objective", "train_window", "schedule"}
 MARKOV_MODEL_KEYS = {"order"}
+# The fields that make an architecture: `--init` takes them from the init model, and a recipe may not change them.
+ARCHITECTURE_KEYS = ("d_model", "n_layer", "vocab_size", "ssm_cfg", "rms_norm", "residual_in_fp32", "fused_add_norm",
+                     "pad_vocab_size_multiple", "norm_epsilon", "initializer_cfg", "bidirectional",
+                     "bidirectional_strategy", "bidirectional_weight_tie", "rcps", "complement_map", "time_conditioning")
 
 PRECISIONS = {
     "auto": "auto",
@@ -181,6 +186,8 @@ def check_pretrain(cfg: dict) -> dict:
                              f"{sorted(PRETRAIN_DEFAULTS[section])}")
     if cfg["objective"] not in ("mdlm", "ar", "markov"):
         raise InputError(f"--objective {cfg['objective']}: expected mdlm, ar or markov")
+    if cfg.get("init") and cfg["objective"] == "markov":
+        raise InputError("--init: a Markov LM is counted from scratch; leave --init out")
     if not isinstance(cfg["model"], dict):
         raise InputError("config: 'model' must be a mapping of settings")
     allowed = MARKOV_MODEL_KEYS | set(PRETRAIN_DEFAULTS["model"]) if cfg["objective"] == "markov" else MODEL_KEYS
@@ -217,10 +224,39 @@ def pretrain_settings(recipe: str | os.PathLike | None = None, flags: dict | Non
     return merge(cfg, parse_overrides(overrides))
 
 
+def apply_init(cfg: dict, settings: dict) -> dict:
+    """`--init MODEL`: the architecture comes from the init model's config (a model directory or hub id); an explicit
+    setting that would change it is a one-line error. The objective follows the init model (a masked-LM or MDLM
+    checkpoint trains on as an MDLM, an AR one as AR); optimiser and schedule start fresh."""
+    spec = cfg["init"]
+    kind = model_kind(spec)
+    if kind not in ("mdlm", "ar"):
+        raise InputError(f"--init {spec}: a {kind} model cannot be trained on; give a pretrained MDLM, masked-LM or "
+                         f"AR Caduceus model")
+    init_cfg = read_model_config(spec)
+    arch = {k: init_cfg[k] for k in ARCHITECTURE_KEYS if k in init_cfg}
+    for key, value in (settings.get("model") or {}).items():
+        if key in arch and arch[key] != value:
+            raise InputError(f"--init {spec}: model.{key} = {value!r} would change the init model's architecture "
+                             f"({key} = {arch[key]!r}); drop it (recipes with a 'model' section set it)")
+    objective = settings.get("objective", kind)
+    if objective != kind:
+        raise InputError(f"--init {spec}: --objective {objective} does not fit a {kind} model "
+                         f"({'causal' if kind == 'ar' else 'bidirectional'}); leave --objective out")
+    cfg["objective"] = kind
+    cfg["model"] = {**{k: v for k, v in cfg["model"].items() if k not in ARCHITECTURE_KEYS}, **arch}
+    if "schedule" not in settings and init_cfg.get("schedule"):
+        cfg["schedule"] = init_cfg["schedule"]
+    cfg["init"] = str(Path(spec).resolve()) if Path(str(spec)).exists() else str(spec)  # a hub id stays an id
+    return cfg
+
+
 def resolve_pretrain(settings: dict) -> dict:
     """A fresh run's full settings: defaults, the bundled demo excerpt (with its last 250 kb held out) when no
-    FASTA is given, then `settings`; validated, with absolute paths."""
+    FASTA is given, then `settings` (and `apply_init` with `--init`); validated, with absolute paths."""
     cfg = merge(PRETRAIN_DEFAULTS, settings)
+    if cfg.get("init"):
+        cfg = apply_init(cfg, settings)
     if not cfg.get("fasta"):
         cfg["fasta"] = [str(BUNDLED_DEMO_FASTA)]
         if not any(cfg.get(k) for k in ("val_regions", "val_records", "test_regions", "test_records")):
