@@ -347,15 +347,23 @@ def add_evaluate_samples_arguments(p):
         "dna-mdlm evaluate-samples --samples samples.fa --reference genome.fa --region chr20:40000001-41000000 --out report/",
         "dna-mdlm evaluate-samples --samples samples.fa --reference heldout.fa --train train.fa --model runs/ar/model "
         "--motifs JASPAR_core.txt --out report/",
+        "dna-mdlm evaluate-samples --samples designed.fa --reference real_promoters.fa --out report/   # a set of real ones",
     )
     p.add_argument("--samples", required=True, help="FASTA of generated sequences (each >= 6 bp)")
-    p.add_argument("--reference", required=True, help="real (held-out) FASTA: two disjoint sets of windows with the "
-                   "samples' lengths are drawn from it, one to compare against, one for the real-vs-real baseline")
+    p.add_argument("--reference", required=True, help="real sequence: a genome (windows of the samples' lengths are "
+                   "drawn from it) or a set of real sequences of the samples' kind (see --reference-mode)")
+    p.add_argument("--reference-mode", choices=["auto", "genome", "set"], default="auto",
+                   help="auto (default): a set when the reference records are about the samples' length, else a "
+                        "genome; with a set, the real-vs-real floor comes from a random half of it or --reference2")
+    p.add_argument("--reference2", help="a second real set for the real-vs-real floor (set mode)")
     p.add_argument("--region", help="draw the reference windows only from this region chr:start-end (1-based) or "
                    "record; never clipped")
     p.add_argument("--train", help="training FASTA: longest exact match of each sample on either strand (memorisation)")
     p.add_argument("--model", help="judge model directory (AR, Markov or MDLM): bits/base of samples next to real sequence")
-    p.add_argument("--motifs", help="motif file (JASPAR, PFM or MEME): occurrences per kb, generated vs real")
+    p.add_argument("--motifs", help="motif file (JASPAR, PFM or MEME) instead of the JASPAR database")
+    p.add_argument("--jaspar-taxon", default="vertebrates", help="JASPAR CORE motifs of this taxon (pyjaspar's "
+                   "bundled database, offline): vertebrates (default), insects, plants, fungi, nematodes, ...")
+    p.add_argument("--no-motifs", action="store_true", help="skip the motif scan")
     p.add_argument("--out", required=True, help="report directory: metrics.json, PNG plots, report.html (replaced atomically)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference draw and of the MDLM judge's noise")
     p.add_argument("--index-k", type=int, default=24, help="k of the training k-mer index (matches shorter than k count as 0)")
@@ -379,12 +387,16 @@ def run_evaluate_samples(args):
     result = evaluate_samples_files(args.samples, args.reference, args.out, region=args.region, train_fa=args.train,
                                     judge=judge, motifs_path=args.motifs, seed=args.seed, index_k=args.index_k,
                                     copy_min_bp=args.copy_min_bp, copy_fraction=args.copy_fraction,
-                                    motif_threshold=args.motif_threshold, unknown=args.unknown)
+                                    motif_threshold=args.motif_threshold, unknown=args.unknown,
+                                    reference_mode=args.reference_mode, reference2_fa=args.reference2,
+                                    jaspar_taxon=None if args.no_motifs else args.jaspar_taxon)
     rows = verdicts(result)
     warned = [r["metric"] for r in rows if r["verdict"] == "warn"]
     passed = sum(r["verdict"] == "pass" for r in rows)
     js6 = result["kmer_spectrum"]["6"]["js_distance"]
-    print(f"dna-mdlm evaluate-samples: {result['n_samples']} samples; 6-mer JS {js6['generated']:.4f} vs "
+    ref = result["reference"]
+    print(f"dna-mdlm evaluate-samples: {result['n_samples']} samples against a real {ref['mode']} "
+          f"({ref['n_compared']} compared); 6-mer JS {js6['generated']:.4f} vs "
           f"real-vs-real {js6['real_vs_real']:.4f}; {passed} pass, {len(warned)} warn"
           + (f" ({', '.join(warned)})" if warned else ""), file=sys.stderr)
     if judge is not None:

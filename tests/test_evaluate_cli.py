@@ -78,7 +78,7 @@ def test_evaluate_samples_verb_with_mdlm_judge_and_region(files, tmp_path, capsy
     out = tmp_path / "report"
     rc = main(["evaluate-samples", "--samples", str(files["samples"]), "--reference", str(SLICE),
                "--region", "20:40000001-41000000:600001-1000000", "--model", str(files["mdlm"]),
-               "--judge-samples", "2", "--out", str(out)])
+               "--judge-samples", "2", "--no-motifs", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 0, err
     metrics = json.loads((out / "metrics.json").read_text())

@@ -197,9 +197,9 @@ def _html(result: dict, rows: list[dict], plots: dict[str, str]) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px}}tr.pass td:nth-child(5){{color:#070}}tr.warn td:nth-child(5){{color:#b00}}
 figure{{display:inline-block;margin:1em}}img{{max-width:520px}}</style></head><body>
 <h1>Sample-quality report</h1>
-<p>{result.get('n_samples')} generated sequences against two disjoint sets of real windows of the same lengths
-(reference A, reference B). "real-vs-real" is reference B scored against reference A: it is what the metric
-looks like for real DNA at this sample size. {len(rows)} checks, {n_warn} warnings.</p>
+<p>{result.get('n_samples')} generated sequences against two disjoint sets of real sequence (reference A and B;
+{html.escape(result.get('reference', {}).get('note', ''))}). "real-vs-real" is reference B scored against reference A:
+it is what the metric looks like for real DNA at this sample size. {len(rows)} checks, {n_warn} warnings.</p>
 <p>Inputs: <code>{inputs}</code></p>
 <table><tr><th>metric</th><th>generated</th><th>real-vs-real</th><th>ratio</th><th>verdict</th><th>rule</th></tr>
 {table}

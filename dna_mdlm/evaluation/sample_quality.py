@@ -396,13 +396,63 @@ def read_samples(path, unknown: str = "error", min_length: int = max(SPECTRUM_KS
     return out
 
 
+REFERENCE_MODES = ("auto", "genome", "set")
+
+
+def reference_sets(reference: Sequence[str], samples: Sequence[str], mode: str = "auto", seed: int = 0,
+                   reference2: Sequence[str] | None = None) -> tuple[list[str], list[str], list[str], dict]:
+    """(samples, set A, set B, info): what the samples are compared with, and the real-vs-real floor.
+
+    * `genome`: two disjoint sets of N-free windows with exactly the samples' lengths are drawn from the reference
+      (long records: a genome or a region of one).
+    * `set`: the reference records are real sequences of the samples' kind (promoters, enhancers, ...) used as they
+      are; set B is `reference2`, else the reference is split in two halves at random (seeded). The samples and both
+      sets are subsampled (seeded) to the same count, because k-mer and diversity statistics depend on it.
+    * `auto`: `set` when the reference records are about as long as the samples (median within 0.5x-2x), else
+      `genome`.
+    `info` states the mode and the counts compared."""
+    if mode not in REFERENCE_MODES:
+        raise InputError(f"--reference-mode {mode}: expected one of {', '.join(REFERENCE_MODES)}")
+    if mode == "auto":
+        ratio = float(np.median([len(r) for r in reference])) / float(np.median([len(s) for s in samples]))
+        mode = "set" if 0.5 <= ratio <= 2.0 and len(reference) >= 2 else "genome"
+    if mode == "genome":
+        if reference2 is not None:
+            raise InputError("--reference2 is for --reference-mode set (two sets of real sequences)")
+        set_a, set_b = draw_reference_sets(reference, [len(s) for s in samples], seed=seed)
+        return list(samples), set_a, set_b, {"mode": "genome", "n_compared": len(samples),
+                                             "note": "windows of the samples' lengths drawn from the reference"}
+    rng = np.random.default_rng(seed)
+    if reference2 is None:
+        if len(reference) < 2:
+            raise InputError("--reference: a reference set needs at least 2 sequences to split into set A and B")
+        order = rng.permutation(len(reference))
+        half = len(reference) // 2
+        set_a, set_b = [reference[i] for i in order[:half]], [reference[i] for i in order[half:]]
+        source = "a random half of --reference"
+    else:
+        set_a, set_b = list(reference), list(reference2)
+        source = "--reference2"
+    n = min(len(samples), len(set_a), len(set_b))
+    pick = lambda seqs: [seqs[i] for i in sorted(rng.choice(len(seqs), n, replace=False))]  # noqa: E731
+    info = {"mode": "set", "n_compared": n, "n_samples": len(samples), "n_reference": len(reference),
+            "note": f"set A = --reference records, set B (the real-vs-real floor) = {source}; samples and both sets "
+                    f"subsampled to {n} each (seed {seed})"}
+    return pick(list(samples)), pick(set_a), pick(set_b), info
+
+
 def evaluate_samples_files(samples_fa, reference_fa, out_dir, region: str | None = None, train_fa=None,
                            judge: Callable | None = None, motifs_path=None, seed: int = 0,
                            index_k: int = DEFAULT_INDEX_K, copy_min_bp: int = DEFAULT_COPY_MIN_BP,
                            copy_fraction: float = DEFAULT_COPY_FRACTION, motif_threshold: float = 0.8,
-                           unknown: str = "error") -> dict:
-    """Read samples / reference / train / motif files, validate everything before computing, run
-    `evaluate_samples` and write the report directory (metrics.json, PNGs, report.html) atomically."""
+                           unknown: str = "error", reference_mode: str = "auto", reference2_fa=None,
+                           jaspar_taxon: str | None = "vertebrates", oracle=None) -> dict:
+    """Read samples / reference(s) / train / motif inputs, validate everything before computing, run
+    `evaluate_samples` and write the report directory (metrics.json, PNGs, report.html) atomically.
+
+    Motifs: `motifs_path` (a JASPAR/PFM/MEME file) if given, else the JASPAR CORE motifs of `jaspar_taxon`
+    (None: no motif scan). `oracle`: an `Oracle` (a fine-tuned classifier) whose class calls on the samples and on
+    the real sets are reported."""
     from .report import write_report
 
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
@@ -415,22 +465,35 @@ def evaluate_samples_files(samples_fa, reference_fa, out_dir, region: str | None
         raise InputError(f"--copy-fraction {copy_fraction}: expected a fraction in (0, 1]")
     if not 0 <= motif_threshold <= 1:
         raise InputError(f"--motif-threshold {motif_threshold}: expected a relative score in [0, 1]")
+    if reference_mode not in REFERENCE_MODES:
+        raise InputError(f"--reference-mode {reference_mode}: expected one of {', '.join(REFERENCE_MODES)}")
     samples = read_samples(samples_fa, unknown)
-    motifs = None
+    motifs, motif_source = None, None
     if motifs_path is not None:
         from .motifs import load_motifs
 
-        motifs = load_motifs(motifs_path)
+        motifs, motif_source = load_motifs(motifs_path), str(motifs_path)
+    elif jaspar_taxon is not None:
+        from .motifs import load_jaspar
+
+        motifs, release = load_jaspar(jaspar_taxon)
+        motif_source = f"{release} CORE {jaspar_taxon} ({len(motifs)} motifs, pyjaspar)"
     reference = read_sequences(reference_fa, "--reference", region=region, unknown=unknown)
-    reference_a, reference_b = draw_reference_sets(reference, [len(s) for s in samples], seed=seed)
+    reference2 = None if reference2_fa is None else read_sequences(reference2_fa, "--reference2", unknown=unknown)
+    samples, reference_a, reference_b, ref_info = reference_sets(reference, samples, reference_mode, seed, reference2)
     train_index = None
     if train_fa is not None:
         train_index = TrainIndex.from_fasta(train_fa, k=index_k, unknown=unknown)
     result = evaluate_samples(samples, reference_a, reference_b, train_index=train_index, judge=judge,
                               motifs=motifs, seed=seed, copy_min_bp=copy_min_bp, copy_fraction=copy_fraction,
                               motif_threshold=motif_threshold)
+    result["reference"] = ref_info
+    if motif_source:
+        result.setdefault("motifs", {})["source"] = motif_source
+    if oracle is not None:
+        result["oracle"] = oracle.report(samples, reference_a, reference_b)
     result["inputs"] = {"samples": str(samples_fa), "reference": str(reference_fa), "region": region,
-                        "train": None if train_fa is None else str(train_fa),
-                        "motifs": None if motifs_path is None else str(motifs_path), "seed": seed}
+                        "reference2": None if reference2_fa is None else str(reference2_fa),
+                        "train": None if train_fa is None else str(train_fa), "motifs": motif_source, "seed": seed}
     write_report(result, out_dir)
     return result
