@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CHR20, DEMO, ECOLI, GENOMES, SLICE, SLICE_NAME
 from torch.utils.data import DataLoader
 
 from dna_mdlm.data.genome import (
@@ -22,14 +23,6 @@ from dna_mdlm.data.genome import (
 from dna_mdlm.errors import InputError
 from dna_mdlm.io.fasta import FastaFile
 from dna_mdlm.tokenizer import N_ID, decode_dna, encode_dna, rc_ids
-
-SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-GENOMES = SHARED / "genomes"
-SLICE = GENOMES / "human_GRCh37_chr20_40000001-41000000.fa"
-SLICE_NAME = "20:40000001-41000000"
-CHR20 = GENOMES / "human_GRCh37_chr20.fa.gz"
-ECOLI = GENOMES / "ecoli_K12_MG1655.fa.gz"
-DEMO = Path(__file__).resolve().parents[1] / "dna_mdlm" / "resources" / "chr20_demo.fa.gz"
 
 pytestmark = pytest.mark.skipif(not SLICE.is_file(), reason=f"shared genome data not found at {GENOMES}")
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import GB_COORDINATES as COORDS
+from conftest import GB_SEQUENCES as SEQS
+from conftest import SHARED_DATA as SHARED
 
 from dna_mdlm.data.labelled import (
     GB_TASKS,
@@ -26,9 +28,6 @@ from dna_mdlm.data.labelled import (
 from dna_mdlm.errors import InputError
 from dna_mdlm.tokenizer import PAD_ID, encode_dna, rc_string
 
-SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-COORDS = SHARED / "genomic_benchmarks" / "coordinates"
-SEQS = SHARED / "genomic_benchmarks" / "sequences"
 needs_shared = pytest.mark.skipif(not SEQS.is_dir() or not COORDS.is_dir(),
                                   reason=f"shared Genomic Benchmarks data not found at {SHARED} (set DNA_MDLM_SHARED_DATA)")
 

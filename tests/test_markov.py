@@ -5,19 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from Bio import SeqIO
+from conftest import SHARED_DATA
 
 from dna_mdlm.baselines.markov import MarkovLM, fit_markov_from_windows
-from dna_mdlm.loading import model_kind
 from dna_mdlm.errors import InputError
+from dna_mdlm.loading import model_kind
 from dna_mdlm.tokenizer import encode_dna
 
-SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 SLICE = SHARED_DATA / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
 
 

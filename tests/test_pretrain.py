@@ -14,15 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, SLICE
 
 from dna_mdlm.cli import main
 from dna_mdlm.errors import InputError
 from dna_mdlm.training.common import EMA, optimizer_groups
 from dna_mdlm.training.pretrain import pretrain
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
-SLICE = SHARED / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
 REC = "20:40000001-41000000"
 pytestmark = pytest.mark.skipif(not SLICE.is_file(), reason=f"shared genome data not found at {SLICE}")
 
