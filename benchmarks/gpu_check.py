@@ -144,7 +144,7 @@ class Run:
         try:
             result = fn(self, *args) or {}
             result.setdefault("status", "ok")
-        except Exception as exc:  # a failed stage must not cost the others their figures
+        except (Exception, SystemExit) as exc:  # a failed stage (a non-finite loss exits) must not cost the others
             result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"}
             self.log(f"stage {name} failed: {result['error']}")
         result["seconds"] = round(time.monotonic() - t0, 1)
@@ -395,7 +395,7 @@ def stage_throughput(run: Run, plan: dict, device: str) -> dict:
               "n_layer": cfg["model"]["n_layer"], "recipe_batch": cfg["data"]["batch_size"]}
 
     def cut(batches, n):
-        return [{k: v[:n] if isinstance(v, torch.Tensor) else v[:n] for k, v in b.items()} for b in batches]
+        return [{k: v[:n] for k, v in b.items()} for b in batches]  # tensors and lists alike
 
     while True:
         if device == "cuda":
@@ -430,14 +430,17 @@ def stage_throughput(run: Run, plan: dict, device: str) -> dict:
         except subprocess.TimeoutExpired:
             run.log("the C++ scan build is still running: the CPU side uses whatever path is ready")
     load_cpp_extension()
-    cpu_times, _ = step_seconds(cfg, "mdlm", cut(big[: plan["cpu_steps"] + 1], plan["cpu_batch"]), device="cpu")
+    # Without a C++ compiler the CPU runs the pure-torch scan, several times slower: a smaller batch keeps the
+    # stage short (tokens/s hardly depends on batch on a CPU).
+    cpu_batch = plan["cpu_batch"] if scan_backend("cpu") == "cpp" else max(1, plan["cpu_batch"] // 4)
+    cpu_times, _ = step_seconds(cfg, "mdlm", cut(big[: plan["cpu_steps"] + 1], cpu_batch), device="cpu")
     cpu_s = sorted(cpu_times)[len(cpu_times) // 2]
-    result.update(cpu_precision="32-true", cpu_batch=plan["cpu_batch"], cpu_threads=torch.get_num_threads(),
+    result.update(cpu_precision="32-true", cpu_batch=cpu_batch, cpu_threads=torch.get_num_threads(),
                   cpu_scan_path=scan_backend("cpu"), cpu_step_s=round(cpu_s, 4),
-                  cpu_tokens_per_s=round(plan["cpu_batch"] * window / cpu_s, 1),
+                  cpu_tokens_per_s=round(cpu_batch * window / cpu_s, 1),
                   cpu_step_times=[round(t, 4) for t in cpu_times])
     result["tokens_per_s_ratio"] = round(result["accel_tokens_per_s"] / result["cpu_tokens_per_s"], 2)
-    run.log(f"cpu: {cpu_s:.3f} s/step at batch {plan['cpu_batch']} ({result['cpu_tokens_per_s']:,.0f} tokens/s); "
+    run.log(f"cpu: {cpu_s:.3f} s/step at batch {cpu_batch} ({result['cpu_tokens_per_s']:,.0f} tokens/s); "
             f"ratio {result['tokens_per_s_ratio']}x")
     return result
 
