@@ -375,3 +375,19 @@ def test_gpu_check_dry_run_checks_the_plan_and_runs_every_stage_tiny(tmp_path):
     assert results["pretraining"]["heldout"]["mdlm"]["bits_per_base"] > 0
     assert results["pretraining"]["heldout"]["markov"]["bits_per_base"] > 0
     assert results["out_layout"]["ok"], results["out_layout"]
+
+
+def test_gpu_check_print_run_is_the_call_results_md_quotes(tmp_path):
+    proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--print-run"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    call = json.loads(proc.stdout)
+    assert set(call) == {"command", "carry", "timeout_s"} and call["carry"] == [".whl", ".gpu_data"]
+    assert len(call["command"]) <= 2000 and call["timeout_s"] <= 600  # the device tool's limits
+    results_md = (ROOT / "benchmarks" / "RESULTS.md").read_text()
+    assert call["command"] in results_md and f"timeout_s={call['timeout_s']}" in results_md
+    if not CUDA:  # the device run itself refuses to start without a GPU, and writes nothing
+        out = tmp_path / "out"
+        proc = subprocess.run([sys.executable, "benchmarks/gpu_check.py", "--out", str(out)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "no CUDA device" in proc.stderr and not out.exists()
