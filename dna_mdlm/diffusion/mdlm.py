@@ -36,8 +36,10 @@ def stratified_times(n: int, eps: float = 1e-3, device=None, generator=None,
     Passing the global batch size and this rank's offset stratifies across DDP ranks (as DUO does).
     """
     total = total or n
-    u0 = torch.rand((), device=device, generator=generator)
+    # Drawn where the generator lives (a CPU generator gives the same t on any device), like mask_tokens.
+    u0 = torch.rand((), device=generator.device if generator is not None else device, generator=generator)
     i = torch.arange(offset, offset + n, device=device, dtype=torch.float32)
+    u0 = u0.to(i.device)
     u = ((u0 + i) / total) % 1.0
     return eps + (1.0 - eps) * u
 

@@ -44,6 +44,9 @@ class EMA:
         d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
         for n, p in model.named_parameters():
             if n in self.shadow:
+                if self.shadow[n].device != p.device:
+                    # Made while the model was still on the CPU; the Trainer moves the model (not this dict) to the GPU.
+                    self.shadow[n] = self.shadow[n].to(p.device)
                 self.shadow[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
 
     @torch.no_grad()
