@@ -21,7 +21,6 @@ import vcfpy
 import dna_mdlm
 from dna_mdlm.baselines.markov import MarkovLM
 from dna_mdlm.cli import add_score_variants_arguments, main
-from dna_mdlm.errors import InputError
 from dna_mdlm.evaluation import variants as ev
 from dna_mdlm.evaluation.variants import score_variants
 from dna_mdlm.io.variants import Variant, iter_variants
@@ -420,6 +419,15 @@ def test_bad_arguments(models, fasta, seq, tmp_path, capsys, model, extra, messa
     out = tmp_path / "a.out"
     assert run_cli("--model", models[model], "--fasta", fasta, "--variants", tsv, "--out", out, *extra) == 2
     assert message in capsys.readouterr().err and not out.exists()
+
+
+def test_a_classifier_is_refused(tmp_path, fasta, seq, capsys):
+    from dna_mdlm.models import CaduceusForSequenceClassification
+
+    CaduceusForSequenceClassification(CaduceusConfig(d_model=16, n_layer=1, num_labels=2)).save_pretrained(tmp_path / "cls")
+    tsv = write_tsv(tmp_path / "a.tsv", [("chr1", 100, seq[99], other(seq[99]))])
+    assert run_cli("--model", tmp_path / "cls", "--fasta", fasta, "--variants", tsv, "--out", tmp_path / "o.tsv") == 2
+    assert "a fine-tuned classifier has no likelihood" in capsys.readouterr().err
 
 
 def test_vcf_reader_line_numbers_and_alleles(tmp_path):

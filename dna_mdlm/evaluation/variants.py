@@ -44,7 +44,9 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from ..baselines.ar import ar_token_nll
 from ..data.benchmarks import _ContigResolver
 from ..data.genome import GenomeWindows
 from ..diffusion.mdlm import MDLM, scorable
@@ -52,6 +54,7 @@ from ..diffusion.sampling import _resolve_device, _resolve_model, _schedule_name
 from ..errors import InputError
 from ..io.variants import (PROBLEM_NO_ALT, PROBLEM_SAME, PROBLEM_UNSUPPORTED, ScoreColumn, Variant, VariantFile,
                            open_score_writer)
+from ..loading import load_model
 from ..models.modeling_caduceus import masked_pool
 from ..tokenizer import A_ID, MASK_ID, N_ID, T_ID, complement_map, encode_dna, rc_ids
 
@@ -273,8 +276,6 @@ class _Scorer:
         if self.kind == "markov":
             ll = np.array([np.nansum(self.model.log_probs(w)) for w in both])
         else:
-            from ..baselines.ar import ar_token_nll  # the AR objective's one home
-
             def one(xb):
                 self.calls += 1
                 nll = ar_token_nll(self.model, xb)
@@ -447,7 +448,10 @@ def score_variants(model, fasta: str | os.PathLike, variants, out: str | os.Path
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise InputError(f"--batch-size {batch_size}: expected a positive integer")
     dev = _resolve_device(device)
-    model_obj, kind = _resolve_model(model, dev)
+    if isinstance(model, (str, os.PathLike)):
+        model_obj, kind = load_model(model, dev)
+    else:
+        model_obj, kind = _resolve_model(model, dev)
     if isinstance(model_obj, MDLM):
         model_obj = model_obj.model
     scores = _resolve_scores(scores, kind, model)
@@ -497,8 +501,6 @@ def score_variants(model, fasta: str | os.PathLike, variants, out: str | os.Path
     rows: list[dict] | None = [] if out is None else None
     bar = None
     if progress:
-        from tqdm.auto import tqdm  # optional display dependency (tqdm comes with transformers)
-
         bar = tqdm(total=counts["alleles"], desc=f"score-variants ({kind})", unit="allele", leave=False)
 
     def scored_chunks() -> Iterator[list[tuple[Variant, dict]]]:
