@@ -21,6 +21,7 @@ import vcfpy
 import dna_mdlm
 from dna_mdlm.baselines.markov import MarkovLM
 from dna_mdlm.cli import add_score_variants_arguments, main
+from dna_mdlm.diffusion.mdlm import MDLM
 from dna_mdlm.evaluation import variants as ev
 from dna_mdlm.evaluation.variants import score_variants
 from dna_mdlm.io.variants import Variant, iter_variants
@@ -294,6 +295,54 @@ def test_seed_controls_elbo(ps_dir, fasta, seq):
     b = score_variants(ps_dir, fasta, v, window=W, scores="elbo", samples=4, seed=1)["rows"][0]["elbo"]
     c = score_variants(ps_dir, fasta, v, window=W, scores="elbo", samples=4, seed=2)["rows"][0]["elbo"]
     assert a == b and a != c
+
+
+def _exact_nelbo(model, ids: np.ndarray, eps: float) -> float:
+    """The MDLM NELBO of a short window by enumerating every mask set and integrating t over [eps, 1]
+    (log-linear schedule: mask rate t, weight 1/t; times uniform on [eps, 1] as the estimator draws them)."""
+    from itertools import product
+
+    from scipy.integrate import quad
+
+    W = len(ids)
+    masks = [np.array(m, dtype=bool) for m in product([False, True], repeat=W) if any(m)]
+    z = torch.from_numpy(np.stack([np.where(m, MASK_ID, ids) for m in masks]))
+    with torch.no_grad():
+        logp = MDLM(model).denoise(z).double().numpy()
+    total = 0.0
+    for m, lp in zip(masks, logp):
+        g = -sum(lp[i, ids[i]] for i in np.flatnonzero(m))
+        k = int(m.sum())
+        c = quad(lambda t: t ** (k - 1) * (1 - t) ** (W - k), eps, 1.0)[0] / (1 - eps)
+        total += g * c
+    return total
+
+
+@pytest.mark.parametrize("variant", ["snv", "deletion", "insertion"])
+def test_elbo_estimator_is_unbiased_against_exact_enumeration(ps_dir, tmp_path, seq, variant):
+    """The ELBO estimator (common random numbers, unpaired bases' masks integrated out) is within 4 standard
+    errors of the exact NELBO difference, computed by enumerating all 2^7 masks of a 7-bp window, and its
+    standard error at K=3000 is small (a drawn-mask deletion estimator gave 0.56 here, 46x more)."""
+    model = CaduceusForMaskedLM.from_pretrained(str(ps_dir)).eval()
+    w, p = 7, 20
+    fa = write_fasta(tmp_path / "g.fa", {"c": seq[:40]})
+    ref_w = encode_dna(seq[p - 1 - w // 2:p - 1 - w // 2 + w])
+    if variant == "snv":
+        v = ("c", p, seq[p - 1], other(seq[p - 1]))
+        alt_w = ref_w.copy()
+        alt_w[w // 2] = encode_dna(v[3])[0]
+    elif variant == "deletion":
+        v = ("c", p, seq[p - 1], "-")
+        alt_w = encode_dna(seq[p - 1 - w // 2:p - 1] + seq[p:p + w // 2 + 1])
+    else:  # one base inserted before the base at p
+        v = ("c", p, "-", "G")
+        alt_w = encode_dna(seq[p - 1 - w // 2:p - 1] + "G" + seq[p - 1:p - 1 + w // 2])
+    eps = MDLM(model).sampling_eps
+    exact = _exact_nelbo(model, ref_w, eps) - _exact_nelbo(model, alt_w, eps)
+    row = score_variants(model, fa, [v], window=w, scores="elbo", samples=3000, batch_size=1024)["rows"][0]
+    assert abs(exact) > 0.01
+    assert abs(row["elbo"] - exact) < 4 * row["elbo_se"], (row, exact)
+    assert row["elbo_se"] < 0.05
 
 
 def test_deletion_keeps_the_random_numbers_of_shifted_bases(seq, fasta):

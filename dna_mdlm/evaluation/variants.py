@@ -13,9 +13,10 @@ of the reference centred on the variant (the variant's first changed base at ind
 * `llr`, AR and Markov models: log p(alt window) - log p(ref window), exact, averaged over both strands (the
   whole-sequence likelihood difference used by Evo 2, Brixi et al. 2025).
 * `elbo` (MDLM): NELBO(ref window) - NELBO(alt window), the continuous-time MDLM bound (Sahoo et al. 2024,
-  eq. 10) estimated with K Monte-Carlo times per window and common random numbers: both windows get the same
-  times and the same mask draw at every reference base they share (bases after an indel keep their own draw),
-  so most of the Monte-Carlo noise cancels; `elbo_se` is the standard error over the K paired differences.
+  eq. 10) estimated with K stratified Monte-Carlo times per window and common random numbers: both windows get
+  the same times and the same mask draw at every reference base they share (bases after an indel keep their
+  own draw), so most of the Monte-Carlo noise cancels, and the masks of the bases that have no partner (the
+  SNV site, a deleted or inserted base) are integrated out (Rao-Blackwellised, see `_Scorer.elbo`). `elbo_se` is the standard error over the K paired differences.
   It scores SNVs, MNVs and indels. The alt window keeps `window` bases: a deletion pulls in reference bases
   from the right, an insertion pushes them out.
 * `embedding_distance` (any Caduceus model): cosine distance 1 - cos(mean embedding(ref window), mean
@@ -312,22 +313,58 @@ class _Scorer:
 
     @torch.no_grad()
     def elbo(self, sites: list[_Site]) -> None:
-        K, W = self.samples, self.window
+        """NELBO(ref) - NELBO(alt) per allele, K paired time samples, common random numbers.
+
+        Positions that have no partner in the other window carry the estimator's variance: masked with
+        probability m = mask_prob(t), they add w(t) = 1/t times a log-probability (log-linear schedule), a
+        spike at small t. Their mask is therefore integrated out (Rao-Blackwellised: both branches are run
+        and averaged with weights m and 1 - m, the same expectation with less variance):
+          * SNV: given the masks elsewhere, with the site masked both inputs are identical and the difference
+            is the site term w(t) m (log p(alt | z) - log p(ref | z)); with it visible the difference is what
+            the visible ref vs alt base does to the masked neighbours.
+          * 1-bp deletion: the deleted base (ref window) and the base pulled in at the alt window's end;
+            1-bp insertion: the inserted base (alt window) and the base pushed out of the ref window's end.
+            Longer indels and MNVs draw these masks like the others.
+        Passes per site and sample: the ref window with the site masked and visible (shared by all alleles at
+        the site; two more for a site with a 1-bp insertion), one per SNV allele, two per 1-bp indel, one per
+        other allele.
+        """
+        K, W, h = self.samples, self.window, self.window // 2
         sched = self.mdlm.schedule
-        # One network row per (window, time sample); the windows of a site are its ref and its alleles.
-        windows: list[tuple[object, _Site, np.ndarray, np.ndarray]] = []
+        # (owner, role, site, ids, random-number map, forced (mode, position) or None)
+        windows: list[tuple] = []
         randoms = {}
         for s in sites:
             randoms[id(s)] = self._site_randoms(s)
-            windows.append((s, s, s.ref_ids, np.arange(W)))
-            windows.extend((a, s, a.alt_ids, a.alt_src) for a in s.alleles)
+            ref_forced = {h}  # ref-window positions whose mask is integrated out (the site, always)
+            for a in s.alleles:
+                alone = np.setdiff1d(np.arange(W), a.alt_src)  # ref bases the alt window lacks
+                if not a.is_snv and len(alone) == 1:
+                    ref_forced.add(int(alone[0]))
+            for pos in sorted(ref_forced):
+                windows.append((s, ("masked", pos), s, s.ref_ids, np.arange(W), ("mask", pos)))
+                windows.append((s, ("visible", pos), s, s.ref_ids, np.arange(W), ("visible", pos)))
+            for a in s.alleles:
+                unpaired = np.flatnonzero(a.alt_src >= W)
+                if a.is_snv:
+                    windows.append((a, "visible", s, a.alt_ids, a.alt_src, ("visible", h)))
+                elif len(unpaired) == 1:
+                    windows.append((a, "masked", s, a.alt_ids, a.alt_src, ("mask", int(unpaired[0]))))
+                    windows.append((a, "visible", s, a.alt_ids, a.alt_src, ("visible", int(unpaired[0]))))
+                else:
+                    windows.append((a, "drawn", s, a.alt_ids, a.alt_src, None))
         rows = [(w, k) for w in range(len(windows)) for k in range(K)]
         nelbo = np.zeros(len(rows))
+        site_lp = np.zeros((len(rows), 4))
         for b in range(0, len(rows), self.batch_size):
             batch = rows[b:b + self.batch_size]
-            x = torch.from_numpy(np.stack([windows[w][2] for w, _ in batch]))
-            t = torch.stack([randoms[id(windows[w][1])][0][k] for w, k in batch])
-            u = torch.stack([randoms[id(windows[w][1])][1][k, torch.from_numpy(windows[w][3])] for w, k in batch])
+            x = torch.from_numpy(np.stack([windows[w][3] for w, _ in batch]))
+            t = torch.stack([randoms[id(windows[w][2])][0][k] for w, k in batch])
+            u = torch.stack([randoms[id(windows[w][2])][1][k, torch.from_numpy(windows[w][4])] for w, k in batch])
+            for i, (w, _) in enumerate(batch):
+                if windows[w][5] is not None:
+                    mode, pos = windows[w][5]
+                    u[i, pos] = -1.0 if mode == "mask" else 2.0
             z = torch.where(u < sched.mask_prob(t)[:, None], torch.full_like(x, MASK_ID), x)
             x, z, t = x.to(self.device), z.to(self.device), t.to(self.device)
             self.calls += 1
@@ -335,13 +372,35 @@ class _Scorer:
             nll = -logp.gather(-1, x[..., None]).squeeze(-1)
             tok = torch.where(scorable(x), nll * sched.weight(t)[:, None], torch.zeros_like(nll))
             nelbo[b:b + len(batch)] = tok.double().sum(1).cpu().numpy()
+            site_lp[b:b + len(batch)] = logp[:, h, A_ID:T_ID + 1].double().cpu().numpy()
         nelbo = nelbo.reshape(len(windows), K)
-        ref_nelbo = {id(o): row for (o, *_), row in zip(windows, nelbo) if isinstance(o, _Site)}
-        for (o, s, *_), row in zip(windows, nelbo):
-            if isinstance(o, _Allele):
-                diff = ref_nelbo[id(s)] - row  # NELBO(ref) - NELBO(alt), paired per time sample
-                o.scores["elbo"] = float(diff.mean())
-                o.scores["elbo_se"] = float(diff.std(ddof=1) / math.sqrt(K))
+        site_lp = site_lp.reshape(len(windows), K, 4)
+        runs = {(id(w[0]), w[1]): (row, lp) for w, row, lp in zip(windows, nelbo, site_lp)}
+        for s in sites:
+            t, u = randoms[id(s)]
+            m = sched.mask_prob(t).double().numpy()
+            ref_masked, ref_lp = runs[(id(s), ("masked", h))]
+            ref_visible = runs[(id(s), ("visible", h))][0]
+            for a in s.alleles:
+                if a.is_snv:
+                    site_term = (m * sched.weight(t).double().numpy()
+                                 * (ref_lp[:, "ACGT".index(a.alt)] - ref_lp[:, "ACGT".index(a.ref)]))
+                    diff = site_term + (1.0 - m) * (ref_visible - runs[(id(a), "visible")][0])
+                else:
+                    alone = np.setdiff1d(np.arange(W), a.alt_src)
+                    if len(alone) == 1:  # integrate out the mask of the one ref base the alt window lacks
+                        pos = int(alone[0])
+                        ref_nelbo = (m * runs[(id(s), ("masked", pos))][0]
+                                     + (1.0 - m) * runs[(id(s), ("visible", pos))][0])
+                    else:  # keep the drawn mask at the site (the other masks are drawn in every pass)
+                        ref_nelbo = np.where(u[:, h].double().numpy() < m, ref_masked, ref_visible)
+                    if (id(a), "drawn") in runs:
+                        alt_nelbo = runs[(id(a), "drawn")][0]
+                    else:
+                        alt_nelbo = m * runs[(id(a), "masked")][0] + (1.0 - m) * runs[(id(a), "visible")][0]
+                    diff = ref_nelbo - alt_nelbo  # NELBO(ref) - NELBO(alt), paired per time sample
+                a.scores["elbo"] = float(diff.mean())
+                a.scores["elbo_se"] = float(diff.std(ddof=1) / math.sqrt(K))
 
     # --- embeddings -----------------------------------------------------------------------------------
     @torch.no_grad()
