@@ -84,7 +84,7 @@ def score_columns(kind: str, scores: Sequence[str]) -> list[ScoreColumn]:
     if "llr" in scores:
         cols.append(ScoreColumn("llr", "DM_LLR", "Float", LLR_DESCRIPTIONS[kind]))
     if "elbo" in scores:
-        cols.append(ScoreColumn("elbo", "DM_ELBO", "Float", "MDLM NELBO(ref window) - NELBO(alt window), common random numbers (nats)"))
+        cols.append(ScoreColumn("elbo", "DM_ELBO", "Float", "MDLM NELBO(ref window) - NELBO(alt window), Monte-Carlo with common random numbers (nats)"))
         cols.append(ScoreColumn("elbo_se", "DM_ELBO_SE", "Float", "Monte-Carlo standard error of DM_ELBO (nats)"))
     if "embedding_distance" in scores:
         cols.append(ScoreColumn("embedding_distance", "DM_EMB_DIST", "Float",
@@ -98,6 +98,10 @@ def score_columns(kind: str, scores: Sequence[str]) -> list[ScoreColumn]:
 # ------------------------------------------------------------------------------------------------------
 # checking variants against the reference
 # ------------------------------------------------------------------------------------------------------
+
+
+def _short(allele: str) -> str:
+    return allele if len(allele) <= 20 else allele[:20] + "..."
 
 
 class _Reference:
@@ -129,10 +133,11 @@ class _Reference:
         end = v.pos - 1 + len(v.ref)
         found = self.genome.fetch(contig, v.pos - 1, min(end, length)).upper()
         if end > length:
-            return contig, (f"{v.where}: REF {v.ref} at {v.chrom}:{v.pos} runs past the end of contig {contig!r} "
+            return contig, (f"{v.where}: REF at {v.chrom}:{v.pos} ({len(v.ref)} bp) runs past the end of contig {contig!r} "
                             f"({length} bp)")
         if found != v.ref:
-            return contig, (f"{v.where}: REF {v.ref} does not match the FASTA at {v.chrom}:{v.pos} ({found}); "
+            return contig, (f"{v.where}: REF {_short(v.ref)} does not match the FASTA at {v.chrom}:{v.pos} "
+                            f"({_short(found)}); "
                             f"wrong reference build? (--skip-mismatched skips such rows with a warning)")
         return contig, None
 
