@@ -452,7 +452,8 @@ def add_score_variants_arguments(p):
         "dna-mdlm score-variants --model runs/demo/model --fasta data/chr20_demo.fa.gz --vcf data/demo_variants.vcf --out scores.tsv",
         "dna-mdlm score-variants --model runs/demo/model --fasta data/chr20_demo.fa.gz --vcf data/demo_variants.vcf "
         "--scores llr,elbo,embedding_distance --samples 16 --out scores.vcf",
-        "dna-mdlm score-variants --model runs/markov/model --fasta hg19.fa --variants variants.tsv --window 512 --out markov.tsv",
+        "dna-mdlm score-variants --model runs/markov/model --fasta data/chr20_demo.fa.gz --variants data/demo_variants.tsv "
+        "--window 512 --out markov.tsv   # runs/markov: dna-mdlm pretrain --objective markov --out runs/markov",
     )
     p.add_argument("--model", required=True, help="model directory (MDLM, AR or Markov)")
     p.add_argument("--fasta", required=True, help="reference FASTA (plain, gzip or bgzip); contig names `chr20` and `20` match")
@@ -465,7 +466,7 @@ def add_score_variants_arguments(p):
                    "llr for AR / Markov)")
     p.add_argument("--window", type=int, help="bases per window centred on the variant (default: the model's training length)")
     p.add_argument("--samples", type=int, default=8, help="elbo: Monte-Carlo time samples per window (>= 2; the "
-                   "standard error shrinks as 1/sqrt)")
+                   "standard error shrinks as 1/sqrt(samples))")
     p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
     p.add_argument("--skip-mismatched", action="store_true", help="a REF that does not match the FASTA becomes a "
                    "counted warning and an NA row (status ref_mismatch) instead of an error")

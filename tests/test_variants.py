@@ -492,15 +492,26 @@ def test_vcf_reader_line_numbers_and_alleles(tmp_path):
 # --- the help examples run -------------------------------------------------------------------------
 
 
-def test_help_example_runs_on_the_bundled_demo_files(ps_dir, tmp_path, monkeypatch):
-    """The first --help example, with a tiny model standing in for runs/demo/model (made by `make demo`)."""
+def test_help_examples_run_on_the_bundled_demo_files(ps_dir, markov_dir, tmp_path, monkeypatch):
+    """Every --help example, with tiny models standing in for runs/demo/model (`make demo`) and runs/markov/model;
+    the TSV and the VCF of the demo variants give the same scores."""
     parser = argparse.ArgumentParser()
     add_score_variants_arguments(parser)
-    example = next(ln.strip() for ln in parser.epilog.splitlines() if ln.strip().startswith("dna-mdlm"))
-    args = shlex.split(example)[1:]
-    args[args.index("--model") + 1] = str(ps_dir)
-    args[args.index("--out") + 1] = str(tmp_path / "scores.tsv")
+    examples = [ln.split("#")[0].strip() for ln in parser.epilog.splitlines() if ln.strip().startswith("dna-mdlm")]
+    assert len(examples) == 3
     monkeypatch.chdir(REPO)
-    assert main(args + ["--no-progress"]) == 0
-    rows = read_tsv(tmp_path / "scores.tsv")
+    outputs = []
+    for i, example in enumerate(examples):
+        args = shlex.split(example)[1:]
+        model = args[args.index("--model") + 1]
+        args[args.index("--model") + 1] = str(markov_dir if "markov" in model else ps_dir)
+        out = tmp_path / f"{i}_{Path(args[args.index('--out') + 1]).name}"
+        args[args.index("--out") + 1] = str(out)
+        assert main(args + ["--no-progress"]) == 0, example
+        outputs.append(out)
+    rows = read_tsv(outputs[0])
     assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    assert len(list(vcfpy.Reader.from_path(str(outputs[1])))) == 6
+    vcf_markov = score_variants(markov_dir, REPO / "data" / "chr20_demo.fa.gz", REPO / "data" / "demo_variants.vcf",
+                                window=512)["rows"]
+    assert [float(r["llr"]) for r in read_tsv(outputs[2])] == [pytest.approx(r["llr"], rel=1e-5) for r in vcf_markov]
