@@ -345,6 +345,18 @@ def test_elbo_estimator_is_unbiased_against_exact_enumeration(ps_dir, tmp_path, 
     assert row["elbo_se"] < 0.05
 
 
+def test_every_spelling_of_an_indel_in_a_repeat_scores_the_same(ps_dir, markov_dir, tmp_path, seq):
+    """Left-alignment: deleting any one A of a run, or inserting one anywhere in it, is one allele."""
+    g = seq[:100] + "GAAAAC" + seq[100:200]  # the run is at 1-based 102-105, the G at 101
+    fa = write_fasta(tmp_path / "run.fa", {"c": g})
+    dels = [("c", 101, "GA", "G"), ("c", 103, "A", "-"), ("c", 105, "A", "-"), ("c", 104, "AAC", "AC")]
+    ins = [("c", 101, "G", "GA"), ("c", 102, "-", "A"), ("c", 106, "-", "A"), ("c", 105, "A", "AA")]
+    for model, scores in ((ps_dir, "elbo"), (markov_dir, "llr")):
+        for group in (dels, ins):
+            got = [r[scores] for r in score_variants(model, fa, group, window=W, scores=scores, samples=2)["rows"]]
+            assert got == pytest.approx([got[0]] * len(got), rel=1e-6), (model, group, got)
+
+
 def test_deletion_keeps_the_random_numbers_of_shifted_bases(seq, fasta):
     ref = ev._Reference(fasta)
     allele = ev._Allele(0, "chr1", 99, seq[99:101], "")

@@ -22,6 +22,7 @@ of the reference centred on the variant (the variant's first changed base at ind
 * `embedding_distance` (any Caduceus model): cosine distance 1 - cos(mean embedding(ref window), mean
   embedding(alt window)); not signed.
 
+Indels are trimmed and left-aligned first, so every spelling of the same allele gets the same window and score.
 Windows that run past a contig end are padded with N (never scored, never dropped); `padded_bases` says how
 many. Randomness (the ELBO's times and masks) is a function of (seed, contig, site), so a score does not
 depend on the batch size, on the input order or on which other variants are in the file.
@@ -140,6 +141,19 @@ class _Reference:
                             f"({_short(found)}); "
                             f"wrong reference build? (--skip-mismatched skips such rows with a warning)")
         return contig, None
+
+    def left_align(self, contig: str, start: int, ref: str, alt: str) -> tuple[int, str, str]:
+        """Shift a trimmed indel left while the base before it equals its last base (vt normalize; Tan et al.,
+        Bioinformatics 31:2202, 2015), so every equivalent spelling (VCF anchor, TSV '-', either end of a
+        repeat) gets the same site, window and random numbers."""
+        while (not ref or not alt) and (ref or alt) and start > 0:
+            before = self.genome.fetch(contig, start - 1, start).upper()
+            allele = ref or alt
+            if before != allele[-1]:
+                break
+            start -= 1
+            ref, alt = (before + ref[:-1], alt) if ref else (ref, before + alt[:-1])
+        return start, ref, alt
 
     def read(self, contig: str, start: int, end: int) -> tuple[np.ndarray, np.ndarray]:
         """Token ids of contig[start:end] with N outside the contig, and a bool mask of the padded positions."""
@@ -627,7 +641,7 @@ def _score_chunk(chunk: list[Variant], reference: _Reference, scorer: _Scorer, w
             if 0 <= p < reference.lengths[contig]:
                 values["anchor"] = reference.genome.fetch(contig, p, p + 1).upper()
         if status == STATUS_OK:
-            start, ref, alt = v.trimmed()
+            start, ref, alt = reference.left_align(contig, *v.trimmed())
             alleles.append((_Allele(len(values_list), contig, start, ref, alt), values))
         values_list.append(values)
     if alleles:
