@@ -90,7 +90,9 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=8, help="ELBO Monte-Carlo samples per window")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scores", help="only these score kinds (comma-separated; default: every kind each model has)")
     args = ap.parse_args(argv)
+    wanted = None if args.scores is None else {x.strip() for x in args.scores.split(",") if x.strip()}
     for path in (args.fasta, args.variants):
         if not Path(path).is_file():
             print(f"variant_effects: {path} not found (set DNA_MDLM_SHARED_DATA)", file=sys.stderr)
@@ -109,7 +111,7 @@ def main(argv=None) -> int:
             model_dir, w = rest.rsplit(":", 1)
             window = int(w)
         kind = model_kind(model_dir)
-        scores = list(SUPPORTED[kind])
+        scores = [x for x in SUPPORTED[kind] if wanted is None or x in wanted]
         t0 = time.perf_counter()
         summary = score_variants(model_dir, args.fasta, args.variants, out / f"{name}.tsv", scores=scores,
                                  window=window, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
