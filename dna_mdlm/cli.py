@@ -408,6 +408,54 @@ def run_evaluate_samples(args):
     return 0
 
 
+def add_score_variants_arguments(p):
+    p.epilog = _examples(
+        "dna-mdlm score-variants --model runs/demo/model --fasta dna_mdlm/resources/chr20_demo.fa.gz --vcf dna_mdlm/resources/demo_variants.vcf --out scores.tsv",
+        "dna-mdlm score-variants --model runs/demo/model --fasta dna_mdlm/resources/chr20_demo.fa.gz --vcf dna_mdlm/resources/demo_variants.vcf "
+        "--scores llr,elbo,embedding_distance --mc-samples 16 --out scores.vcf",
+        "dna-mdlm score-variants --model runs/markov/model --fasta dna_mdlm/resources/chr20_demo.fa.gz --variants dna_mdlm/resources/demo_variants.tsv "
+        "--window 512 --out markov.tsv   # runs/markov: dna-mdlm pretrain --objective markov --out runs/markov",
+    )
+    p.add_argument("--model", required=True, help="model directory (MDLM, AR or Markov)")
+    p.add_argument("--fasta", required=True, help="reference FASTA (plain, gzip or bgzip); contig names `chr20` and `20` match")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--vcf", help="VCF (plain, gzip or bgzip); multi-allelic records are split, one row per ALT")
+    src.add_argument("--variants", help="TSV with a header naming chrom, pos (1-based), ref, alt (+ optional id); "
+                     "'-' is an empty allele")
+    p.add_argument("--out", required=True, help="TSV, or a sites-only VCF with DM_* INFO fields when it ends in .vcf / .vcf.gz")
+    p.add_argument("--scores", help="comma-separated: llr, elbo, embedding_distance (default: llr,elbo for an MDLM, "
+                   "llr for AR / Markov)")
+    p.add_argument("--window", type=int, help="bases per window centred on the variant (default: the model's training length)")
+    p.add_argument("--mc-samples", type=int, default=8, help="elbo: Monte-Carlo time samples per window (>= 2; the "
+                   "standard error shrinks as 1/sqrt(samples))")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--skip-mismatched", action="store_true", help="a REF that does not match the FASTA becomes a "
+                   "counted warning and an NA row (status ref_mismatch) instead of an error")
+    _device_arg(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the elbo's Monte-Carlo draws (same seed, same scores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_score_variants(args):
+    import json
+
+    from .evaluation.variants import score_variants
+
+    path, flag = (args.vcf, "vcf") if args.vcf else (args.variants, "variants")
+    summary = score_variants(args.model, args.fasta, path, args.out, scores=args.scores, window=args.window,
+                             samples=args.mc_samples, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                             skip_mismatched=args.skip_mismatched, fmt=flag.replace("variants", "tsv"),
+                             progress=not args.no_progress and sys.stderr.isatty(), flag=flag)
+    for line in summary["warnings"]:
+        print(f"dna-mdlm score-variants: warning: {line}", file=sys.stderr)
+    print(json.dumps({k: v for k, v in summary.items() if k != "warnings"}), file=sys.stderr)
+    skipped = sum(summary["skipped"].values())
+    print(f"dna-mdlm score-variants: {summary['scored']} of {summary['alleles']} alleles scored "
+          f"({', '.join(summary['scores'])}; {summary['kind']}, window {summary['window']}), {skipped} skipped, "
+          f"{summary['padded']} padded -> {args.out}", file=sys.stderr)
+    return 0
+
+
 VERBS = {
     "pretrain": ("train an MDLM (or AR / Markov baseline) on FASTA files", "add_pretrain_arguments", "run_pretrain"),
     "likelihood": ("bits per base of a FASTA under a model (MDLM: an upper bound)", "add_likelihood_arguments", "run_likelihood"),
@@ -416,6 +464,8 @@ VERBS = {
     "predict": ("class probabilities per FASTA record from a fine-tuned model", "add_predict_arguments", "run_predict"),
     "embed": ("embeddings of FASTA records (mean-pooled or per base)", "add_embed_arguments", "run_embed"),
     "evaluate-samples": ("how real generated DNA looks: k-mers, GC, memorisation, motifs", "add_evaluate_samples_arguments", "run_evaluate_samples"),
+    "score-variants": ("variant effect scores from a VCF or TSV: masked-marginal LLR, ELBO difference, embedding distance",
+                       "add_score_variants_arguments", "run_score_variants"),
 }
 
 
