@@ -39,9 +39,10 @@ def _device_arg(p) -> None:
 def add_pretrain_arguments(p):
     p.epilog = _examples(
         "dna-mdlm pretrain --out runs/demo                       # bundled chr20 excerpt, held-out last 250 kb",
-        "dna-mdlm pretrain --fasta hg38.fa --val-region chr20:40000000-41000000 --config cpu-small --out runs/hg38",
-        "dna-mdlm pretrain --fasta ecoli.fa.gz --objective ar --config tiny --out runs/ar --set trainer.max_steps=200",
-        "dna-mdlm pretrain --out runs/demo --resume              # continue at the same step and data stream",
+        "dna-mdlm pretrain --out runs/demo --resume              # continue: same data, recipe, model and seed",
+        "dna-mdlm pretrain --fasta hg38.fa --val-region chr20:1000001-2000000 --config cpu-small --out runs/hg38",
+        "dna-mdlm pretrain --fasta hg38.fa --val-region chr20:1000001-2000000 --objective ar --config tiny --out runs/ar",
+        "dna-mdlm pretrain --fasta hg38.fa --val-region chr20:1000001-2000000 --objective markov --out runs/markov",
         "dna-mdlm pretrain --init runs/demo/model --fasta ecoli.fa.gz --val-region K-12-MG1655:4000001-4639675 --out runs/ecoli",
     )
     p.add_argument("--fasta", action="append", help="FASTA file (plain, bgzip or gzip); repeat for several. "
@@ -113,7 +114,7 @@ def run_pretrain(args):
 
 def add_likelihood_arguments(p):
     p.epilog = _examples(
-        "dna-mdlm likelihood --model runs/demo/model --fasta genome.fa --region chr20:40000001-40100000",
+        "dna-mdlm likelihood --model runs/demo/model --fasta genome.fa --region chr20:1000001-1100000",
         "dna-mdlm likelihood --model runs/ar/model --fasta reads.fa --per-record records.tsv --out report.json",
     )
     p.add_argument("--model", required=True, help="model directory (MDLM, AR or Markov)")
@@ -344,7 +345,7 @@ def run_embed(args):
 
 def add_evaluate_samples_arguments(p):
     p.epilog = _examples(
-        "dna-mdlm evaluate-samples --samples samples.fa --reference genome.fa --region chr20:40000001-41000000 --out report/",
+        "dna-mdlm evaluate-samples --samples samples.fa --reference genome.fa --region chr20:1000001-2000000 --out report/",
         "dna-mdlm evaluate-samples --samples samples.fa --reference heldout.fa --train train.fa --model runs/ar/model "
         "--motifs JASPAR_core.txt --out report/",
         "dna-mdlm evaluate-samples --samples designed.fa --reference real_promoters.fa --out report/   # a set of real ones",

@@ -143,9 +143,8 @@ class MarkovLM:
             raise InputError("choosing the Markov order (k=None) needs validation sequences (val=...)")
         val = list(val)
         keys, counts, n = cls.count_tables(records, orders[-1])
-        curve = {}
-        for order in orders:
-            curve[order] = cls(order, keys[: order + 1], counts[: order + 1], n_train_bases=n).bits_per_base(val)
+        by_order = cls(orders[-1], keys, counts, n_train_bases=n).bits_per_base_by_order(val)
+        curve = {order: by_order[order] for order in orders}
         best = min(curve, key=lambda o: (curve[o], o))
         return cls(best, keys[: best + 1], counts[: best + 1], validation_bits_per_base=curve, n_train_bases=n)
 
@@ -175,8 +174,9 @@ class MarkovLM:
         seen = c_c > 0
         return np.where(seen, (c_cb + t_c * p) / np.maximum(c_c + t_c, 1), p)
 
-    def log_probs(self, ids) -> np.ndarray:
-        """Natural-log probability of every base given up to `order` previous bases; NaN where not scored."""
+    def _levels(self, ids) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(j, probabilities of the order-j model, scored mask) for j = 0..order: the interpolation builds order j on
+        order j-1, so one pass gives every lower-order model's probabilities too."""
         codes = base_codes(_as_ids(ids))
         is_base = codes >= 0
         base = np.maximum(codes, 0).astype(np.int64)
@@ -184,9 +184,27 @@ class MarkovLM:
         for j, ctx, ctx_ok in _contexts(codes, self.order):
             use = is_base & ctx_ok
             p[use] = self._interpolate(p[use], j, ctx[use], base[use])
-        out = np.full(codes.size, np.nan)
-        out[is_base] = np.log(p[is_base])
-        return out
+            yield j, p, is_base
+
+    def log_probs(self, ids) -> np.ndarray:
+        """Natural-log probability of every base given up to `order` previous bases; NaN where not scored."""
+        for j, p, is_base in self._levels(ids):
+            if j == self.order:
+                out = np.full(p.size, np.nan)
+                out[is_base] = np.log(p[is_base])
+                return out
+        raise AssertionError("unreachable")
+
+    def bits_per_base_by_order(self, sequences) -> dict[int, float]:
+        """{j: pooled bits per scored base of the order-j model} for j = 0..order, in one pass over `sequences`."""
+        nats, n = np.zeros(self.order + 1), 0
+        for rec in sequences:
+            for j, p, is_base in self._levels(rec):
+                nats[j] -= float(np.log(p[is_base]).sum())
+            n += int(is_base.sum())
+        if n == 0:
+            raise InputError("no A/C/G/T base to score (all sequences empty or N)")
+        return {j: float(nats[j] / n / LN2) for j in range(self.order + 1)}
 
     def score(self, ids) -> tuple[float, int]:
         """(total negative log-likelihood in nats, number of scored bases) of one record."""
@@ -368,15 +386,16 @@ def markov_yardstick(genome, val_windows, k_range: Iterable[int] = range(0, 13))
     windows = [val_windows[i] for i in range(len(val_windows))]
     ids = [w["input_ids"].numpy() for w in windows]
     masks = [w["loss_mask"].numpy() for w in windows]
-    keys, counts, n = MarkovLM.count_tables(chunks, max(k_range))
-    best = None
-    for order in sorted(k_range):
-        model = MarkovLM(order, keys[: order + 1], counts[: order + 1], n_train_bases=n)
-        nats = sum(float(model.nats_per_window(a[None], m[None])[0, 0]) for a, m in zip(ids, masks))
-        bases = int(sum(int(m.sum()) for m in masks))
-        bpb = nats / max(bases, 1) / LN2
-        if best is None or bpb < best["bits_per_base"]:
-            best = {"order": order, "bits_per_base": round(bpb, 5)}
+    orders = sorted(k_range)
+    keys, counts, n = MarkovLM.count_tables(chunks, orders[-1])
+    model = MarkovLM(orders[-1], keys, counts, n_train_bases=n)
+    nats = np.zeros(orders[-1] + 1)
+    for a, m in zip(ids, masks):  # one pass gives every order (see MarkovLM._levels)
+        for j, p, is_base in model._levels(a):
+            nats[j] -= float(np.log(p[is_base & m.astype(bool)]).sum())
+    bases = max(1, int(sum(int(m.sum()) for m in masks)))
+    order = min(orders, key=lambda o: (nats[o], o))
+    best = {"order": int(order), "bits_per_base": round(float(nats[order] / bases / LN2), 5)}
     best["train_bases"] = int(sum(len(c) for c in chunks))
     best["note"] = "k-mer Markov LM (interpolated Witten-Bell), order chosen on the same validation windows"
     return best
