@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dna_mdlm.baselines.cnn import GBCNN, encode_fixed, train_cnn
-from dna_mdlm.data.benchmarks import LabelledSequences, load_local_gb
+from dna_mdlm.data.labelled import LabelledSequences, load_local_gb
 from dna_mdlm.errors import InputError
 from dna_mdlm.tokenizer import PAD_ID
 

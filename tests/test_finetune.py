@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from dna_mdlm.cli import main
-from dna_mdlm.data.benchmarks import LabelledSequences, load_local_gb
+from dna_mdlm.data.labelled import LabelledSequences, load_local_gb
 from dna_mdlm.evaluation.classification import classification_metrics, summarize
 from dna_mdlm.models import CaduceusConfig, CaduceusForMaskedLM
 from dna_mdlm.tokenizer import rc_string

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from Bio import SeqIO
+from conftest import SHARED_DATA
 
-from dna_mdlm.baselines.markov import MarkovLM, fit_markov_from_windows, is_markov_model_dir
+from dna_mdlm.baselines.markov import MarkovLM, fit_markov_from_windows
 from dna_mdlm.errors import InputError
+from dna_mdlm.loading import model_kind
 from dna_mdlm.tokenizer import encode_dna
 
-SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 SLICE = SHARED_DATA / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
 
 
@@ -79,13 +78,17 @@ def test_n_is_never_scored_and_breaks_context():
     assert model.score(encode_dna(left + right))[0] != pytest.approx(nats)
 
 
-def test_score_windows_matches_per_record_scores():
+def test_nats_per_window_matches_per_record_scores_and_respects_the_mask():
     model = MarkovLM.fit(["ACGTTGCAGGATCCAT" * 30], k=2)
     windows = np.stack([encode_dna("ACGTAC"), encode_dna("GGNTTA")])
-    nats, n = model.score_windows(windows)
-    assert list(n) == [6, 5]
+    nats = model.nats_per_window(windows).numpy()[:, 0]
     for row, expected in zip(windows, nats):
         assert model.score(row)[0] == pytest.approx(expected)
+    mask = np.ones_like(windows, dtype=bool)
+    mask[:, :3] = False  # positions already scored elsewhere count zero, their context still counts
+    masked = model.nats_per_window(windows, mask).numpy()[:, 0]
+    lp = model.log_probs(windows[0])
+    assert masked[0] == pytest.approx(-lp[3:].sum())
 
 
 def test_save_load_round_trip_is_identical(tmp_path):
@@ -94,7 +97,7 @@ def test_save_load_round_trip_is_identical(tmp_path):
     model.save_pretrained(out)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "markov" and config["order"] == model.order
-    assert is_markov_model_dir(out) and not is_markov_model_dir(tmp_path)
+    assert model_kind(out) == "markov"
     assert not list(tmp_path.glob(".*tmp"))  # nothing left over from the atomic write
     loaded = MarkovLM.from_pretrained(out)
     probe = encode_dna("ACGTNACGGTCAATTTGCA")

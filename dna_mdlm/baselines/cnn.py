@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..data.benchmarks import LabelledSequences
+from ..data.labelled import LabelledSequences
 from ..errors import InputError
 from ..tokenizer import PAD_ID, PADDED_VOCAB_SIZE, encode_dna
 

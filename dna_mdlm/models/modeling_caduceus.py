@@ -708,8 +708,8 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
         if config.head == "linear":
             self.score = nn.Linear(d, config.num_labels, bias=False)
         elif config.head == "mlp":
-            hidden = getattr(config, "head_hidden", 2 * d)
-            self.score = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(getattr(config, "head_dropout", 0.1)),
+            hidden = config.head_hidden or 2 * d
+            self.score = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(config.head_dropout),
                                        nn.Linear(hidden, config.num_labels))
         else:
             raise ValueError(f"head must be 'linear' or 'mlp', got {config.head!r}")

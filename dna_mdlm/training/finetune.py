@@ -50,9 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.benchmarks import LabelledSequences, collate_labelled
+from ..data.labelled import LabelledSequences, collate_labelled
 from ..data.genome import iter_fasta_batches
-from ..errors import InputError, atomic_path
+from ..errors import InputError
+from ..io.writers import atomic_path, dumps_json
 from ..models import CaduceusConfig, CaduceusForSequenceClassification
 from ..models.modeling_caduceus import rc_padded
 from ..tokenizer import PAD_ID, DNATokenizer, encode_dna
@@ -548,9 +549,9 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
         for i, s in enumerate(data.seqs):
             if not s:
                 raise InputError(f"{name} data {data.source}: sequence {i + 1} is empty")
-    from ..loading import model_kind
+    from ..loading import load_model
 
-    model_kind(model_dir)  # a missing or foreign --model fails before any work
+    load_model(model_dir)  # a missing, foreign or non-finite --model fails before any work
     desc, runs = protocol_splits(train, test, seeds, folds, cfg.val_fraction)
     results: dict[str, list[dict]] = {m: [] for m in methods}
     oof: dict[str, tuple[list, list]] = {m: ([], []) for m in methods}
@@ -574,8 +575,15 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
                 results[method].append({"run": run["name"], **metrics, **info})
                 oof[method][0].append(run["test"].labels)
                 oof[method][1].append(proba)
-                log(f"[finetune] {run['name']} {method}: test accuracy {metrics['accuracy']:.4f}, AUROC {metrics['auroc']:.4f}")
+                log(f"[finetune] {run['name']} {method}: test accuracy {metrics['accuracy']:.4f}, AUROC {metrics['auroc']:.4f}"
+                    + "".join(f"; WARNING: {w}" for w in metrics["warnings"]))
         summaries = {m: summarize(results[m]) for m in methods}
+        for m in methods:  # every distinct warning, with the runs it came from
+            seen: dict[str, list[str]] = {}
+            for r in results[m]:
+                for w in r.get("warnings", []):
+                    seen.setdefault(w, []).append(r["run"])
+            summaries[m]["warnings"] = [f"{w} ({', '.join(runs)})" for w, runs in seen.items()]
         title = f"{task or train.source}: {desc}"
         table = markdown_table({METHOD_LABELS[m]: summaries[m] for m in methods}, title=None)
         report = {"task": task, "data": train.source, "test_data": test.source if test is not None else None,
@@ -583,8 +591,9 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
                   "class_counts": train.class_counts(), "model": str(model_dir), "primary_method": primary,
                   "config": asdict(cfg), "summary": summaries, "runs": results,
                   "spread": "± is max − min over runs (the Caduceus GB convention), not a standard deviation"}
-        (tmp / "metrics.json").write_text(json.dumps(report, indent=1, default=float) + "\n")
-        (tmp / "metrics.md").write_text(f"## {title}\n\n{table}\n± = max − min over {len(runs)} runs.\n")
+        (tmp / "metrics.json").write_text(dumps_json(report) + "\n")
+        warned = "".join(f"\n**Warning ({METHOD_LABELS[m]})**: {w}\n" for m in methods for w in summaries[m]["warnings"])
+        (tmp / "metrics.md").write_text(f"## {title}\n\n{table}\n± = max − min over {len(runs)} runs.\n{warned}")
         labels = np.concatenate(oof[primary][0])
         proba = np.concatenate(oof[primary][1])
         what = "out-of-fold predictions" if test is None else f"test predictions pooled over {len(runs)} seeds"
@@ -620,20 +629,29 @@ def load_classifier(model_dir: str | os.PathLike, device: str = "cpu") -> Caduce
 
 def predict_fasta(model_dir: str | os.PathLike, fasta: str | os.PathLike, out: str | os.PathLike,
                   batch_size: int = 64, device: str = "cpu", max_length: int | None = None,
-                  truncate: bool = False) -> int:
-    """Write a TSV (record id + one probability column per class name) atomically; returns the record count."""
+                  truncate: bool = False, unknown: str = "error") -> dict:
+    """Write a TSV (record name + one probability column per class name) atomically, rows in FASTA order.
+
+    Returns {"records", "truncated"}: with `truncate`, records longer than `max_length` keep their first
+    `max_length` bases and are counted (never silently); without it they are an error naming the record."""
     model = load_classifier(model_dir, device)
     classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    n = 0
+    n = truncated = 0
     with atomic_path(out) as tmp, open(tmp, "w") as fh:
         fh.write("\t".join(["record"] + [str(c) for c in classes]) + "\n")
-        for chunk in iter_fasta_batches(fasta, 16 * batch_size):
-            try:
-                ids = _encode_all([s for _, s in chunk], max_length, truncate, f"--fasta {fasta}")
-            except InputError as exc:
-                raise InputError(f"{exc} (counting from record {n + 1})") from None
+        for chunk in iter_fasta_batches(fasta, 16 * batch_size, unknown):
+            ids = []
+            for rid, a in chunk:
+                if max_length is not None and len(a) > max_length:
+                    if not truncate:
+                        raise InputError(f"--fasta {fasta}: record {rid!r} has {len(a)} bases > --max-length "
+                                         f"{max_length} (raise --max-length or pass --truncate)")
+                    a, truncated = a[:max_length], truncated + 1
+                ids.append(a)
             proba = predict_proba(model, ids, batch_size)
+            if not np.isfinite(proba).all():
+                raise InputError(f"--model {model_dir}: the classifier produced non-finite probabilities")
             for (rid, _), row in zip(chunk, proba):
                 fh.write(rid + "\t" + "\t".join(f"{p:.6g}" for p in row) + "\n")
             n += len(chunk)
-    return n
+    return {"records": n, "truncated": truncated}
