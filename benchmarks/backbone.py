@@ -15,9 +15,10 @@ would take hours per step there).
 Each (model, length) runs in its own subprocess, one thread, so `ru_maxrss` is that config's peak resident
 memory; "step" memory is its growth over what was resident before the first step (torch, the model, the C++
 kernels), so it holds activations, gradients and workspace, plus whatever one-off buffers the first step
-allocates (it errs high); per token it is that growth over the tokens of one step. A config that runs past `--timeout` is reported as
-"did not finish" rather than stalling the rest. `--clock cpu` times with the process's CPU time, steadier
-than wall time when other jobs share the cores (with one thread it is the time on a quiet core).
+allocates (it errs high); per token it is that growth over the tokens of one step. A config that runs past
+`--timeout` is reported as "did not finish" rather than stalling the rest. `--clock cpu` times with the
+process's CPU time, steadier than wall time when other jobs share the cores (with one thread it is the time
+on a quiet core).
 
     .venv/bin/python benchmarks/backbone.py                                 # L 1k, 4k, 16k at 16,384 tokens
     .venv/bin/python benchmarks/backbone.py --lengths 1024 16384 131072 --clock cpu

@@ -288,8 +288,8 @@ def mamba_mixer_fn(hidden, in_proj_weight, in_proj_bias, conv_weight, conv_bias,
     False = padding: padded positions are inert in every direction (see selective_scan_tokens). With
     ``norm_weight`` (d,), each strand is first RMS-normalised, x / sqrt(mean(x^2) + norm_eps) * w (w
     channel-reversed for an RC strand, as Caduceus-PS normalises its second half in RC space), and only the
-    un-normalised input is kept for backward. Returns (batch, L, S*d). Differentiable in hidden and every weight; raises InputError on bad shapes and
-    RuntimeError when the C++ kernels cannot be built.
+    un-normalised input is kept for backward. Returns (batch, L, S*d). Differentiable in hidden and every
+    weight; raises InputError on bad shapes and RuntimeError when the C++ kernels cannot be built.
     """
     _check(hidden, in_proj_weight, conv_weight, x_proj_weight, dt_proj_weight, dt_proj_bias, A_log, D,
            out_proj_weight, rc_strands, reverse_directions)

@@ -65,7 +65,7 @@ ISA_ENV_VAR = "DNA_MDLM_SCAN_ISA"
 _BACKENDS = ("ref", "blocked", "cpp", "cuda")
 # Steps between saved states in the C++ forward: the backward recomputes one chunk at a time, so this
 # trades saved memory (1/SCAN_CHUNK of the full state history) against chunk-sized local buffers
-# (states, exp(dt*A) and the dB/dC lane sums of one chunk: 4 x 64 x 16 x 16 floats = 256 KiB, in L2).
+# (the states and exp(dt*A) of one chunk of one 16-channel tile: 2 x 64 x 16 x 16 floats = 128 KiB, in L2).
 SCAN_CHUNK = 64
 # Steps per block in the pure-torch path: 16 measured best on 1 thread (L=1024 fwd+bwd 0.69 s vs 0.78 s at 8).
 BLOCKED_BLOCK = 16
@@ -529,7 +529,7 @@ def _selective_scan_tokens_ref(u, delta, A, B5, C5, D, z, delta_bias, softplus, 
         for b in range(batch):
             rev = bool(flags[k, b])
 
-            def stream(t):  # (L, ...) -> (1, ..., L) in this stream's processing order
+            def stream(t, rev=rev):  # (L, ...) -> (1, ..., L) in this stream's processing order
                 t = t.flip(0) if rev else t
                 return t.movedim(0, -1).unsqueeze(0)
 
@@ -567,13 +567,19 @@ def selective_scan_cpp(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta
     if u.device.type != "cpu":
         raise InputError(f"selective_scan: the cpp path needs CPU tensors, got device {u.device}")
     ext = _cpp_ext_or_raise()
-    K1 = (lambda t: None if t is None else t.unsqueeze(0))
-    tok = (lambda t: t.transpose(1, 2).unsqueeze(0))  # (batch, d, L) -> (1, batch, L, d)
-    grp = (lambda t: t.permute(0, 3, 1, 2).unsqueeze(0))  # (batch, G, N, L) -> (1, batch, L, G, N)
+
+    def one(t):  # a K = 1 direction axis
+        return None if t is None else t.unsqueeze(0)
+
+    def tok(t):  # (batch, d, L) -> (1, batch, L, d)
+        return None if t is None else t.transpose(1, 2).unsqueeze(0)
+
+    def grp(t):  # (batch, G, N, L) -> (1, batch, L, G, N)
+        return t.permute(0, 3, 1, 2).unsqueeze(0)
+
     flags = torch.zeros(1, u.shape[0], dtype=torch.bool)
-    y, last = _TokenScanFn.apply(tok(u), tok(delta), K1(A), grp(B4), grp(C4), K1(D), None if z is None else tok(z),
-                                 K1(delta_bias), None, flags, bool(delta_softplus), False, bool(return_last_state),
-                                 _isa_code(None), ext)
+    y, last = _TokenScanFn.apply(tok(u), tok(delta), one(A), grp(B4), grp(C4), one(D), tok(z), one(delta_bias), None,
+                                 flags, bool(delta_softplus), False, bool(return_last_state), _isa_code(None), ext)
     y = y[0].transpose(1, 2)
     return (y, last[0].transpose(-1, -2)) if return_last_state else y
 
