@@ -355,3 +355,42 @@ def fit_markov_from_windows(train, val=None, k: int | None = None, k_range: Iter
     if val is not None and hasattr(val, "detach"):
         val = val.detach().cpu().numpy()
     return MarkovLM.fit(list(train), k=k, val=None if val is None else list(val), k_range=k_range)
+
+
+def markov_yardstick(genome, windows, max_train_bases: int = 100_000_000, k_range: Iterable[int] = range(0, 13)) -> dict:
+    """Held-out bits/base of the k-mer Markov LM on the very bases a neural model's validation scored.
+
+    `genome`: a `data.genome.GenomeWindows`; the Markov LM is fitted on its training intervals (all of them up
+    to `max_train_bases`; beyond that an equal fraction of each interval, from its start, so every record
+    contributes). `windows`: the validation items (dicts with `input_ids` (L,) and `loss_mask` (L,), e.g. a
+    `TiledWindows`); each window is scored as its own record (the model also sees only the window) and only
+    where `loss_mask` is True, so the result is comparable base for base with the neural `val_bpd`. The order
+    is chosen on the same windows, as `pretrain --objective markov` does (and as the neural run keeps its
+    best validation checkpoint). Seconds for a chromosome.
+
+    Returns {"markov_val_bpd", "markov_order", "markov_train_bases", "markov_seconds"}; empty when there is
+    nothing to score.
+    """
+    import time
+
+    start = time.time()
+    items = [windows[i] for i in range(len(windows))]
+    if not items:
+        return {}
+    ids = [np.asarray(it["input_ids"]) for it in items]
+    masks = [np.asarray(it["loss_mask"], dtype=bool) for it in items]
+    intervals = list(genome.train_intervals)
+    total = sum(len(iv) for iv in intervals)
+    keep = min(1.0, max_train_bases / max(total, 1))
+    train = [genome.read(iv.record, iv.start, iv.start + max(1, int(len(iv) * keep))) for iv in intervals]
+    model = MarkovLM.fit(train, val=ids, k_range=k_range)
+    nats, n = 0.0, 0
+    for a, m in zip(ids, masks):
+        lp = model.log_probs(a)
+        use = m & ~np.isnan(lp)
+        nats -= float(lp[use].sum())
+        n += int(use.sum())
+    if n == 0:
+        return {}
+    return {"markov_val_bpd": round(nats / n / _LN2, 5), "markov_order": model.order,
+            "markov_train_bases": int(model.n_train_bases), "markov_seconds": round(time.time() - start, 1)}

@@ -27,6 +27,7 @@ from ..diffusion.mdlm import MDLM, scorable, stratified_times
 from .._quiet import quiet_libraries
 from ..errors import InputError, atomic_path
 from ..baselines.ar import ar_token_nll
+from ..baselines.markov import markov_yardstick
 from ..models import CaduceusConfig, CaduceusForMaskedLM
 from ..tokenizer import DNATokenizer
 
@@ -425,6 +426,8 @@ def pretrain(cfg: dict, out_dir: str | os.PathLike, resume: bool = False) -> dic
         for key in ("val/nll", "val/bpd", "val/ppl"):
             if key in trainer.callback_metrics:
                 summary[key.replace("/", "_")] = round(float(trainer.callback_metrics[key]), 5)
+        if has_val:  # the yardstick every pretraining run is judged against, on the same validation bases
+            summary.update(markov_yardstick(dm.genome, dm._eval_set("val")))
         plot_loss_curve(out / "logs", out / "loss_curve.png")
         with atomic_path(out / "summary.json") as tmp:
             tmp.write_text(json.dumps({**summary, "config": cfg}, indent=1, default=str))
