@@ -126,7 +126,7 @@ def make_kmer_lr_pipeline(k_max: int = 6, canonical: bool = True, C: float = 0.0
     ])
 
 
-DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))  # 1e-4 .. 1e2, half a decade apart
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 1, 11))  # 1e-4 .. 10, half a decade apart (C > 10 ~ unregularised, slow)
 _LRCV_PARAMS = inspect.signature(LogisticRegressionCV).parameters
 
 

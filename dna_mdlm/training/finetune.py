@@ -255,24 +255,31 @@ def _head_proba(model: CaduceusForSequenceClassification, features: np.ndarray) 
 # --------------------------------------------------------------------------------------------------
 
 
-def fit_probe(model: CaduceusForSequenceClassification, features: np.ndarray, labels: np.ndarray,
-              cfg: FinetuneConfig, seed: int = 0) -> dict:
-    """Fit StandardScaler + LogisticRegressionCV on (N, F) features and store them in `model` exactly.
-
-    The scaler becomes `model.feature_mean` / `feature_scale` and the logistic regression `model.score`
-    (binary: logits ±z/2, whose softmax is the logistic σ(z); multinomial: the K rows), so the saved
-    classifier reproduces scikit-learn's `predict_proba`. Returns {"C", "cv_log_loss", "n_features"}.
-    """
+def fit_logreg_probe(features: np.ndarray, labels: np.ndarray, cfg: FinetuneConfig, seed: int = 0):
+    """The default frozen head on any (N, F) features: a fitted scikit-learn Pipeline of StandardScaler +
+    LogisticRegressionCV (C from `cfg.probe_Cs` by stratified inner `cfg.probe_folds`-fold CV on these rows
+    only, log-loss; multinomial for > 2 classes; balanced class weights per `cfg.class_weights`)."""
+    from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from ..baselines.kmer_lr import DEFAULT_CS, cv_summary, logistic_regression_cv
+    from ..baselines.kmer_lr import DEFAULT_CS, logistic_regression_cv
 
     if not np.isfinite(features).all():
         raise InputError("probe features contain non-finite values (the encoder produced NaN/inf); check the model")
-    scaler = StandardScaler().fit(features)
-    weight = "balanced" if _balanced(labels, model.config.num_labels, cfg.class_weights) else None
+    n_classes = int(labels.max()) + 1
+    weight = "balanced" if _balanced(labels, n_classes, cfg.class_weights) else None
     lr = logistic_regression_cv(labels, cfg.probe_Cs or DEFAULT_CS, cfg.probe_folds, seed, class_weight=weight)
-    lr.fit(scaler.transform(features), labels)
+    return Pipeline([("scale", StandardScaler()), ("lr", lr)]).fit(features, labels)
+
+
+def fit_probe(model: CaduceusForSequenceClassification, features: np.ndarray, labels: np.ndarray,
+              cfg: FinetuneConfig, seed: int = 0) -> dict:
+    """`fit_logreg_probe` on (N, F) probe features, stored in `model` exactly (`store_linear_probe`), so the
+    saved classifier reproduces scikit-learn's `predict_proba`. Returns {"C", "cv_log_loss", "n_features"}."""
+    from ..baselines.kmer_lr import cv_summary
+
+    pipe = fit_logreg_probe(features, labels, cfg, seed)
+    scaler, lr = pipe.named_steps["scale"], pipe.named_steps["lr"]
     store_linear_probe(model, scaler.mean_, scaler.scale_, lr.coef_, lr.intercept_, lr.classes_)
     C, score = cv_summary(lr)
     return {"C": C, "cv_log_loss": -score, "n_features": int(features.shape[1])}
@@ -340,6 +347,22 @@ class _FeatureHead(nn.Module):
         return self.model.score(self.model.standardise(features)).float()
 
 
+def accumulate_backward(logits_fn, chunks, labels: torch.Tensor, class_weight: torch.Tensor | None, backward) -> float:
+    """Backpropagate the batch's (class-weighted) mean cross-entropy through its micro-batches `chunks`.
+
+    Each chunk's summed loss is divided by the whole batch's weight total before `backward`, so the
+    accumulated gradient equals that of the full batch in one piece. Returns the batch loss.
+    """
+    norm = float(class_weight[labels].sum()) if class_weight is not None else float(len(labels))
+    total = 0.0
+    for chunk in chunks:
+        ce = F.cross_entropy(logits_fn(chunk), chunk["labels"], weight=class_weight, reduction="sum")
+        loss = ce / norm  # reduction="sum" with weights = sum of w_y * ce, the numerator of the weighted mean
+        backward(loss)
+        total += float(loss.detach())
+    return total
+
+
 class ClassifierModule(pl.LightningModule):
     """Trains `net` with manual optimisation: each batch of `cfg.batch_size` sequences is one optimiser step,
     its gradient accumulated over micro-batches of at most `cfg.max_tokens` padded bases."""
@@ -384,15 +407,8 @@ class ClassifierModule(pl.LightningModule):
         opt, sched = self.optimizers(), self.lr_schedulers()
         opt.zero_grad(set_to_none=True)
         y = batch["labels"]
-        # the batch's weighted-mean cross-entropy, accumulated exactly over micro-batches
-        norm = float(self.class_weight[y].sum()) if self.class_weight is not None else float(len(y))
-        total = 0.0
-        for chunk in self._chunks(batch):
-            ce = F.cross_entropy(self.logits(self.net, chunk, True), chunk["labels"], weight=self.class_weight, reduction="none")
-            w = self.class_weight[chunk["labels"]] if self.class_weight is not None else torch.ones_like(ce)
-            loss = (ce * w).sum() / norm
-            self.manual_backward(loss)
-            total += float(loss.detach())
+        total = accumulate_backward(lambda c: self.logits(self.net, c, True), self._chunks(batch), y,
+                                    self.class_weight, self.manual_backward)
         self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
         opt.step()
         sched.step()
