@@ -151,3 +151,36 @@ def test_order_selection_picks_context_on_real_dna_and_none_on_iid(chr20_slice):
     random_model = MarkovLM.fit([iid[:200_000]], val=[iid[200_000:]], k_range=range(0, 9))
     assert random_model.order == 0
     assert random_model.validation_bits_per_base[0] == pytest.approx(2.0, abs=2e-3)
+
+
+def test_markov_yardstick_scores_exactly_the_validation_bases(tmp_path):
+    """The yardstick every pretraining run prints: fitted on the training intervals only, scored on the
+    validation windows' loss-masked bases (the right-aligned last tile's overlap is not counted twice)."""
+    from dna_mdlm.baselines.markov import markov_yardstick
+    from dna_mdlm.data.genome import GenomeWindows
+
+    rng = np.random.default_rng(0)
+    unit = "".join(rng.choice(list("ACGT"), 37))
+    train_part = unit * 400  # a repeat: a Markov LM of order >= 6 predicts it almost perfectly
+    val_part = unit * 30 + "ACGT"  # 1,114 bases: 4 full windows of 256 and a right-aligned last one
+    fasta = tmp_path / "g.fa"
+    fasta.write_text(">r\n" + train_part + val_part + "\n")
+    start = len(train_part)
+    genome = GenomeWindows([str(fasta)], window=256, val_regions=[f"r:{start + 1}-{start + len(val_part)}"])
+    windows = genome.eval_dataset("val")
+    res = markov_yardstick(genome, windows)
+    assert res["markov_train_bases"] == len(train_part)  # nothing of the validation region
+    assert res["markov_order"] >= 3 and res["markov_val_bpd"] < 0.3
+    # recompute by hand with the same model order: every validation base once, each window its own record
+    model = MarkovLM.fit([encode_dna(train_part)], k=res["markov_order"])
+    nats = n = 0
+    for i in range(len(windows)):
+        item = windows[i]
+        lp = model.log_probs(item["input_ids"].numpy())
+        m = item["loss_mask"].numpy()
+        nats, n = nats - lp[m].sum(), n + m.sum()
+    assert n == len(val_part)
+    assert res["markov_val_bpd"] == pytest.approx(nats / n / math.log(2), abs=1e-5)
+    # a cap on training bases takes the same fraction of every training interval
+    capped = markov_yardstick(genome, windows, max_train_bases=3700)
+    assert capped["markov_train_bases"] == 3700
