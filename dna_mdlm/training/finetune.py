@@ -258,7 +258,8 @@ def _head_proba(model: CaduceusForSequenceClassification, features: np.ndarray) 
 def fit_logreg_probe(features: np.ndarray, labels: np.ndarray, cfg: FinetuneConfig, seed: int = 0):
     """The default frozen head on any (N, F) features: a fitted scikit-learn Pipeline of StandardScaler +
     LogisticRegressionCV (C from `cfg.probe_Cs` by stratified inner `cfg.probe_folds`-fold CV on these rows
-    only, log-loss; multinomial for > 2 classes; balanced class weights per `cfg.class_weights`)."""
+    only, scored by accuracy with log-loss tie-breaks; multinomial for > 2 classes; balanced class weights per
+    `cfg.class_weights`)."""
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -275,14 +276,14 @@ def fit_logreg_probe(features: np.ndarray, labels: np.ndarray, cfg: FinetuneConf
 def fit_probe(model: CaduceusForSequenceClassification, features: np.ndarray, labels: np.ndarray,
               cfg: FinetuneConfig, seed: int = 0) -> dict:
     """`fit_logreg_probe` on (N, F) probe features, stored in `model` exactly (`store_linear_probe`), so the
-    saved classifier reproduces scikit-learn's `predict_proba`. Returns {"C", "cv_log_loss", "n_features"}."""
+    saved classifier reproduces scikit-learn's `predict_proba`. Returns {"C", "cv_score", "n_features"}."""
     from ..baselines.kmer_lr import cv_summary
 
     pipe = fit_logreg_probe(features, labels, cfg, seed)
     scaler, lr = pipe.named_steps["scale"], pipe.named_steps["lr"]
     store_linear_probe(model, scaler.mean_, scaler.scale_, lr.coef_, lr.intercept_, lr.classes_)
     C, score = cv_summary(lr)
-    return {"C": C, "cv_log_loss": -score, "n_features": int(features.shape[1])}
+    return {"C": C, "cv_score": score, "n_features": int(features.shape[1])}
 
 
 @torch.no_grad()
@@ -682,7 +683,7 @@ def _run_baseline(method: str, run: dict, cfg: FinetuneConfig, feats: dict | Non
 
         clf = fit_kmer_lr(run["train"], run["val"], seed=run["seed"])
         proba = clf.predict_proba(run["test"].seqs)
-        info = {"C": clf.C, "cv_log_loss": None if clf.cv_score is None else -clf.cv_score}
+        info = {"C": clf.C, "cv_score": clf.cv_score}
     else:  # linear_probe: the same cached features as the frozen probe, a fixed-C standardised LR
         x = np.concatenate([feats["train"][run["train_idx"]], feats["train"][run["val_idx"]]])
         y = np.concatenate([run["train"].labels, run["val"].labels])
@@ -777,8 +778,8 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
                     if method == "frozen":
                         info["feature_cpu_s_shared"] = feature_s / len(runs)
                         info["cpu_s"] = info["cpu_s"] + feature_s / len(runs)  # its share of the one encoder pass
-                    # the kept run: the best validation accuracy, or for logreg the best inner-CV log-loss
-                    key = trained.best_val_accuracy if trained.best_val_accuracy is not None else -info.get("cv_log_loss", 0.0)
+                    # the kept run: the best validation accuracy, or for logreg the best inner-CV score
+                    key = trained.best_val_accuracy if trained.best_val_accuracy is not None else info.get("cv_score", 0.0)
                     if method == primary and key > best_primary[0]:
                         best_primary = (key, trained)
                 else:
