@@ -125,16 +125,17 @@ def _gaussian_task(n, dim, informative, n_classes, signal, seed):
     return x.astype(np.float32), y
 
 
-@pytest.mark.parametrize("n_classes", [2, 3])
-def test_stored_probe_reproduces_sklearn_exactly(mlm_dirs, n_classes):
+@pytest.mark.parametrize("n_classes,features,width", [(2, "all", 48), (3, "last", 16)])
+def test_stored_probe_reproduces_sklearn_exactly(mlm_dirs, n_classes, features, width):
     """The fitted StandardScaler + LogisticRegressionCV lives in the model: its forward gives sklearn's proba."""
     rng = np.random.default_rng(5)
     seqs = [_random_dna(rng, int(n)) for n in rng.integers(30, 90, 60)]
     labels = np.arange(60) % n_classes
-    clf = build_classifier(mlm_dirs[True], [str(i) for i in range(n_classes)], FinetuneConfig(), method="frozen")
-    feats = probe_features(clf, _encode_all(seqs, None, False, "t"), FinetuneConfig())
+    cfg = FinetuneConfig(features=features)
+    clf = build_classifier(mlm_dirs[True], [str(i) for i in range(n_classes)], cfg, method="frozen")
+    feats = probe_features(clf, _encode_all(seqs, None, False, "t"), cfg)
     info = fit_probe(clf, feats, labels, FinetuneConfig(probe_folds=3))
-    assert info["C"] > 0 and info["n_features"] == 48
+    assert info["C"] > 0 and info["n_features"] == width
     ref = fit_logreg_probe(feats, labels, FinetuneConfig(probe_folds=3))
     assert ref.named_steps["lr"].C_ == pytest.approx(info["C"])
     np.testing.assert_allclose(predict_proba(clf, seqs), ref.predict_proba(feats), atol=2e-4)

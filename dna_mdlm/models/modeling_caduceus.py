@@ -656,14 +656,15 @@ def rc_invariant_features(encoder: "CaduceusModel", input_ids: torch.Tensor, att
 class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
     """Backbone + pooling + head. Two feature modes (`config.feature_layers`):
 
-    - "last" (default, the upstream head): the final hidden state is pooled per strand view and the head's
+    - None (default, the upstream head): the final hidden state is pooled per strand view and the head's
       logits are averaged over the views. PS: the two strand streams are pooled separately (the RC stream
       read in its own direction), which is exactly RC-invariant ("conjoin_train" upstream, always on here).
       Ph / plain: with `conjoin_eval` (or `conjoin_train`) the backbone also runs on the reverse complement
       and the logits are averaged (post-hoc conjoining). `head` is "linear" (upstream's bias-free `score`)
       or "mlp"; pooling mean | max | first | last.
-    - "all" (the frozen probe): `rc_invariant_features` of every layer (pooling mean | max | mean+max),
-      standardised with the stored `feature_mean` / `feature_scale` buffers (a fitted StandardScaler), then
+    - "all" or "last" (the frozen probe): `rc_invariant_features` of every layer or of the last one (pooling
+      mean | max | mean+max), standardised with the stored `feature_mean` / `feature_scale` buffers (a fitted
+      StandardScaler), then
       `score`: "linear" (with bias, so a fitted logistic regression is stored exactly) or "mlp".
     Pooling always respects `attention_mask`: padding never reaches a pool.
     """
@@ -672,11 +673,11 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
                  conjoin_eval: bool | None = None, head: str | None = None, feature_layers: str | None = None):
         for key, val, default in (("pooling_strategy", pooling_strategy, "mean"), ("conjoin_train", conjoin_train, False),
                                   ("conjoin_eval", conjoin_eval, False), ("head", head, "linear"),
-                                  ("feature_layers", feature_layers, "last")):
+                                  ("feature_layers", feature_layers, None)):
             setattr(config, key, val if val is not None else getattr(config, key, default))
-        if config.feature_layers not in FEATURE_LAYERS:
-            raise ValueError(f"feature_layers must be one of {', '.join(FEATURE_LAYERS)}, got {config.feature_layers!r}")
-        probe = config.feature_layers == "all"
+        if config.feature_layers not in (None,) + FEATURE_LAYERS:
+            raise ValueError(f"feature_layers must be None or one of {', '.join(FEATURE_LAYERS)}, got {config.feature_layers!r}")
+        probe = config.feature_layers is not None
         allowed = FEATURE_POOLS if probe else ("mean", "max", "first", "last")
         if config.pooling_strategy not in allowed:
             raise ValueError(f"pooling_strategy must be one of {', '.join(allowed)} with feature_layers="
@@ -684,7 +685,7 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.caduceus = CaduceusModel(config)
-        d = feature_width(config, "all", config.pooling_strategy) if probe else config.d_model
+        d = feature_width(config, config.feature_layers, config.pooling_strategy) if probe else config.d_model
         if probe:
             self.register_buffer("feature_mean", torch.zeros(d))
             self.register_buffer("feature_scale", torch.ones(d))
@@ -711,16 +712,17 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
         std = self.config.initializer_cfg.get("initializer_range", 0.02) if std is None else std
         for p in self.score.parameters():
             p.normal_(0.0, std) if p.dim() > 1 else p.zero_()
-        if self.config.feature_layers == "all":
+        if self.config.feature_layers is not None:
             self.feature_mean.zero_()
             self.feature_scale.fill_(1.0)
 
     def pooled_features(self, input_ids, attention_mask=None, timesteps=None):
-        """feature_layers="last": (B, n_views, d), one pooled vector per strand view (1 plain, 2 PS or conjoined).
-        feature_layers="all": (B, 1, F), the standardised RC-invariant features of every layer."""
+        """feature_layers None: (B, n_views, d), one pooled vector per strand view (1 plain, 2 PS or conjoined).
+        "all" / "last": (B, 1, F), the standardised RC-invariant features of those layers."""
         cfg = self.config
-        if cfg.feature_layers == "all":
-            feats = rc_invariant_features(self.caduceus, input_ids, attention_mask, timesteps, "all", cfg.pooling_strategy)
+        if cfg.feature_layers is not None:
+            feats = rc_invariant_features(self.caduceus, input_ids, attention_mask, timesteps, cfg.feature_layers,
+                                          cfg.pooling_strategy)
             return self.standardise(feats)[:, None]
         h = self.caduceus(input_ids, timesteps=timesteps, attention_mask=attention_mask).last_hidden_state
         if cfg.rcps:
