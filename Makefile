@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 
 $(BIN)/dna-mdlm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q --upgrade pip "setuptools>=77"
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
@@ -19,7 +19,7 @@ venv: $(BIN)/dna-mdlm
 
 demo: venv
 	rm -rf runs/demo  # the demo always starts fresh
-	$(BIN)/dna-mdlm pretrain --config configs/pretrain/demo.yaml --out runs/demo
+	$(BIN)/dna-mdlm pretrain --config demo --out runs/demo
 
 test: venv
 	$(BIN)/python -m pytest -q

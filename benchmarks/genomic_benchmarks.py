@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from dna_mdlm.data.benchmarks import load_local_gb
+from dna_mdlm.data.labelled import load_local_gb
 from dna_mdlm.evaluation.classification import fmt_mean_spread
 from dna_mdlm.training.finetune import METHOD_LABELS, FinetuneConfig, run_protocol
 

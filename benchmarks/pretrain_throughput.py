@@ -1,6 +1,6 @@
 """Pretraining throughput on CPU per recipe: trainer tokens/s (MDLM and AR), loader windows/s, and their ratios.
 
-For each recipe in configs/pretrain (model size, window and batch as the recipe sets them) this measures:
+For each recipe in dna_mdlm/configs/pretrain (model size, window and batch as the recipe sets them) this measures:
   * the trainer: `PretrainModule.training_step` (MDLM NELBO with the run's seeded times and masks) + backward +
     gradient clipping + AdamW (the module's own parameter groups) + EMA update, on real windows drawn by
     `GenomeDataModule` from a human chr20 slice. The batches are drawn before timing, so this is compute only;
@@ -35,13 +35,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
-RECIPES = ROOT / "configs" / "pretrain"
+RECIPES = ROOT / "dna_mdlm" / "configs" / "pretrain"
 
 
 def recipe(name: str) -> dict:
-    from dna_mdlm.training.pretrain import DEFAULTS, merge
+    from dna_mdlm.training.recipes import PRETRAIN_DEFAULTS, load_recipe, merge
 
-    return merge(DEFAULTS, yaml.safe_load((RECIPES / f"{name}.yaml").read_text()))
+    return merge(PRETRAIN_DEFAULTS, load_recipe(name, "pretrain"))
 
 
 def datamodule(fasta: Path, window: int, batch_size: int, rc_aug: bool):
@@ -64,26 +64,40 @@ def loader_windows_per_second(dm, min_seconds: float, min_batches: int) -> float
     return windows / (time.perf_counter() - start)
 
 
-def step_seconds(cfg: dict, objective: str, batches: list[dict]) -> tuple[list[float], int]:
-    """Seconds per optimizer step (first batch is the warm-up, not returned) and the parameter count."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously: time them, not their launches
+
+
+def step_seconds(cfg: dict, objective: str, batches: list[dict], device: str = "cpu",
+                 precision: str = "32-true") -> tuple[list[float], int]:
+    """Seconds per optimizer step (first batch is the warm-up, not returned) and the parameter count.
+
+    `device` cuda runs the step there (batches are moved before the clock starts); `precision` "bf16-mixed" runs
+    forward and loss under bf16 autocast and the backward outside it, as Lightning's bf16-mixed does."""
     from dna_mdlm.training.pretrain import PretrainModule
 
+    device = torch.device(device)
     torch.manual_seed(cfg["seed"])
     o = cfg["optim"]
     module = PretrainModule(cfg["model"], objective, cfg["schedule"], lr=o["lr"], weight_decay=o["weight_decay"],
                             betas=o["betas"], warmup_steps=o["warmup_steps"], lr_schedule=o["lr_schedule"],
                             min_lr_ratio=o["min_lr_ratio"], max_steps=cfg["trainer"]["max_steps"],
-                            ema_decay=o["ema_decay"], seed=cfg["seed"], window=cfg["data"]["window"]).train()
+                            ema_decay=o["ema_decay"], seed=cfg["seed"], window=cfg["data"]["window"]).to(device).train()
     optimizer = module.configure_optimizers()["optimizer"]
     times = []
     for i, batch in enumerate(batches):
+        batch = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        _sync(device)
         start = time.perf_counter()
-        loss = module.training_step(batch, i)  # self.log is a no-op without a Trainer
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss = module.training_step(batch, i)  # self.log is a no-op without a Trainer
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), o["grad_clip"])
         optimizer.step()
         module.on_train_batch_end(None, batch, i)  # EMA update
+        _sync(device)
         times.append(time.perf_counter() - start)
         if not torch.isfinite(loss):
             raise SystemExit(f"{objective} loss is not finite at step {i}")

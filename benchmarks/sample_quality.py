@@ -26,7 +26,6 @@ read each judge column for the other generators).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import sys
@@ -36,13 +35,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from Bio import SeqIO
 
-from dna_mdlm.errors import InputError, atomic_write_text
+from dna_mdlm.errors import InputError
+from dna_mdlm.io.writers import atomic_write_text
 from dna_mdlm.evaluation.judge import load_judge
-from dna_mdlm.evaluation.sequences import (
-    TrainIndex, dinucleotide_shuffle, draw_reference_sets, evaluate_samples, parse_region, read_fasta_sequences,
+from dna_mdlm.evaluation.sample_quality import (
+    dinucleotide_shuffle, draw_reference_sets, evaluate_samples,
 )
+from dna_mdlm.evaluation.memorisation import TrainIndex
+from dna_mdlm.io.fasta import iter_fasta
+from dna_mdlm.io.regions import parse_region
 
 SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 DEFAULT_FASTA = SHARED_DATA / "genomes" / "human_GRCh37_chr20.fa.gz"
@@ -60,16 +62,14 @@ def describe(model_dir: Path) -> str:
 
 def split_genome(records: dict[str, str], heldout: str, exclude: list[str]) -> tuple[str, list[str]]:
     """(held-out sequence, training pieces): the held-out and excluded regions cut out of the records."""
+    lengths = {name: len(seq) for name, seq in records.items()}
     cuts: dict[str, list[tuple[int, int]]] = {}
     heldout_seq = None
     for i, region in enumerate([heldout] + exclude):
-        name, start, end = parse_region(region)
-        if name not in records:
-            raise InputError(f"region {region}: record {name!r} not in the FASTA (records: {', '.join(list(records)[:5])})")
-        start, end = start or 0, end or len(records[name])
+        iv = parse_region(region, "--heldout-region" if i == 0 else "--exclude-region", lengths)
         if i == 0:
-            heldout_seq = records[name][start:end]
-        cuts.setdefault(name, []).append((start, end))
+            heldout_seq = records[iv.record][iv.start:iv.end]
+        cuts.setdefault(iv.record, []).append((iv.start, iv.end))
     pieces = []
     for name, seq in records.items():
         pos = 0
@@ -142,11 +142,7 @@ def main(argv=None) -> int:
     log = lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)  # noqa: E731
 
     t0 = time.time()
-    records = {}
-    opener = gzip.open if str(args.fasta).endswith(".gz") else open
-    with opener(args.fasta, "rt") as fh:
-        for rec in SeqIO.parse(fh, "fasta"):
-            records[rec.id] = str(rec.seq).upper()
+    records = {rec.name: rec.sequence.upper() for rec in iter_fasta(args.fasta, "--fasta")}
     heldout, train_pieces = split_genome(records, args.heldout_region, args.exclude_region)
     del records
     log(f"read {args.fasta}: held-out {len(heldout):,} bp, training pieces {sum(map(len, train_pieces)):,} bp "
@@ -166,7 +162,7 @@ def main(argv=None) -> int:
     if args.markov:
         judges["markov"] = CachedJudge(load_judge(args.markov, seed=args.seed))
 
-    from dna_mdlm.diffusion.sampling import generate
+    from dna_mdlm.generate import generate
 
     rows_in: list[tuple[str, callable]] = []
     for steps in args.steps:

@@ -32,8 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dna_mdlm.diffusion.sampling import generate
-from dna_mdlm.evaluation.sequences import draw_reference_sets, gc_fraction, js_distance, kmer_counts, read_fasta_sequences
+from dna_mdlm.generate import generate
+from dna_mdlm.evaluation.sample_quality import draw_reference_sets, gc_fraction, js_distance
+from dna_mdlm.io.fasta import read_sequences
+from dna_mdlm.kmers import kmer_counts
 
 DEFAULT_REFERENCE = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")) \
     / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
@@ -104,7 +106,7 @@ def main(argv=None) -> int:
         if untrained:
             tiny_mdlm, tiny_ar = tiny_models(Path(tmp))
             mdlm_dir, ar_dir = mdlm_dir or tiny_mdlm, ar_dir or tiny_ar
-        ref = read_fasta_sequences(args.reference, args.region, what="--reference")
+        ref = read_sequences(args.reference, "--reference", region=args.region)
         real_a, real_b = draw_reference_sets(ref, [args.length] * args.num, seed=args.seed)
         report = {"date": str(date.today()), "command": " ".join(sys.argv), "device": args.device,
                   "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} cpus",

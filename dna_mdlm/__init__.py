@@ -3,7 +3,7 @@
 The public names load lazily, so `import dna_mdlm` stays cheap and never imports Lightning:
 
     from dna_mdlm import DNATokenizer, CaduceusConfig, CaduceusForMaskedLM, CaduceusForSequenceClassification, MDLM
-    from dna_mdlm import sample, likelihood, embed, load_model
+    from dna_mdlm import sample, likelihood, embed, load_model, score_variants
 """
 
 from __future__ import annotations
@@ -20,13 +20,15 @@ _LAZY = {
     "CaduceusForMaskedLM": ".models",
     "CaduceusForSequenceClassification": ".models",
     "MDLM": ".diffusion.mdlm",
-    "sample": ".diffusion.sampling",
-    "generate": ".diffusion.sampling",
+    "sample": ".generate",
+    "generate": ".generate",
     "likelihood": ".evaluation.likelihood",
     "embed": ".embedding",
     "load_model": ".loading",
     "MarkovLM": ".baselines.markov",
-    "evaluate_samples": ".evaluation.sequences",
+    "evaluate_samples": ".evaluation.sample_quality",
+    "load_language_model": ".loading",
+    "score_variants": ".evaluation.variants",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

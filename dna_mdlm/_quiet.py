@@ -18,6 +18,9 @@ def quiet_libraries() -> None:
         logger = logging.getLogger(name)
         if not any(type(f).__name__ == "_NoAdverts" for f in logger.filters):
             logger.addFilter(_NoAdverts())
+    # "GPU available: False, used: False", "TPU available: ..." and similar INFO lines on every start.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    logging.getLogger("lightning.fabric.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=".*limit_val_batches.*")

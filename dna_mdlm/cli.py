@@ -1,7 +1,9 @@
 """`dna-mdlm`: the command line, a thin layer of verbs over the library.
 
 Each verb has an `add_<verb>_arguments(parser)` and a `run_<verb>(args)` that calls library functions.
-Bad input raises `InputError`; `main` prints it on one line and exits 2, and nothing half-written is left.
+Bad input raises `InputError`; `main` prints it on one line and exits 2, and nothing half-written is left. A
+diverged training run raises `TrainingDiverged`: one line, exit 1. Library modules are imported inside each
+`run_<verb>`, so that `dna-mdlm --help` and argument errors answer without loading torch and Lightning.
 """
 
 from __future__ import annotations
@@ -11,68 +13,27 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import InputError
-
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+from . import __version__
+from .errors import InputError, TrainingDiverged
 
 
 def _examples(*lines: str) -> str:
     return "example:\n" + "\n".join(f"  {line}" for line in lines)
 
 
-def resolve_config(path: str | None, kind: str) -> dict:
-    """--config: a YAML file, or a recipe name from configs/<kind>/ (e.g. `tiny`)."""
-    import yaml
-
-    if path is None:
-        return {}
-    p = Path(path)
-    if not p.exists() and (REPO_CONFIGS / kind / f"{path}.yaml").exists():
-        p = REPO_CONFIGS / kind / f"{path}.yaml"
-    if not p.is_file():
-        names = sorted(x.stem for x in (REPO_CONFIGS / kind).glob("*.yaml"))
-        raise InputError(f"--config {path}: no such file or recipe (recipes: {', '.join(names) or 'none'})")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"--config {p}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise InputError(f"--config {p}: expected a mapping of settings at the top level")
-    return data
+def _unknown_arg(p, what: str = "sequences") -> None:
+    p.add_argument("--unknown", choices=["error", "N"], default="error",
+                   help=f"IUPAC ambiguity codes (R, Y, S, ...) in {what}: an error naming file and line (default), "
+                        f"or read as N (never scored, never generated)")
 
 
-def parse_overrides(pairs: list[str] | None) -> dict:
-    """--set key=value (dotted keys allowed, values parsed as YAML scalars)."""
-    import yaml
-
-    out: dict = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise InputError(f"--set {pair}: expected KEY=VALUE, e.g. --set model.d_model=64")
-        key, value = pair.split("=", 1)
-        node = out
-        parts = key.split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = yaml.safe_load(value)
-    return out
-
-
-def _not_built(verb: str, issue: int):
-    def run(args):
-        print(f"dna-mdlm {verb}: not built yet (issue {issue})", file=sys.stderr)
-        return 2
-
-    return run
+def _device_arg(p) -> None:
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto (default: CUDA when available)")
 
 
 # ------------------------------------------------------------------------------------------------
 # verbs (each section is owned by the module it calls)
 # ------------------------------------------------------------------------------------------------
-
-
-DEMO_FASTA = Path(__file__).resolve().parent.parent / "data" / "chr20_demo.fa.gz"
-DEMO_VAL_REGION = "20:32000001-34500000:2250001-2500000"
 
 
 def add_pretrain_arguments(p):
@@ -81,11 +42,12 @@ def add_pretrain_arguments(p):
         "dna-mdlm pretrain --fasta hg38.fa --val-region chr20:40000000-41000000 --config cpu-small --out runs/hg38",
         "dna-mdlm pretrain --fasta ecoli.fa.gz --objective ar --config tiny --out runs/ar --set trainer.max_steps=200",
         "dna-mdlm pretrain --out runs/demo --resume              # continue at the same step and data stream",
+        "dna-mdlm pretrain --init runs/demo/model --fasta ecoli.fa.gz --val-region K-12-MG1655:4000001-4639675 --out runs/ecoli",
     )
     p.add_argument("--fasta", action="append", help="FASTA file (plain, bgzip or gzip); repeat for several. "
                    "Default: the bundled chr20 excerpt with its last 250 kb held out")
     p.add_argument("--bed", help="BED of intervals to draw training windows from (0-based, half-open)")
-    p.add_argument("--config", help="YAML recipe file or a name in configs/pretrain/ (tiny, demo, cpu-small, gb-118, long-131k)")
+    p.add_argument("--config", help="YAML recipe file or a recipe name (tiny, demo, cpu-small, gb-118, long-131k)")
     p.add_argument("--out", required=True, help="run directory: checkpoints/, model/ (what other verbs use), logs/")
     p.add_argument("--objective", choices=["mdlm", "ar", "markov"], help="MDLM (default), the AR baseline, or the k-mer Markov LM")
     p.add_argument("--val-region", action="append", default=None, help="held-out validation region chr:start-end (1-based), repeatable")
@@ -100,65 +62,52 @@ def add_pretrain_arguments(p):
     p.add_argument("--devices", help="devices per node (int or 'auto')")
     p.add_argument("--num-nodes", type=int, help="nodes")
     p.add_argument("--strategy", help="auto | ddp | fsdp (Lightning)")
-    p.add_argument("--precision", help="32-true | bf16-mixed | auto")
+    p.add_argument("--precision", help="32 | bf16 | 16 (GPU) | 64 | auto (default: bf16 on GPU, 32 on CPU)")
     p.add_argument("--num-workers", type=int, help="DataLoader workers")
     p.add_argument("--seed", type=int, help="seed of the data stream, masks and init")
-    p.add_argument("--unknown", choices=["error", "N"], help="IUPAC ambiguity codes: an error (default) or read as N")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.ckpt")
+    p.add_argument("--unknown", choices=["error", "N"], help="IUPAC ambiguity codes in the FASTA: an error naming "
+                   "file and line (default) or read as N")
+    p.add_argument("--init", metavar="MODEL", help="start from this model's weights (a model directory or a hub id such "
+                   "as kuleshov-group/caduceus-ps_seqlen-1k_d_model-118_n_layer-4_lr-8e-3); its architecture and "
+                   "objective are kept, the optimiser starts fresh")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint, with "
+                   "its own data, recipe, model and seed (only the budget and hardware flags may change)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe key, e.g. model.d_model=64")
 
 
-def pretrain_config(args) -> dict:
-    from .training.pretrain import merge
-
-    cfg = resolve_config(args.config, "pretrain")
-    if args.fasta:
-        cfg["fasta"] = args.fasta
-        for key in ("val_regions", "val_records", "test_regions", "test_records"):
-            cfg.pop(key, None)  # a recipe's hold-outs name the recipe's own records
-    elif "fasta" in cfg:
-        cfg["fasta"] = [str(Path(f) if Path(f).is_absolute() or Path(f).exists() else REPO_CONFIGS.parent / f) for f in cfg["fasta"]]
-    else:
-        cfg["fasta"] = [str(DEMO_FASTA)]
-        cfg.setdefault("val_regions", [DEMO_VAL_REGION])
-    if args.bed:
-        cfg["bed"] = args.bed
-    for arg, key in (("val_region", "val_regions"), ("val_records", "val_records"), ("test_region", "test_regions")):
-        if getattr(args, arg):
-            cfg[key] = getattr(args, arg)
-    flat = {"objective": args.objective, "seed": args.seed}
-    cfg.update({k: v for k, v in flat.items() if v is not None})
-    sections = {
+def pretrain_flags(args) -> dict:
+    """The pretraining settings the user typed (None = not given); `training.recipes` resolves the rest."""
+    return {
+        "fasta": args.fasta, "bed": args.bed, "val_regions": args.val_region, "val_records": args.val_records,
+        "init": args.init,
+        "test_regions": args.test_region, "objective": args.objective, "seed": args.seed,
         "data": {"window": args.window, "batch_size": args.batch_size, "num_workers": args.num_workers,
                  "unknown": args.unknown},
         "optim": {"lr": args.lr},
         "trainer": {"max_steps": args.max_steps, "max_time": args.max_time, "accelerator": args.accelerator,
-                    "devices": (int(args.devices) if args.devices and args.devices.isdigit() else args.devices),
-                    "num_nodes": args.num_nodes, "strategy": args.strategy, "precision": args.precision},
+                    "devices": args.devices, "num_nodes": args.num_nodes, "strategy": args.strategy,
+                    "precision": args.precision},
     }
-    for section, values in sections.items():
-        values = {k: v for k, v in values.items() if v is not None}
-        if values:
-            cfg = merge(cfg, {section: values})
-    return merge(cfg, parse_overrides(args.set))
 
 
 def run_pretrain(args):
-    import json
-
+    from .io.writers import dumps_json
     from .training.pretrain import pretrain
+    from .training.recipes import pretrain_settings
 
-    cfg = pretrain_config(args)
-    summary = pretrain(cfg, args.out, resume=args.resume)
+    settings = pretrain_settings(args.config, pretrain_flags(args), args.set)
+    summary = pretrain(settings, args.out, resume=args.resume)
+    print(dumps_json(summary))
     extra = ""
-    if "val_bpd" in summary:
-        extra = f", held-out {summary['val_bpd']:.4f} bits/base" + (" (upper bound)" if summary["objective"] == "mdlm" else "")
-    if "markov_val_bpd" in summary:  # the yardstick beside the number, so a newcomer can read it
-        extra += (f"{' vs' if extra else ', not validated (raise trainer.max_steps past trainer.val_every);'} "
-                  f"k-mer Markov LM (order {summary['markov_order']}, same training split, same bases) "
-                  f"{summary['markov_val_bpd']:.4f} bits/base")
-    print(json.dumps(summary, indent=1))
-    print(f"dna-mdlm pretrain: {summary['objective']} model written to {summary['model_dir']}{extra}")
+    held = summary.get("heldout")
+    if held:
+        bound = "<= " if held["upper_bound"] else ""
+        se = f" ± {held['stderr_bits_per_base']:.4f}" if "stderr_bits_per_base" in held else ""
+        extra = f", held-out {bound}{held['bits_per_base']:.4f}{se} bits/base"
+        yard = summary.get("markov_yardstick")
+        if yard:
+            extra += f" (k-mer Markov LM, order {yard['order']}, on the same windows: {yard['bits_per_base']:.4f})"
+    print(f"dna-mdlm pretrain: {summary['objective']} model written to {summary['model_dir']}{extra}", file=sys.stderr)
     return 0
 
 
@@ -170,49 +119,50 @@ def add_likelihood_arguments(p):
     p.add_argument("--model", required=True, help="model directory (MDLM, AR or Markov)")
     p.add_argument("--fasta", required=True, action="append", help="FASTA to score (repeatable)")
     p.add_argument("--bed", help="score only these intervals (BED, 0-based half-open)")
-    p.add_argument("--region", action="append", default=[], help="score only this region chr:start-end (1-based), repeatable")
+    p.add_argument("--region", action="append", default=[], help="score only this region chr:start-end (1-based), "
+                   "or a whole record by name; repeatable; never clipped")
     p.add_argument("--window", type=int, help="window length (default: the model's training length)")
-    p.add_argument("--samples", type=int, default=2, help="MDLM: Monte-Carlo time samples per window (>= 2 gives a standard error)")
+    p.add_argument("--mc-samples", type=int, default=2, help="MDLM: Monte-Carlo time samples per window "
+                   "(>= 2 gives a standard error)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-windows", type=int, help="score at most this many windows, spread evenly")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-windows", type=int, help="score at most this many windows in total, spread evenly "
+                   "(reported as a truncation)")
+    _unknown_arg(p, "the FASTA")
+    _device_arg(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the MDLM's Monte-Carlo noise")
     p.add_argument("--out", help="write the JSON report here (default: print it)")
     p.add_argument("--per-window", help="TSV of per-window results")
-    p.add_argument("--per-record", help="TSV of per-record results")
+    p.add_argument("--per-record", help="TSV of per-record results (FASTA order, with standard errors)")
 
 
 def run_likelihood(args):
-    import json
+    from .evaluation.likelihood import likelihood, report_line
+    from .io.writers import atomic_write_text, dumps_json, write_tsv
 
-    from .evaluation.likelihood import likelihood, write_tsv
-
-    for path in args.fasta:
-        if not Path(path).exists():
-            raise InputError(f"--fasta {path}: no such file")
+    note = lambda msg: print(f"dna-mdlm likelihood: note: {msg}", file=sys.stderr)  # noqa: E731
     report = likelihood(args.model, args.fasta if len(args.fasta) > 1 else args.fasta[0], bed=args.bed,
-                        regions=args.region, window=args.window, num_samples=args.samples,
-                        batch_size=args.batch_size, device=args.device, seed=args.seed, max_windows=args.max_windows)
+                        regions=args.region, window=args.window, num_samples=args.mc_samples,
+                        batch_size=args.batch_size, device=args.device, seed=args.seed, max_windows=args.max_windows,
+                        unknown=args.unknown, log=note)
     rows = report.pop("per_window")
     if args.per_window:
-        write_tsv(rows, ["record", "start", "end", "bases_scored", "nats"], args.per_window)
+        write_tsv(args.per_window, ["record", "start", "end", "bases_scored", "nats"], rows)
     if args.per_record:
-        write_tsv([(r, v["bases_scored"], v["nats_per_base"], v["bits_per_base"], v["perplexity"])
-                   for r, v in report["per_record"].items()],
-                  ["record", "bases_scored", "nats_per_base", "bits_per_base", "perplexity"], args.per_record)
-    text = json.dumps(report, indent=1)
+        write_tsv(args.per_record, ["record", "bases_scored", "nats_per_base", "bits_per_base", "perplexity",
+                                    "stderr_bits_per_base"],
+                  [(r, v["bases_scored"], _na(v["nats_per_base"]), _na(v["bits_per_base"]), _na(v["perplexity"]),
+                    _na(v.get("stderr_bits_per_base"))) for r, v in report["per_record"].items()])
+    text = dumps_json(report)
     if args.out:
-        from .errors import atomic_write_text
-
         atomic_write_text(args.out, text + "\n")
     else:
         print(text)
-    bound = "<= " if report["upper_bound"] else ""
-    se = f" ± {report['stderr_bits_per_base']:.4f}" if "stderr_bits_per_base" in report else ""
-    print(f"dna-mdlm likelihood: {bound}{report['bits_per_base']:.4f}{se} bits/base, perplexity {bound}"
-          f"{report['perplexity']:.4f}, {report['bases_scored']} bases in {report['windows']} windows ({report['kind']})",
-          file=sys.stderr)
+    print(f"dna-mdlm likelihood: {report_line(report)}", file=sys.stderr)
     return 0
+
+
+def _na(value):
+    return "NA" if value is None else value
 
 
 def add_sample_arguments(p):
@@ -239,19 +189,20 @@ def add_sample_arguments(p):
                    "sequences are generated semi-autoregressively")
     p.add_argument("--overlap", type=int, help="MDLM semi-AR: bases of context kept from the previous window (default window/2)")
     p.add_argument("--allow-n", action="store_true", help="let N be generated too (default: only A/C/G/T)")
-    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+    _unknown_arg(p, "--prefix/--suffix/--template (with N they are generated)")
+    _device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="FASTA to write (settings and costs go to OUT.json)")
 
 
 def run_sample(args):
-    from .diffusion.sampling import generate, write_samples
+    from .generate import generate, write_samples
 
     result = generate(args.model, args.num_samples, args.length, steps=args.steps, sampler=args.sampler,
                       prefix=args.prefix, suffix=args.suffix, template=args.template, temperature=args.temperature,
                       top_p=args.top_p, batch_size=args.batch_size, device=args.device, seed=args.seed,
-                      window=args.window, overlap=args.overlap, allow_n=args.allow_n,
+                      window=args.window, overlap=args.overlap, allow_n=args.allow_n, unknown=args.unknown,
                       progress=not args.no_progress and sys.stderr.isatty())
     write_samples(result, args.out, model_name=str(args.model))
     s = result.stats
@@ -274,7 +225,7 @@ def add_finetune_arguments(p):
     p.add_argument("--test", help="labelled test set (then the protocol is seeds x 90/10 train/val, scored on it)")
     p.add_argument("--folds", type=int, help="stratified k-fold CV within the one labelled set (default 5 when there is no test set)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds for the train/test protocol (default 1,2,3)")
-    p.add_argument("--config", help="YAML recipe (file or name in configs/finetune/)")
+    p.add_argument("--config", help="YAML recipe file or a recipe name (tiny, frozen, full)")
     p.add_argument("--set", action="append", help="override a setting, e.g. --set lr=2e-3 (repeatable)")
     p.add_argument("--unfreeze", action="store_true", help="full fine-tuning instead of a frozen encoder + probe")
     p.add_argument("--head", choices=["logreg", "mlp", "linear"],
@@ -293,22 +244,26 @@ def add_finetune_arguments(p):
     p.add_argument("--baselines", default="kmer_lr",
                    help="also run on the same splits (default kmer_lr; 'none' for none): any of "
                    "kmer_lr,cnn,linear_probe,scratch,frozen,finetuned")
-    p.add_argument("--device", default="cpu")
+    _unknown_arg(p, "the labelled sequences")
+    _device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the --max-train subsample")
     p.add_argument("--out", required=True, help="output directory (metrics.json, metrics.md, roc_confusion.png, model/)")
 
 
 def finetune_config(args):
     from .training.finetune import FinetuneConfig
+    from .training.recipes import load_recipe, parse_overrides
 
-    values = resolve_config(args.config, "finetune")
+    values = load_recipe(args.config, "finetune")
     values.update(parse_overrides(args.set))
     for key in ("head", "features", "pooling", "epochs", "batch_size", "max_tokens", "lr", "ema_decay", "max_steps"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if args.unfreeze:
         values["unfreeze"] = True
-    values["device"] = args.device
+    from .loading import resolve_device
+
+    values["device"] = str(resolve_device(args.device))
     try:
         return FinetuneConfig.from_dict(values, where=f"--config {args.config}" if args.config else "settings")
     except TypeError as exc:
@@ -328,22 +283,19 @@ def _baseline_methods(text: str) -> list[str]:
 
 
 def run_finetune(args):
-    from .data.benchmarks import read_labelled
+    from .data.labelled import read_labelled
     from .training.finetune import run_protocol
 
     cfg = finetune_config(args)
     extra = _baseline_methods(args.baselines)
     if args.task:
-        train = read_labelled(args.task, split="train", data_dir=args.data_dir)
+        train = read_labelled(args.task, split="train", data_dir=args.data_dir, unknown=args.unknown, what="--task")
     else:
-        if not Path(args.train).exists():
-            raise InputError(f"--train {args.train}: no such file")
-        train = read_labelled(args.train)
+        train = read_labelled(args.train, unknown=args.unknown, what="--train")
     test = None
     if args.test:
-        if not Path(args.test).exists():
-            raise InputError(f"--test {args.test}: no such file")
-        test = read_labelled(args.test, classes=train.classes) if not args.task else read_labelled(args.test)
+        test = read_labelled(args.test, split="test", data_dir=args.data_dir, classes=train.classes,
+                             unknown=args.unknown, what="--test")
     if args.max_train and args.max_train < len(train):
         train = train.stratified_split(test_size=len(train) - args.max_train, seed=args.seed)[0]
     try:
@@ -367,7 +319,8 @@ def run_finetune(args):
         line += (f"; model vs k-mer LR: accuracy {a['model']:.4f} vs {a['baseline']:.4f} ({a['difference']:+.4f})"
                  + (f", AUROC {cmp['auroc']['model']:.4f} vs {cmp['auroc']['baseline']:.4f}" if "auroc" in cmp else "")
                  + f": {cmp['verdict']}")
-    print(f"{line}; model and report in {args.out}", file=sys.stderr)
+    warnings = "".join(f"; WARNING: {w}" for w in s.get("warnings", []))
+    print(f"{line}; model and report in {args.out}{warnings}", file=sys.stderr)
     return 0
 
 
@@ -378,16 +331,19 @@ def add_predict_arguments(p):
     p.add_argument("--out", required=True, help="TSV: record id + one probability column per class name")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, help="longer records are an error unless --truncate")
-    p.add_argument("--truncate", action="store_true", help="keep the first --max-length bases of longer records")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truncate", action="store_true", help="keep the first --max-length bases of longer records "
+                   "(counted and reported)")
+    _unknown_arg(p, "the FASTA")
+    _device_arg(p)
 
 
 def run_predict(args):
     from .training.finetune import predict_fasta
 
-    n = predict_fasta(args.model, args.fasta, args.out, args.batch_size, args.device, args.max_length, args.truncate)
-    print(f"dna-mdlm predict: {n} records -> {args.out}", file=sys.stderr)
+    summary = predict_fasta(args.model, args.fasta, args.out, args.batch_size, args.device, args.max_length,
+                            args.truncate, args.unknown)
+    cut = f", {summary['truncated']} truncated to {args.max_length} bp" if summary["truncated"] else ""
+    print(f"dna-mdlm predict: {summary['records']} records -> {args.out}{cut}", file=sys.stderr)
     return 0
 
 
@@ -405,15 +361,15 @@ def add_embed_arguments(p):
                    help="pooled output of the last layer, or of every layer concatenated (what finetune's frozen probe uses)")
     p.add_argument("--out", required=True, help=".npz output")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    _unknown_arg(p, "the FASTA")
+    _device_arg(p)
 
 
 def run_embed(args):
     from .embedding import embed_fasta
 
     summary = embed_fasta(args.model, args.fasta, args.out, pool=args.pool, layers=args.layers,
-                          batch_size=args.batch_size, device=args.device)
+                          batch_size=args.batch_size, device=args.device, unknown=args.unknown)
     print(f"dna-mdlm embed: {summary['records']} records ({summary['bases']} bases), width {summary['width']}, "
           f"pool {summary['pool']}, layers {summary['layers']} -> {summary['out']}", file=sys.stderr)
     return 0
@@ -424,14 +380,23 @@ def add_evaluate_samples_arguments(p):
         "dna-mdlm evaluate-samples --samples samples.fa --reference genome.fa --region chr20:40000001-41000000 --out report/",
         "dna-mdlm evaluate-samples --samples samples.fa --reference heldout.fa --train train.fa --model runs/ar/model "
         "--motifs JASPAR_core.txt --out report/",
+        "dna-mdlm evaluate-samples --samples designed.fa --reference real_promoters.fa --out report/   # a set of real ones",
     )
     p.add_argument("--samples", required=True, help="FASTA of generated sequences (each >= 6 bp)")
-    p.add_argument("--reference", required=True, help="real (held-out) FASTA: two disjoint sets of windows with the "
-                   "samples' lengths are drawn from it, one to compare against, one for the real-vs-real baseline")
-    p.add_argument("--region", help="draw the reference windows only from this region chr:start-end (1-based)")
+    p.add_argument("--reference", required=True, help="real sequence: a genome (windows of the samples' lengths are "
+                   "drawn from it) or a set of real sequences of the samples' kind (see --reference-mode)")
+    p.add_argument("--reference-mode", choices=["auto", "genome", "set"], default="auto",
+                   help="auto (default): a set when the reference records are about the samples' length, else a "
+                        "genome; with a set, the real-vs-real floor comes from a random half of it or --reference2")
+    p.add_argument("--reference2", help="a second real set for the real-vs-real floor (set mode)")
+    p.add_argument("--region", help="draw the reference windows only from this region chr:start-end (1-based) or "
+                   "record; never clipped")
     p.add_argument("--train", help="training FASTA: longest exact match of each sample on either strand (memorisation)")
     p.add_argument("--model", help="judge model directory (AR, Markov or MDLM): bits/base of samples next to real sequence")
-    p.add_argument("--motifs", help="motif file (JASPAR, PFM or MEME): occurrences per kb, generated vs real")
+    p.add_argument("--motifs", help="motif file (JASPAR, PFM or MEME) instead of the JASPAR database")
+    p.add_argument("--jaspar-taxon", default="vertebrates", help="JASPAR CORE motifs of this taxon (pyjaspar's "
+                   "bundled database, offline): vertebrates (default), insects, plants, fungi, nematodes, ...")
+    p.add_argument("--no-motifs", action="store_true", help="skip the motif scan")
     p.add_argument("--out", required=True, help="report directory: metrics.json, PNG plots, report.html (replaced atomically)")
     p.add_argument("--seed", type=int, default=0, help="seed of the reference draw and of the MDLM judge's noise")
     p.add_argument("--index-k", type=int, default=24, help="k of the training k-mer index (matches shorter than k count as 0)")
@@ -439,27 +404,14 @@ def add_evaluate_samples_arguments(p):
     p.add_argument("--copy-fraction", type=float, default=0.5, help="... or >= this fraction of its length")
     p.add_argument("--motif-threshold", type=float, default=0.8, help="relative PSSM score threshold for a motif hit")
     p.add_argument("--judge-samples", type=int, default=4, help="MDLM judge: Monte-Carlo time samples per window")
-    p.add_argument("--device", default="cpu", help="judge model device: cpu | cuda | auto")
+    _unknown_arg(p, "the samples, reference and training FASTA")
+    _device_arg(p)
 
 
 def run_evaluate_samples(args):
     from .evaluation.report import verdicts
-    from .evaluation.sequences import evaluate_samples_files
+    from .evaluation.sample_quality import evaluate_samples_files
 
-    for flag, value in (("--samples", args.samples), ("--reference", args.reference), ("--train", args.train),
-                        ("--motifs", args.motifs)):
-        if value is not None and not Path(value).is_file():
-            raise InputError(f"{flag} {value}: no such file")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise InputError(f"--out {args.out}: exists and is not a directory (expected a report directory)")
-    if args.index_k < 8 or args.index_k > 32:
-        raise InputError(f"--index-k {args.index_k}: expected 8..32")
-    if args.copy_min_bp < 1:
-        raise InputError(f"--copy-min-bp {args.copy_min_bp}: expected a positive number of bases")
-    if not 0 < args.copy_fraction <= 1:
-        raise InputError(f"--copy-fraction {args.copy_fraction}: expected a fraction in (0, 1]")
-    if not 0 <= args.motif_threshold <= 1:
-        raise InputError(f"--motif-threshold {args.motif_threshold}: expected a relative score in [0, 1]")
     judge = None
     if args.model is not None:
         from .evaluation.judge import load_judge
@@ -468,12 +420,16 @@ def run_evaluate_samples(args):
     result = evaluate_samples_files(args.samples, args.reference, args.out, region=args.region, train_fa=args.train,
                                     judge=judge, motifs_path=args.motifs, seed=args.seed, index_k=args.index_k,
                                     copy_min_bp=args.copy_min_bp, copy_fraction=args.copy_fraction,
-                                    motif_threshold=args.motif_threshold)
+                                    motif_threshold=args.motif_threshold, unknown=args.unknown,
+                                    reference_mode=args.reference_mode, reference2_fa=args.reference2,
+                                    jaspar_taxon=None if args.no_motifs else args.jaspar_taxon)
     rows = verdicts(result)
     warned = [r["metric"] for r in rows if r["verdict"] == "warn"]
     passed = sum(r["verdict"] == "pass" for r in rows)
     js6 = result["kmer_spectrum"]["6"]["js_distance"]
-    print(f"dna-mdlm evaluate-samples: {result['n_samples']} samples; 6-mer JS {js6['generated']:.4f} vs "
+    ref = result["reference"]
+    print(f"dna-mdlm evaluate-samples: {result['n_samples']} samples against a real {ref['mode']} "
+          f"({ref['n_compared']} compared); 6-mer JS {js6['generated']:.4f} vs "
           f"real-vs-real {js6['real_vs_real']:.4f}; {passed} pass, {len(warned)} warn"
           + (f" ({', '.join(warned)})" if warned else ""), file=sys.stderr)
     if judge is not None:
@@ -485,6 +441,54 @@ def run_evaluate_samples(args):
     return 0
 
 
+def add_score_variants_arguments(p):
+    p.epilog = _examples(
+        "dna-mdlm score-variants --model runs/demo/model --fasta dna_mdlm/resources/chr20_demo.fa.gz --vcf dna_mdlm/resources/demo_variants.vcf --out scores.tsv",
+        "dna-mdlm score-variants --model runs/demo/model --fasta dna_mdlm/resources/chr20_demo.fa.gz --vcf dna_mdlm/resources/demo_variants.vcf "
+        "--scores llr,elbo,embedding_distance --mc-samples 16 --out scores.vcf",
+        "dna-mdlm score-variants --model runs/markov/model --fasta dna_mdlm/resources/chr20_demo.fa.gz --variants dna_mdlm/resources/demo_variants.tsv "
+        "--window 512 --out markov.tsv   # runs/markov: dna-mdlm pretrain --objective markov --out runs/markov",
+    )
+    p.add_argument("--model", required=True, help="model directory (MDLM, AR or Markov)")
+    p.add_argument("--fasta", required=True, help="reference FASTA (plain, gzip or bgzip); contig names `chr20` and `20` match")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--vcf", help="VCF (plain, gzip or bgzip); multi-allelic records are split, one row per ALT")
+    src.add_argument("--variants", help="TSV with a header naming chrom, pos (1-based), ref, alt (+ optional id); "
+                     "'-' is an empty allele")
+    p.add_argument("--out", required=True, help="TSV, or a sites-only VCF with DM_* INFO fields when it ends in .vcf / .vcf.gz")
+    p.add_argument("--scores", help="comma-separated: llr, elbo, embedding_distance (default: llr,elbo for an MDLM, "
+                   "llr for AR / Markov)")
+    p.add_argument("--window", type=int, help="bases per window centred on the variant (default: the model's training length)")
+    p.add_argument("--mc-samples", type=int, default=8, help="elbo: Monte-Carlo time samples per window (>= 2; the "
+                   "standard error shrinks as 1/sqrt(samples))")
+    p.add_argument("--batch-size", type=int, default=32, help="windows per forward pass")
+    p.add_argument("--skip-mismatched", action="store_true", help="a REF that does not match the FASTA becomes a "
+                   "counted warning and an NA row (status ref_mismatch) instead of an error")
+    _device_arg(p)
+    p.add_argument("--seed", type=int, default=0, help="seed of the elbo's Monte-Carlo draws (same seed, same scores)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_score_variants(args):
+    import json
+
+    from .evaluation.variants import score_variants
+
+    path, flag = (args.vcf, "vcf") if args.vcf else (args.variants, "variants")
+    summary = score_variants(args.model, args.fasta, path, args.out, scores=args.scores, window=args.window,
+                             samples=args.mc_samples, batch_size=args.batch_size, device=args.device, seed=args.seed,
+                             skip_mismatched=args.skip_mismatched, fmt=flag.replace("variants", "tsv"),
+                             progress=not args.no_progress and sys.stderr.isatty(), flag=flag)
+    for line in summary["warnings"]:
+        print(f"dna-mdlm score-variants: warning: {line}", file=sys.stderr)
+    print(json.dumps({k: v for k, v in summary.items() if k != "warnings"}), file=sys.stderr)
+    skipped = sum(summary["skipped"].values())
+    print(f"dna-mdlm score-variants: {summary['scored']} of {summary['alleles']} alleles scored "
+          f"({', '.join(summary['scores'])}; {summary['kind']}, window {summary['window']}), {skipped} skipped, "
+          f"{summary['padded']} padded -> {args.out}", file=sys.stderr)
+    return 0
+
+
 VERBS = {
     "pretrain": ("train an MDLM (or AR / Markov baseline) on FASTA files", "add_pretrain_arguments", "run_pretrain"),
     "likelihood": ("bits per base of a FASTA under a model (MDLM: an upper bound)", "add_likelihood_arguments", "run_likelihood"),
@@ -493,20 +497,27 @@ VERBS = {
     "predict": ("class probabilities per FASTA record from a fine-tuned model", "add_predict_arguments", "run_predict"),
     "embed": ("embeddings of FASTA records (mean-pooled or per base)", "add_embed_arguments", "run_embed"),
     "evaluate-samples": ("how real generated DNA looks: k-mers, GC, memorisation, motifs", "add_evaluate_samples_arguments", "run_evaluate_samples"),
+    "score-variants": ("variant effect scores from a VCF or TSV: masked-marginal LLR, ELBO difference, embedding distance",
+                       "add_score_variants_arguments", "run_score_variants"),
 }
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`dna-mdlm VERB: error: ...; see dna-mdlm VERB --help`), exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())}; see {self.prog} --help\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="dna-mdlm",
         description="Masked diffusion language models for DNA on a Caduceus (RC-aware BiMamba) backbone.",
         epilog=_examples("dna-mdlm pretrain --config tiny --out runs/tiny", "dna-mdlm likelihood --model runs/tiny/model --fasta genome.fa"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"dna-mdlm {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=OneLineParser)
     for verb, (help_text, add_name, _) in VERBS.items():
         p = sub.add_parser(verb, help=help_text, description=help_text, formatter_class=argparse.RawDescriptionHelpFormatter)
         globals()[add_name](p)
@@ -526,11 +537,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(run(args) or 0)
     except InputError as exc:
-        print(f"dna-mdlm {args.verb}: error: {exc}", file=sys.stderr)
+        print(f"dna-mdlm {args.verb}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except TrainingDiverged as exc:
+        print(f"dna-mdlm {args.verb}: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"dna-mdlm {args.verb}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 if __name__ == "__main__":

@@ -27,8 +27,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .data.benchmarks import length_sorted_batches
-from .errors import InputError, atomic_path
+from .data.labelled import length_sorted_batches
+from .errors import InputError
+from .io.writers import atomic_path
 from .models.modeling_caduceus import FEATURE_LAYERS, FEATURE_POOLS, feature_width, rc_invariant_features
 from .tokenizer import encode_dna
 
@@ -135,8 +136,11 @@ def _write_npy_entry(zf: zipfile.ZipFile, name: str, array: np.ndarray) -> None:
 
 
 def embed_fasta(model_or_dir, fasta: str | os.PathLike, out: str | os.PathLike, pool: str = "mean",
-                batch_size: int = 32, device: str = "cpu", chunk_records: int | None = None, layers: str = "last") -> dict:
-    """Stream FASTA records into an .npz at `out` (see the module doc for its layout); returns a summary."""
+                batch_size: int = 32, device: str = "cpu", chunk_records: int | None = None, layers: str = "last",
+                unknown: str = "error") -> dict:
+    """Stream FASTA records into an .npz at `out` (see the module doc for its layout); returns a summary.
+
+    Records follow the `dna_mdlm.io.fasta` rules (unique names, no empty records; errors name file and line)."""
     from .data.genome import iter_fasta_batches
 
     _check(pool, layers)
@@ -144,22 +148,13 @@ def embed_fasta(model_or_dir, fasta: str | os.PathLike, out: str | os.PathLike, 
     width = model.config.hidden_size if pool == "none" else feature_width(model.config, layers, pool)
     chunk_records = chunk_records or 8 * batch_size
     names: list[str] = []
-    seen: set[str] = set()
     n_bases = 0
     with atomic_path(out) as tmp, tempfile.TemporaryFile(dir=Path(tmp).parent) as rows, \
             zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-        for chunk in iter_fasta_batches(fasta, chunk_records):
-            ids = []
-            for rid, seq in chunk:
-                try:
-                    ids.append(encode_dna(seq))
-                except InputError as exc:
-                    raise InputError(f"--fasta {fasta}: record {rid}: {exc}") from None
-                if rid in seen:
-                    raise InputError(f"--fasta {fasta}: record id {rid!r} occurs twice (ids key the embeddings)")
-                seen.add(rid)
-                names.append(rid)
-                n_bases += len(seq)
+        for chunk in iter_fasta_batches(fasta, chunk_records, unknown):
+            ids = [a for _, a in chunk]
+            names.extend(rid for rid, _ in chunk)
+            n_bases += sum(len(a) for a in ids)
             vectors = _embed_ids(model, ids, pool, layers, batch_size)
             if pool != "none":
                 rows.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())

@@ -73,7 +73,9 @@ def encode_dna(seq: str | bytes, unknown: str = "error") -> np.ndarray:
     if ids.size and ids.min() < 0:
         pos = int(np.argmax(ids < 0))
         ch = chr(raw[pos]) if raw[pos] < 128 else "\\x%02x" % raw[pos]
-        hint = "" if unknown == "N" else "; pass unknown='N' to map IUPAC ambiguity codes to N"
+        # The hint only where it helps: an IUPAC code under the default policy.
+        hint = "; pass --unknown N to read IUPAC ambiguity codes as N" if (
+            unknown != "N" and ch.upper() in IUPAC_AMBIGUOUS) else ""
         raise InvalidSequenceError(
             f"invalid character {ch!r} at position {pos} (expected A, C, G, T or N{hint})"
         )

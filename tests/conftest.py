@@ -1,20 +1,35 @@
-"""Shared test fixtures: where the real data lives, the 1 Mb chr20 slice as a string, a real motif matrix."""
+"""Shared test fixtures: where the real data lives (defined once, here), the 1 Mb chr20 slice, a real motif matrix.
+
+Tests that need ../shared/data skip with a reason when it is absent (set DNA_MDLM_SHARED_DATA to point elsewhere).
+Tiny static fixtures live in tests/data/.
+"""
 
 import os
 from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-SLICE = SHARED_DATA / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+FIXTURES = TESTS / "data"
+SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA") or ROOT.parent / "shared" / "data")
+GENOMES = SHARED_DATA / "genomes"
+SLICE = GENOMES / "human_GRCh37_chr20_40000001-41000000.fa"
+SLICE_NAME = "20:40000001-41000000"
+CHR20 = GENOMES / "human_GRCh37_chr20.fa.gz"
+ECOLI = GENOMES / "ecoli_K12_MG1655.fa.gz"
+GB_SEQUENCES = SHARED_DATA / "genomic_benchmarks" / "sequences"
+GB_COORDINATES = SHARED_DATA / "genomic_benchmarks" / "coordinates"
+VARIANTS = SHARED_DATA / "variants"
+DEMO = ROOT / "dna_mdlm" / "resources" / "chr20_demo.fa.gz"
+
+needs_genomes = pytest.mark.skipif(not SLICE.is_file(), reason=f"shared genome data not found at {GENOMES} "
+                                                               f"(set DNA_MDLM_SHARED_DATA)")
+needs_gb = pytest.mark.skipif(not GB_SEQUENCES.is_dir(), reason=f"shared Genomic Benchmarks data not found at "
+                                                                f"{GB_SEQUENCES} (set DNA_MDLM_SHARED_DATA)")
 
 # JASPAR MA0139.1 (CTCF), JASPAR CORE; counts as published (columns sum to 912-913 sites).
-CTCF_JASPAR = """>MA0139.1\tCTCF
-A  [ 87 167 281  56   8 744  40 107 851   5 333  54  12  56 104 372  82 117 402 ]
-C  [291 145  49 800 903  13 528 433  11   0   3  12   0   8 733  13 482 322 181 ]
-G  [ 76 414 449  21   0  65 334  48  32 903 566 504 890 775   5 507 307  73 266 ]
-T  [459 187 134  36   2  91  11 324  18   3   9 341   8  71  67  17  37 396  59 ]
-"""
+CTCF_JASPAR = (FIXTURES / "MA0139.1_CTCF.jaspar").read_text()
 
 
 @pytest.fixture(scope="session")

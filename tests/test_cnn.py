@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dna_mdlm.baselines.cnn import GBCNN, MaskedBatchNorm1d, train_cnn
-from dna_mdlm.data.benchmarks import LabelledSequences, collate_labelled, load_local_gb
+from dna_mdlm.data.labelled import LabelledSequences, collate_labelled, load_local_gb
 from dna_mdlm.errors import InputError
 from dna_mdlm.tokenizer import PAD_ID, encode_dna, rc_string
 

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import lightning.pytorch as pl
 import pytest
 import torch
+from conftest import SLICE
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dna_mdlm.data.datamodules import GenomeDataModule
 from dna_mdlm.errors import InputError
 
-SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-SLICE = SHARED / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
 SLICE_NAME = "20:40000001-41000000"
 
 pytestmark = pytest.mark.skipif(not SLICE.is_file(), reason=f"shared genome data not found at {SLICE.parent}")

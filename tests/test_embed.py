@@ -85,9 +85,9 @@ def test_embed_cli_streams_npz(ps_dir, seqs, tmp_path):
 
 
 @pytest.mark.parametrize("content,word", [
-    (">a\nACGT\n>a\nACGG\n", "twice"),
-    (">a\n\n>b\nACGT\n", "empty"),
-    ("just text\n", "no fasta records"),
+    (">a\nACGT\n>a\nACGG\n", "both name a record"),
+    (">a\n\n>b\nACGT\n", "has no sequence"),
+    ("just text\n", "not fasta"),
     (">a\nACGTXQ\n", "rec"),
 ])
 def test_embed_bad_fasta_one_line_error_no_output(ps_dir, tmp_path, capsys, content, word):

@@ -70,7 +70,7 @@ def test_evaluate_samples_verb_end_to_end_with_markov_judge(files, tmp_path, cap
     expected = MarkovLM.from_pretrained(files["markov"]).bits_per_base(files["sample_seqs"])
     assert judge["generated"] == pytest.approx(expected, rel=1e-9)
     assert 1.5 < judge["reference"] < 2.1
-    assert "memorised samples (fraction)" in err and "judge (Markov LM (order 3), exact)" in err
+    assert "memorised samples (fraction)" in err and "judge (Markov LM (order 3, interpolated Witten-Bell), exact)" in err
     assert "report.html" in err
 
 
@@ -78,7 +78,7 @@ def test_evaluate_samples_verb_with_mdlm_judge_and_region(files, tmp_path, capsy
     out = tmp_path / "report"
     rc = main(["evaluate-samples", "--samples", str(files["samples"]), "--reference", str(SLICE),
                "--region", "20:40000001-41000000:600001-1000000", "--model", str(files["mdlm"]),
-               "--judge-samples", "2", "--out", str(out)])
+               "--judge-samples", "2", "--no-motifs", "--out", str(out)])
     err = capsys.readouterr().err
     assert rc == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
@@ -109,7 +109,7 @@ def test_mdlm_judge_matches_the_nelbo_of_its_windows(files):
     for length in (8, 64):  # the judge scores window lengths in ascending order
         rows = [encode_dna(s)[i: i + length] for s in seqs for i in range(0, 200, 64) if len(s[i: i + 64]) == length]
         x = torch.from_numpy(np.stack(rows))
-        total += float(mdlm.nelbo_per_window(x, score_mask=torch.ones_like(x, dtype=torch.bool), num_samples=3,
+        total += float(mdlm.nats_per_window(x, score_mask=torch.ones_like(x, dtype=torch.bool), num_samples=3,
                                              generator=gen).mean(1).sum())
     assert got["bits_per_base"] == pytest.approx(total / 600 / math.log(2), rel=1e-9)
 
@@ -122,7 +122,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_report(files, tmp_path, capsys, 
     if case == "empty_samples":
         empty = tmp_path / "empty.fa"
         empty.write_text("")
-        args["--samples"], expect = str(empty), "no FASTA records"
+        args["--samples"], expect = str(empty), "empty file"
     elif case == "missing_model":
         args["--model"], expect = str(tmp_path / "nope"), "no such directory"
     elif case == "unreadable_motifs":
@@ -134,7 +134,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_report(files, tmp_path, capsys, 
 
         clf = tmp_path / "clf"
         CaduceusForSequenceClassification(CaduceusConfig(d_model=8, n_layer=1, num_labels=2)).save_pretrained(clf)
-        args["--model"], expect = str(clf), "cannot judge"
+        args["--model"], expect = str(clf), "not a language model"
     elif case == "out_is_file":
         args["--out"] = str(tmp_path / "taken")
         Path(args["--out"]).write_text("x")

@@ -15,7 +15,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold
 
 from dna_mdlm.cli import main
-from dna_mdlm.data.benchmarks import LabelledSequences, collate_labelled, load_local_gb, micro_batches
+from dna_mdlm.data.labelled import LabelledSequences, collate_labelled, load_local_gb, micro_batches
 from dna_mdlm.embedding import embed
 from dna_mdlm.evaluation.classification import ValLossStopping, chance_level, classification_metrics, summarize
 from dna_mdlm.models import CaduceusConfig, CaduceusForMaskedLM

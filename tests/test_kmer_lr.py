@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from dna_mdlm.baselines.kmer_lr import KmerFeaturizer, fit_kmer_lr, kmer_frequencies, make_kmer_lr_pipeline
-from dna_mdlm.data.benchmarks import LabelledSequences, load_local_gb
+from dna_mdlm.data.labelled import LabelledSequences, load_local_gb
 from dna_mdlm.errors import InputError
 from dna_mdlm.tokenizer import rc_string
 

@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 from Bio import SeqIO
+from conftest import SHARED_DATA
 
-from dna_mdlm.baselines.markov import MarkovLM, fit_markov_from_windows, is_markov_model_dir
+from dna_mdlm.baselines.markov import MarkovLM, fit_markov_from_windows
 from dna_mdlm.errors import InputError
+from dna_mdlm.loading import model_kind
 from dna_mdlm.tokenizer import encode_dna
 
-SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 SLICE = SHARED_DATA / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
 
 
@@ -79,13 +78,17 @@ def test_n_is_never_scored_and_breaks_context():
     assert model.score(encode_dna(left + right))[0] != pytest.approx(nats)
 
 
-def test_score_windows_matches_per_record_scores():
+def test_nats_per_window_matches_per_record_scores_and_respects_the_mask():
     model = MarkovLM.fit(["ACGTTGCAGGATCCAT" * 30], k=2)
     windows = np.stack([encode_dna("ACGTAC"), encode_dna("GGNTTA")])
-    nats, n = model.score_windows(windows)
-    assert list(n) == [6, 5]
+    nats = model.nats_per_window(windows).numpy()[:, 0]
     for row, expected in zip(windows, nats):
         assert model.score(row)[0] == pytest.approx(expected)
+    mask = np.ones_like(windows, dtype=bool)
+    mask[:, :3] = False  # positions already scored elsewhere count zero, their context still counts
+    masked = model.nats_per_window(windows, mask).numpy()[:, 0]
+    lp = model.log_probs(windows[0])
+    assert masked[0] == pytest.approx(-lp[3:].sum())
 
 
 def test_save_load_round_trip_is_identical(tmp_path):
@@ -94,7 +97,7 @@ def test_save_load_round_trip_is_identical(tmp_path):
     model.save_pretrained(out)
     config = json.loads((out / "config.json").read_text())
     assert config["model_type"] == "markov" and config["order"] == model.order
-    assert is_markov_model_dir(out) and not is_markov_model_dir(tmp_path)
+    assert model_kind(out) == "markov"
     assert not list(tmp_path.glob(".*tmp"))  # nothing left over from the atomic write
     loaded = MarkovLM.from_pretrained(out)
     probe = encode_dna("ACGTNACGGTCAATTTGCA")
@@ -151,36 +154,3 @@ def test_order_selection_picks_context_on_real_dna_and_none_on_iid(chr20_slice):
     random_model = MarkovLM.fit([iid[:200_000]], val=[iid[200_000:]], k_range=range(0, 9))
     assert random_model.order == 0
     assert random_model.validation_bits_per_base[0] == pytest.approx(2.0, abs=2e-3)
-
-
-def test_markov_yardstick_scores_exactly_the_validation_bases(tmp_path):
-    """The yardstick every pretraining run prints: fitted on the training intervals only, scored on the
-    validation windows' loss-masked bases (the right-aligned last tile's overlap is not counted twice)."""
-    from dna_mdlm.baselines.markov import markov_yardstick
-    from dna_mdlm.data.genome import GenomeWindows
-
-    rng = np.random.default_rng(0)
-    unit = "".join(rng.choice(list("ACGT"), 37))
-    train_part = unit * 400  # a repeat: a Markov LM of order >= 6 predicts it almost perfectly
-    val_part = unit * 30 + "ACGT"  # 1,114 bases: 4 full windows of 256 and a right-aligned last one
-    fasta = tmp_path / "g.fa"
-    fasta.write_text(">r\n" + train_part + val_part + "\n")
-    start = len(train_part)
-    genome = GenomeWindows([str(fasta)], window=256, val_regions=[f"r:{start + 1}-{start + len(val_part)}"])
-    windows = genome.eval_dataset("val")
-    res = markov_yardstick(genome, windows)
-    assert res["markov_train_bases"] == len(train_part)  # nothing of the validation region
-    assert res["markov_order"] >= 3 and res["markov_val_bpd"] < 0.3
-    # recompute by hand with the same model order: every validation base once, each window its own record
-    model = MarkovLM.fit([encode_dna(train_part)], k=res["markov_order"])
-    nats = n = 0
-    for i in range(len(windows)):
-        item = windows[i]
-        lp = model.log_probs(item["input_ids"].numpy())
-        m = item["loss_mask"].numpy()
-        nats, n = nats - lp[m].sum(), n + m.sum()
-    assert n == len(val_part)
-    assert res["markov_val_bpd"] == pytest.approx(nats / n / math.log(2), abs=1e-5)
-    # a cap on training bases takes the same fraction of every training interval
-    capped = markov_yardstick(genome, windows, max_train_bases=3700)
-    assert capped["markov_train_bases"] == 3700

@@ -107,9 +107,9 @@ def test_loglinear_weight_is_one_over_t_and_unknown_schedule_errors():
         get_schedule("square")
 
 
-def test_nelbo_per_window_sums_and_time_samples():
+def test_nats_per_window_sums_and_time_samples():
     m = MDLM(UniformACGT())
     x = dna(5, 64)
-    sums = m.nelbo_per_window(x, num_samples=3, generator=torch.Generator().manual_seed(0))
+    sums = m.nats_per_window(x, num_samples=3, generator=torch.Generator().manual_seed(0))
     assert sums.shape == (5, 3) and sums.dtype == torch.float64
     assert (sums > 0).all()

@@ -11,7 +11,7 @@ from conftest import CTCF_JASPAR, SLICE, write_fasta
 
 from dna_mdlm.errors import InputError
 from dna_mdlm.evaluation.report import verdicts, write_report
-from dna_mdlm.evaluation.sequences import dinucleotide_shuffle, evaluate_samples_files
+from dna_mdlm.evaluation.sample_quality import dinucleotide_shuffle, evaluate_samples_files
 
 
 
@@ -64,7 +64,7 @@ def test_real_windows_pass_the_js_and_memorisation_verdicts(tmp_path, chr20):
     train_fa = write_fasta(tmp_path / "train.fa", [chr20[:300_000]])
     reference_fa = write_fasta(tmp_path / "ref.fa", [chr20[300_000:650_000]])
     out = tmp_path / "r"
-    evaluate_samples_files(samples_fa, reference_fa, out, train_fa=train_fa, seed=0)
+    evaluate_samples_files(samples_fa, reference_fa, out, train_fa=train_fa, seed=0, jaspar_taxon=None)
     rows = {r["metric"]: r for r in json.loads((out / "metrics.json").read_text())["verdicts"]}
     assert rows["6-mer JS distance"]["verdict"] == "pass"
     assert rows["memorised samples (fraction)"]["verdict"] == "pass"
@@ -86,14 +86,14 @@ def test_bad_input_writes_nothing(tmp_path, chr20):
     bad = write_fasta(tmp_path / "bad.fa", ["ACGTACGTAC", "ACGTRACGTA"])
     out = tmp_path / "report"
     with pytest.raises(InputError, match="invalid character 'R'"):
-        evaluate_samples_files(bad, reference_fa, out)
+        evaluate_samples_files(bad, reference_fa, out, jaspar_taxon=None)
     short = write_fasta(tmp_path / "short.fa", ["ACGTACGT", "ACG"])
     with pytest.raises(InputError, match="shorter than the minimum"):
-        evaluate_samples_files(short, reference_fa, out)
+        evaluate_samples_files(short, reference_fa, out, jaspar_taxon=None)
     ok = write_fasta(tmp_path / "ok.fa", [chr20[i * 500: i * 500 + 400] for i in range(10)])
     tiny_ref = write_fasta(tmp_path / "tiny.fa", [chr20[:3000]])
     with pytest.raises(InputError, match="too small"):
-        evaluate_samples_files(ok, tiny_ref, out)
+        evaluate_samples_files(ok, tiny_ref, out, jaspar_taxon=None)
     broken_motifs = tmp_path / "m.meme"
     broken_motifs.write_text("MEME version 4\n\nMOTIF x\nletter-probability matrix: alength= 4 w= 2\n0.5 0.5\n")
     with pytest.raises(InputError, match="motif"):
@@ -111,3 +111,28 @@ def test_write_report_replaces_an_existing_report_whole(tmp_path):
     assert not (out / "stale.txt").exists()
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["low_complexity_fraction"]["generated"] is None
+
+
+@pytest.mark.slow
+def test_a_set_of_real_sequences_is_a_reference_with_jaspar_motifs_by_default(tmp_path, chr20):
+    """The issue's case: generated sequences judged against real sequences of their kind, not a genome."""
+    real = [chr20[10_000 + i * 3000: 10_000 + i * 3000 + 300] for i in range(60)]
+    generated = [chr20[500_000 + i * 3000: 500_000 + i * 3000 + 300] for i in range(40)]
+    samples_fa, reference_fa = write_fasta(tmp_path / "gen.fa", generated), write_fasta(tmp_path / "real.fa", real)
+    out = tmp_path / "rep"
+    result = evaluate_samples_files(samples_fa, reference_fa, out, seed=3)
+    ref = result["reference"]
+    assert ref["mode"] == "set" and ref["n_compared"] == 30 and ref["n_samples"] == 40 and ref["n_reference"] == 60
+    assert result["n_samples"] == 30 and result["n_reference"] == 30
+    assert "JASPAR" in result["motifs"]["source"] and "CORE vertebrates" in result["motifs"]["source"]
+    assert len(result["motifs"]["names"]) > 500 and result["motifs"]["correlation_with_reference"]["generated"] > 0.5
+    # real held-out sequence looks real against the set: the 6-mer JS sits near its real-vs-real floor
+    js = result["kmer_spectrum"]["6"]["js_distance"]
+    assert js["ratio"] < 1.2
+    # a second set for the floor; and --reference2 makes no sense with a genome
+    result2 = evaluate_samples_files(samples_fa, reference_fa, out, seed=3, reference2_fa=samples_fa,
+                                     jaspar_taxon=None, reference_mode="set")
+    assert result2["reference"]["n_compared"] == 40 and "--reference2" in result2["reference"]["note"]
+    with pytest.raises(InputError, match="--reference2 is for --reference-mode set"):
+        evaluate_samples_files(samples_fa, reference_fa, out, reference2_fa=samples_fa, reference_mode="genome",
+                               jaspar_taxon=None)

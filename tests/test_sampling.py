@@ -1,4 +1,4 @@
-"""Tests for dna_mdlm.diffusion.sampling and `dna-mdlm sample`: tiny real models (d_model 16, 2 layers)."""
+"""Tests for dna_mdlm.diffusion.sampling, dna_mdlm.generate and `dna-mdlm sample`: tiny real models (d_model 16, 2 layers)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,8 @@ from Bio import SeqIO
 
 from dna_mdlm.cli import main
 from dna_mdlm.diffusion.mdlm import MDLM
-from dna_mdlm.diffusion.sampling import (
-    allowed_ids,
-    generate,
-    sample,
-    sample_categorical,
-    shape_distribution,
-    window_starts,
-)
+from dna_mdlm.diffusion.sampling import allowed_ids, sample_categorical, shape_distribution, window_starts
+from dna_mdlm.generate import generate, sample
 from dna_mdlm.errors import InputError
 from dna_mdlm.models import CaduceusForMaskedLM
 from dna_mdlm.models.configuration_caduceus import CaduceusConfig

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.benchmarks import (LabelledSequences, LengthBucketSampler, collate_labelled, length_sorted_batches,
-                               micro_batches)
+from ..data.labelled import (LabelledSequences, LengthBucketSampler, collate_labelled, length_sorted_batches,
+                             micro_batches)
 from ..errors import InputError
 from ..evaluation.classification import ValLossStopping, chance_level
 from ..tokenizer import PAD_ID, PADDED_VOCAB_SIZE, encode_dna

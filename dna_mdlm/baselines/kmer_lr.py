@@ -29,7 +29,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..data.benchmarks import LabelledSequences
+from ..data.labelled import LabelledSequences
 from ..errors import InputError
 
 _BASE_CODE = np.full(256, 4, dtype=np.int64)  # 4 = not a base (N); such k-mers are skipped

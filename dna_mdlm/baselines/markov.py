@@ -1,8 +1,10 @@
 """k-th order Markov language model over A/C/G/T: the classical baseline every DNA LM must beat.
 
 Owns fitting (counts of every order 0..k), order selection on validation bits/base, exact likelihood
-(`score`, per-window `score_windows`, per-position `log_probs`), sampling, and the model directory
-(`config.json` with `model_type: "markov"` + counts in `model.safetensors`).
+(`score`, per-window `nats_per_window`, per-position `log_probs`), sampling, the model directory
+(`config.json` with `model_type: "markov"` + counts in `model.safetensors`), and `markov_yardstick`, the
+number every pretraining run prints beside its own held-out bits/base. `MarkovLM` is one of the three language
+models behind `likelihood`, `evaluate-samples` and `sample` (with `diffusion.mdlm.MDLM` and `baselines.ar.AR`).
 
 Smoothing is **interpolated Witten-Bell** (Witten & Bell 1991; the PPM-C escape estimate used by
 classical DNA compressors): with c a context of length j, C(c, b) the count of base b after c,
@@ -27,73 +29,61 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
+import torch
 from safetensors.numpy import load_file, save_file
 
-from ..errors import InputError, atomic_path
-from ..tokenizer import A_ID, T_ID, decode_dna, encode_dna
+from ..errors import InputError
+from ..io.writers import atomic_path
+from ..kmers import base_codes, iter_kmer_codes, joined_codes
+from ..tokenizer import A_ID, MASK_ID, decode_dna, encode_dna
+from ..units import LN2
 
 MODEL_TYPE = "markov"
 SMOOTHING = "interpolated Witten-Bell"
 MAX_ORDER = 30  # 2 bits per base of context + 2 for the base must fit in int64
 _DENSE_LIMIT = 1 << 22  # orders with at most this many (context, base) cells are counted with bincount
-_LN2 = math.log(2.0)
-
-
-def _base_codes(ids) -> np.ndarray:
-    """Token ids -> int8 codes 0..3 for A/C/G/T and -1 for everything that is not a base."""
-    arr = np.asarray(ids)
-    if arr.ndim != 1:
-        raise InputError(f"expected a 1-D array of token ids, got shape {arr.shape}")
-    arr = arr.astype(np.int64, copy=False)
-    codes = arr - A_ID
-    codes[(arr < A_ID) | (arr > T_ID)] = -1
-    return codes.astype(np.int8)
 
 
 def _as_ids(seq) -> np.ndarray:
     if isinstance(seq, (str, bytes)):
-        return encode_dna(seq)
+        return encode_dna(seq)  # validated: an invalid character is an InputError, never a silent N
     return np.asarray(seq)
 
 
 def _concat_records(records: Iterable) -> np.ndarray:
-    """Join records with a -1 separator so no context crosses a record boundary."""
-    parts = []
-    for rec in records:
-        parts.append(_base_codes(_as_ids(rec)))
-        parts.append(np.array([-1], dtype=np.int8))
-    if not parts:
+    """Codes of all records joined with a -1 separator, so no context crosses a record boundary."""
+    codes = joined_codes([_as_ids(rec) for rec in records])
+    if codes.size == 0:
         raise InputError("no sequences to fit the Markov model on (empty input)")
-    return np.concatenate(parts)
+    return codes
 
 
-def _context_available(codes: np.ndarray) -> np.ndarray:
-    """For each position, how many valid bases immediately precede it without a break."""
-    idx = np.arange(codes.size, dtype=np.int64)
-    last_break = np.maximum.accumulate(np.where(codes < 0, idx, -1))
-    # Bases right after a break see 0 context; the break position itself is never used.
-    return idx - last_break - 1
-
-
-def _context_codes(codes: np.ndarray, order: int, previous: np.ndarray | None) -> np.ndarray:
-    """Packed code of the `order` bases before each position (oldest base most significant).
-
-    Built incrementally from the code of order-1: adding the base `order` steps back as the new
-    most significant digit. Positions without enough context hold garbage and must be masked.
-    """
+def _contexts(codes: np.ndarray, max_order: int) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """For j = 0..max_order: (j, packed code of the j bases before each position, whether those j bases exist
+    and are all A/C/G/T). The context of position i is the j-mer starting at i - j (`dna_mdlm.kmers` packing:
+    oldest base most significant)."""
     n = codes.size
-    if order == 0:
-        return np.zeros(n, dtype=np.int64)
-    shifted = np.zeros(n, dtype=np.int64)
-    shifted[order:] = np.maximum(codes[:-order], 0)
-    return previous + (shifted << (2 * (order - 1)))
+    yield 0, np.zeros(n, dtype=np.int64), np.ones(n, dtype=bool)
+    if max_order == 0:
+        return
+    for j, packed, valid in iter_kmer_codes(codes, max_order):
+        ctx = np.zeros(n, dtype=np.int64)
+        ok = np.zeros(n, dtype=bool)
+        m = max(0, min(packed.size, n - j))
+        ctx[j:j + m] = packed[:m].astype(np.int64)
+        ok[j:j + m] = valid[:m]
+        yield j, ctx, ok
 
 
 class MarkovLM:
     """Interpolated Witten-Bell k-th order Markov model over A/C/G/T (see module docstring)."""
+
+    kind = "markov"
+    upper_bound = False  # exact likelihood
+    window = None  # any length: records are scored whole (a neural model's window is an int)
 
     def __init__(self, order: int, keys: Sequence[np.ndarray], counts: Sequence[np.ndarray],
                  validation_bits_per_base: dict | None = None, n_train_bases: int = 0):
@@ -115,14 +105,11 @@ class MarkovLM:
         if not 0 <= max_order <= MAX_ORDER:
             raise InputError(f"Markov order must be in 0..{MAX_ORDER}, got {max_order}")
         codes = _concat_records(records)
-        avail = _context_available(codes)
         is_base = codes >= 0
         base = codes.astype(np.int64)
         keys, counts = [], []
-        ctx = None
-        for j in range(max_order + 1):
-            ctx = _context_codes(codes, j, ctx)
-            use = is_base & (avail >= j)
+        for j, ctx, ctx_ok in _contexts(codes, max_order):
+            use = is_base & ctx_ok
             cells = ctx[use] * 4 + base[use]
             if 4 ** (j + 1) <= _DENSE_LIMIT:
                 dense = np.bincount(cells, minlength=4 ** (j + 1))
@@ -190,15 +177,12 @@ class MarkovLM:
 
     def log_probs(self, ids) -> np.ndarray:
         """Natural-log probability of every base given up to `order` previous bases; NaN where not scored."""
-        codes = _base_codes(_as_ids(ids))
-        avail = _context_available(codes)
+        codes = base_codes(_as_ids(ids))
         is_base = codes >= 0
         base = np.maximum(codes, 0).astype(np.int64)
         p = np.full(codes.size, 0.25)
-        ctx = None
-        for j in range(self.order + 1):
-            ctx = _context_codes(codes, j, ctx)
-            use = is_base & (avail >= j)
+        for j, ctx, ctx_ok in _contexts(codes, self.order):
+            use = is_base & ctx_ok
             p[use] = self._interpolate(p[use], j, ctx[use], base[use])
         out = np.full(codes.size, np.nan)
         out[is_base] = np.log(p[is_base])
@@ -210,15 +194,41 @@ class MarkovLM:
         scored = ~np.isnan(lp)
         return float(-lp[scored].sum()), int(scored.sum())
 
-    def score_windows(self, windows) -> tuple[np.ndarray, np.ndarray]:
-        """Per-window (nats, n_scored) for a (B, L) id array or a list of records; each window is its
-        own record (its first bases use short contexts)."""
-        nats, n = [], []
-        for w in windows:
-            a, b = self.score(w)
-            nats.append(a)
-            n.append(b)
-        return np.asarray(nats, dtype=np.float64), np.asarray(n, dtype=np.int64)
+    def describe(self) -> str:
+        return f"Markov LM (order {self.order}, {SMOOTHING}), exact"
+
+    infills = False  # left to right: a prefix only
+
+    def progress_total(self, length: int, settings) -> int:
+        return length
+
+    def infill(self, canvas: torch.Tensor, settings, generator=None, stats=None, progress=None) -> torch.Tensor:
+        """Complete canvas (B, L), whose fixed bases form a prefix, with `sample`; the numpy seed is drawn from
+        `generator`, so successive batches differ and a seed fixes them all."""
+        if settings.temperature == 0 or settings.top_p < 1:
+            raise InputError("a Markov model samples with --temperature > 0 and no --top-p")
+        fixed = canvas[0][canvas[0] != MASK_ID].cpu().numpy()
+        prefix = decode_dna(fixed) if fixed.size else None
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else settings.seed
+        seqs = self.sample(canvas.shape[0], canvas.shape[1], seed=seed, temperature=settings.temperature,
+                           prefix=prefix)
+        if progress is not None:
+            progress.update(canvas.shape[1])
+        return torch.from_numpy(np.stack([encode_dna(s) for s in seqs])).to(canvas.device)
+
+    def nats_per_window(self, x, score_mask=None, attention_mask=None, num_samples: int = 1,
+                        generator=None) -> torch.Tensor:
+        """(B, 1) float64 exact NLL sums of the rows of x (B, L) ids, each row its own record (its first bases
+        use short contexts), counting only positions where `score_mask` is True."""
+        rows = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+        mask = None if score_mask is None else (score_mask.detach().cpu().numpy() if isinstance(score_mask, torch.Tensor)
+                                                else np.asarray(score_mask))
+        out = np.zeros((len(rows), 1), dtype=np.float64)
+        for i, row in enumerate(rows):
+            lp = self.log_probs(row)
+            keep = ~np.isnan(lp) if mask is None else (~np.isnan(lp) & mask[i].astype(bool))
+            out[i, 0] = -float(lp[keep].sum())
+        return torch.from_numpy(out)
 
     def bits_per_base(self, sequences) -> float:
         """Pooled bits per scored base over records (DNA strings or id arrays)."""
@@ -229,7 +239,7 @@ class MarkovLM:
             n += b
         if n == 0:
             raise InputError("no A/C/G/T base to score (all sequences empty or N)")
-        return total / n / _LN2
+        return total / n / LN2
 
     def next_base_probs(self, contexts: np.ndarray, context_len: np.ndarray) -> np.ndarray:
         """(B, 4) distribution of the next base for B packed contexts of the given lengths (<= order).
@@ -260,7 +270,7 @@ class MarkovLM:
         if not temperature > 0:
             raise InputError(f"temperature must be > 0, got {temperature}")
         rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-        prefix_codes = _base_codes(encode_dna(prefix)) if prefix else np.zeros(0, dtype=np.int8)
+        prefix_codes = base_codes(encode_dna(prefix)) if prefix else np.zeros(0, dtype=np.int8)
         if prefix_codes.size > length:
             raise InputError(f"prefix is {prefix_codes.size} bp, longer than length={length}")
         out = np.empty((num, length), dtype=np.int8)
@@ -340,12 +350,36 @@ class MarkovLM:
                    n_train_bases=int(config.get("n_train_bases", 0)))
 
 
-def is_markov_model_dir(directory) -> bool:
-    """True when `directory/config.json` says model_type markov (for the CLI's --model routing)."""
-    try:
-        return json.loads((Path(directory) / "config.json").read_text()).get("model_type") == MODEL_TYPE
-    except (OSError, ValueError, AttributeError):
-        return False
+YARDSTICK_MAX_BASES = 64_000_000  # a larger training split is fitted on evenly spaced 1 Mb chunks of it
+
+
+def markov_yardstick(genome, val_windows, k_range: Iterable[int] = range(0, 13)) -> dict:
+    """The k-mer Markov LM fitted on a `GenomeWindows` training split and scored on the very validation windows
+    (a `TiledWindows`, same loss masks) a neural model was validated on: the yardstick printed beside every
+    pretraining run's held-out bits/base. The order is chosen on those windows too, which gives the yardstick
+    its best case (conservative for the model it is compared with). Seconds of work per 10 Mb."""
+    chunks = []
+    total = sum(len(iv) for iv in genome.train_intervals)
+    step = max(1, math.ceil(total / YARDSTICK_MAX_BASES))
+    for iv in genome.train_intervals:
+        for i, lo in enumerate(range(iv.start, iv.end, 1_000_000)):
+            if i % step == 0:
+                chunks.append(genome.read(iv.record, lo, min(iv.end, lo + 1_000_000)))
+    windows = [val_windows[i] for i in range(len(val_windows))]
+    ids = [w["input_ids"].numpy() for w in windows]
+    masks = [w["loss_mask"].numpy() for w in windows]
+    keys, counts, n = MarkovLM.count_tables(chunks, max(k_range))
+    best = None
+    for order in sorted(k_range):
+        model = MarkovLM(order, keys[: order + 1], counts[: order + 1], n_train_bases=n)
+        nats = sum(float(model.nats_per_window(a[None], m[None])[0, 0]) for a, m in zip(ids, masks))
+        bases = int(sum(int(m.sum()) for m in masks))
+        bpb = nats / max(bases, 1) / LN2
+        if best is None or bpb < best["bits_per_base"]:
+            best = {"order": order, "bits_per_base": round(bpb, 5)}
+    best["train_bases"] = int(sum(len(c) for c in chunks))
+    best["note"] = "k-mer Markov LM (interpolated Witten-Bell), order chosen on the same validation windows"
+    return best
 
 
 def fit_markov_from_windows(train, val=None, k: int | None = None, k_range: Iterable[int] = range(0, 13)) -> MarkovLM:
@@ -355,42 +389,3 @@ def fit_markov_from_windows(train, val=None, k: int | None = None, k_range: Iter
     if val is not None and hasattr(val, "detach"):
         val = val.detach().cpu().numpy()
     return MarkovLM.fit(list(train), k=k, val=None if val is None else list(val), k_range=k_range)
-
-
-def markov_yardstick(genome, windows, max_train_bases: int = 100_000_000, k_range: Iterable[int] = range(0, 13)) -> dict:
-    """Held-out bits/base of the k-mer Markov LM on the very bases a neural model's validation scored.
-
-    `genome`: a `data.genome.GenomeWindows`; the Markov LM is fitted on its training intervals (all of them up
-    to `max_train_bases`; beyond that an equal fraction of each interval, from its start, so every record
-    contributes). `windows`: the validation items (dicts with `input_ids` (L,) and `loss_mask` (L,), e.g. a
-    `TiledWindows`); each window is scored as its own record (the model also sees only the window) and only
-    where `loss_mask` is True, so the result is comparable base for base with the neural `val_bpd`. The order
-    is chosen on the same windows, as `pretrain --objective markov` does (and as the neural run keeps its
-    best validation checkpoint). Seconds for a chromosome.
-
-    Returns {"markov_val_bpd", "markov_order", "markov_train_bases", "markov_seconds"}; empty when there is
-    nothing to score.
-    """
-    import time
-
-    start = time.time()
-    items = [windows[i] for i in range(len(windows))]
-    if not items:
-        return {}
-    ids = [np.asarray(it["input_ids"]) for it in items]
-    masks = [np.asarray(it["loss_mask"], dtype=bool) for it in items]
-    intervals = list(genome.train_intervals)
-    total = sum(len(iv) for iv in intervals)
-    keep = min(1.0, max_train_bases / max(total, 1))
-    train = [genome.read(iv.record, iv.start, iv.start + max(1, int(len(iv) * keep))) for iv in intervals]
-    model = MarkovLM.fit(train, val=ids, k_range=k_range)
-    nats, n = 0.0, 0
-    for a, m in zip(ids, masks):
-        lp = model.log_probs(a)
-        use = m & ~np.isnan(lp)
-        nats -= float(lp[use].sum())
-        n += int(use.sum())
-    if n == 0:
-        return {}
-    return {"markov_val_bpd": round(nats / n / _LN2, 5), "markov_order": model.order,
-            "markov_train_bases": int(model.n_train_bases), "markov_seconds": round(time.time() - start, 1)}

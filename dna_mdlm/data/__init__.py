@@ -10,10 +10,10 @@ from .genome import (
     Interval,
     RandomWindows,
     TiledWindows,
-    index_fasta,
     parse_region,
-    read_bed,
 )
+from ..io.fasta import FastaFile
+from ..io.regions import read_bed
 
 __all__ = [
     "EpochSampler",
@@ -23,7 +23,7 @@ __all__ = [
     "RandomWindows",
     "ResumableDataLoader",
     "TiledWindows",
-    "index_fasta",
+    "FastaFile",
     "parse_region",
     "read_bed",
 ]

@@ -66,7 +66,7 @@ class GenomeDataModule(pl.LightningDataModule):
 
     Args (see `GenomeWindows` for the genome ones):
         fasta, bed, window, max_n_frac, val_records, val_regions, test_records, test_regions, unknown,
-        cache_dir, decompress_bgzf: passed to `GenomeWindows`.
+        cache_dir: passed to `GenomeWindows`.
         batch_size: windows per batch (all splits).
         num_workers: DataLoader worker processes (items do not depend on it).
         rc_aug: reverse-complement half of the training windows.
@@ -96,7 +96,6 @@ class GenomeDataModule(pl.LightningDataModule):
         max_test_windows: int | None = None,
         unknown: str = "error",
         cache_dir: str | os.PathLike | None = None,
-        decompress_bgzf: bool = True,
         pin_memory: bool = False,
     ):
         super().__init__()
@@ -108,7 +107,7 @@ class GenomeDataModule(pl.LightningDataModule):
         self.genome_kwargs = dict(
             fasta=fasta, bed=bed, window=window, max_n_frac=max_n_frac, val_records=val_records,
             val_regions=val_regions, test_records=test_records, test_regions=test_regions, unknown=unknown,
-            cache_dir=cache_dir, decompress_bgzf=decompress_bgzf,
+            cache_dir=cache_dir,
         )
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -125,6 +124,7 @@ class GenomeDataModule(pl.LightningDataModule):
         # Built once and shared by all stages: validating and indexing the genome is the expensive part.
         if self.genome is None:
             self.genome = GenomeWindows(**self.genome_kwargs)
+            self.genome.require_training_window()
 
     def _eval_set(self, split: str) -> TiledWindows:
         self.setup()

@@ -1,9 +1,13 @@
 """The MDLM objective: forward masking, stratified times, SUBS, and the Rao-Blackwellised NELBO.
 
-`MDLM` wraps a denoiser (`CaduceusForMaskedLM`) and a schedule. Its `loss` is the mean continuous-time
-NELBO per scored base in nats (reference/mdlm.md §1.4-1.6): positions where the input base is A/C/G/T
-are scored; N, padding and special tokens never are. `nelbo_per_window` gives the per-window sums that
-likelihood evaluation accumulates, with K Monte-Carlo time samples per window.
+`MDLM` wraps a denoiser (`CaduceusForMaskedLM`) and a schedule (Sahoo et al., "Simple and Effective Masked
+Diffusion Language Models", NeurIPS 2024, §3; kuleshov-group/mdlm `diffusion.py`). Its `loss` is the mean
+continuous-time NELBO per scored base in nats, the one loss path pretraining uses: positions where the input
+base is A/C/G/T (and the caller's `score_mask` allows) are scored; N, padding and special tokens never are.
+`nats_per_window` gives the per-window sums that likelihood evaluation accumulates, with K Monte-Carlo time
+samples per window. `MDLM` is one of the three language models behind `likelihood`, `evaluate-samples` and
+`sample` (with `baselines.ar.AR` and `baselines.markov.MarkovLM`): they share `kind`, `upper_bound`, `window`
+and `nats_per_window`.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 import torch.nn as nn
 
 from ..tokenizer import A_ID, MASK_ID, T_ID
+from .sampling import GenerationSettings, SamplingStats, _Denoiser, allowed_ids, fill_canvas, window_starts
 from .schedules import Schedule, get_schedule
 
 NEG_INF = -1e6  # the reference's "-infinity" for SUBS; fine in fp32/bf16 (logits are cast to fp32)
@@ -31,8 +36,10 @@ def stratified_times(n: int, eps: float = 1e-3, device=None, generator=None,
     Passing the global batch size and this rank's offset stratifies across DDP ranks (as DUO does).
     """
     total = total or n
-    u0 = torch.rand((), device=device, generator=generator)
+    # Drawn where the generator lives (a CPU generator gives the same t on any device), like mask_tokens.
+    u0 = torch.rand((), device=generator.device if generator is not None else device, generator=generator)
     i = torch.arange(offset, offset + n, device=device, dtype=torch.float32)
+    u0 = u0.to(i.device)
     u = ((u0 + i) / total) % 1.0
     return eps + (1.0 - eps) * u
 
@@ -55,13 +62,28 @@ def subs_log_probs(logits: torch.Tensor, z_t: torch.Tensor) -> torch.Tensor:
 
 
 class MDLM(nn.Module):
-    """Masked diffusion LM = denoiser + schedule; owns the loss and likelihood bound."""
+    """Masked diffusion LM = denoiser + schedule; owns the loss and the likelihood bound.
 
-    def __init__(self, model: nn.Module, schedule: str | Schedule = "loglinear", sampling_eps: float = 1e-3):
+    `schedule` defaults to the one the model was trained with (`config.schedule`, else log-linear)."""
+
+    kind = "mdlm"
+    upper_bound = True  # the NELBO bounds the negative log-likelihood from above
+
+    def __init__(self, model: nn.Module, schedule: str | Schedule | None = None, sampling_eps: float = 1e-3):
         super().__init__()
         self.model = model
+        if schedule is None:
+            schedule = getattr(model.config, "schedule", None) or "loglinear"
         self.schedule = get_schedule(schedule) if isinstance(schedule, str) else schedule
         self.sampling_eps = sampling_eps
+
+    @property
+    def window(self) -> int:
+        """The window the model works in (`CaduceusConfig.window`: its training length, else 1024)."""
+        return self.model.config.window
+
+    def describe(self) -> str:
+        return f"MDLM Caduceus ({self.schedule.name} schedule), NELBO upper bound"
 
     @property
     def time_conditioning(self) -> bool:
@@ -86,19 +108,29 @@ class MDLM(nn.Module):
         w = self.schedule.weight(t)[:, None]
         return torch.where(score, nll * w, torch.zeros_like(nll)), score
 
-    def loss(self, x: torch.Tensor, attention_mask=None, t: torch.Tensor | None = None, generator=None,
-             offset: int = 0, total: int | None = None):
-        """Mean NELBO per scored base (nats). A batch with nothing to score gives 0 with a gradient path."""
+    def loss(self, x: torch.Tensor, score_mask=None, attention_mask=None, t: torch.Tensor | None = None,
+             generator=None, offset: int = 0, total: int | None = None):
+        """(mean NELBO per scored base in nats, number of scored bases) for x (B, L).
+
+        Scored: A/C/G/T positions inside `attention_mask` and `score_mask` (both (B, L) bool, optional). `t` (B,)
+        defaults to stratified times over a global batch of `total` starting at `offset` (DDP ranks). A batch with
+        nothing to score gives exactly 0 with a gradient path, never NaN."""
         if t is None:
             t = stratified_times(x.shape[0], self.sampling_eps, x.device, generator, offset, total)
         tok, score = self.token_nelbo(x, t, attention_mask, generator)
+        if score_mask is not None:
+            score = score & score_mask.bool()
+            tok = torch.where(score, tok, torch.zeros_like(tok))
         n = score.sum()
         return tok.sum() / n.clamp_min(1), n
 
     @torch.no_grad()
-    def nelbo_per_window(self, x: torch.Tensor, score_mask=None, attention_mask=None, num_samples: int = 1,
-                         generator=None):
-        """Monte-Carlo NELBO sums per window: (B, K) float64 nats, K time samples stratified over [eps, 1]."""
+    def nats_per_window(self, x: torch.Tensor, score_mask=None, attention_mask=None, num_samples: int = 1,
+                        generator=None):
+        """Monte-Carlo NELBO sums per window: (B, K) float64 nats, K time samples stratified over [eps, 1].
+
+        The mean over K is an unbiased estimate of the window's NELBO (an upper bound on its NLL); the spread
+        over K gives the Monte-Carlo standard error."""
         sums = []
         for k in range(num_samples):
             u = stratified_times(x.shape[0], 0.0, None, generator)  # in [0, 1)
@@ -109,3 +141,18 @@ class MDLM(nn.Module):
                 tok = torch.where(score_mask.bool(), tok, torch.zeros_like(tok))
             sums.append(tok.double().sum(1))
         return torch.stack(sums, dim=1)
+
+    # --- generation -------------------------------------------------------------------------------
+    infills = True  # generates any [MASK] pattern: prefixes, suffixes, templates
+
+    def progress_total(self, length: int, settings: GenerationSettings) -> int:
+        return settings.steps * len(window_starts(length, settings.window, settings.overlap))
+
+    @torch.no_grad()
+    def infill(self, canvas: torch.Tensor, settings: GenerationSettings, generator: torch.Generator,
+               stats: SamplingStats, progress=None) -> torch.Tensor:
+        """Fill every [MASK] of canvas (B, L) with the reverse chain (`diffusion.sampling.fill_canvas`): windows of
+        `settings.window` slide left to right keeping `settings.overlap` bases of context; fixed bases stay."""
+        denoiser = _Denoiser(self, allowed_ids(settings.allow_n), settings.temperature, settings.top_p, stats)
+        return fill_canvas(self, canvas, settings.steps, settings.sampler, settings.window, settings.overlap,
+                           generator, denoiser, progress)

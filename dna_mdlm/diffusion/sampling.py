@@ -1,6 +1,8 @@
-"""Sampling DNA from trained models: MDLM ancestral samplers, semi-AR long generation, AR and Markov decoding.
+"""The MDLM reverse chain: ancestral samplers over a window and semi-AR generation of any length.
 
-Owns everything `dna-mdlm sample` and `dna_mdlm.sample` do (reference/mdlm.md §2):
+(Sahoo et al., NeurIPS 2024, §3.3 and Appendix on semi-autoregressive sampling; kuleshov-group/mdlm
+`diffusion.py: _ddpm_update, _ddpm_caching_update`.) What chooses a model, builds canvases from prefixes and
+templates and writes FASTA is `dna_mdlm.generate`; AR decoding is `baselines.ar.AR.decode`.
 
 - `ddpm`: ancestral sampling from the all-[MASK] prior over `steps` reverse steps on the grid
   t_k = linspace(1, 1e-5, steps + 1). At each step a masked position unmasks with probability
@@ -23,27 +25,19 @@ Owns everything `dna-mdlm sample` and `dna_mdlm.sample` do (reference/mdlm.md §
   the model window (config `train_window`) are generated semi-autoregressively: windows of the training length slide left to
   right, each keeping at least `overlap` already-generated bases as context; the last window is
   aligned to the end so a right flank (suffix) is in view when the gap before it is closed.
-- AR baselines decode by recurrent state stepping (O(1) work per base); Markov models sample through
-  `MarkovLM.sample`.
 """
 
 from __future__ import annotations
 
-import os
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from ..errors import InputError
-from ..tokenizer import A_ID, BASE_IDS, BOS_ID, MASK_ID, N_ID, InvalidSequenceError, decode_dna, encode_dna
+from ..tokenizer import BASE_IDS, MASK_ID, N_ID
 
 SAMPLERS = ("ddpm", "ddpm_cache")
 SAMPLING_EPS = 1e-5  # last time of the reverse grid (the reference's sampling eps)
 DEFAULT_STEPS = 128  # the reference config's sampling.steps
-DEFAULT_WINDOW = 1024
 
 
 @dataclass
@@ -58,10 +52,21 @@ class SamplingStats:
 
 
 @dataclass
-class SamplingResult:
-    sequences: list
-    stats: SamplingStats
-    settings: dict
+class GenerationSettings:
+    """How to generate, for any language model's `infill` (each reads the fields it uses).
+
+    steps / sampler / window / overlap: the MDLM reverse chain (steps per window, `ddpm` or `ddpm_cache`, window
+    length and the context kept between semi-AR windows); temperature / top_p / allow_n: the distribution over
+    bases every model draws from; seed: numpy-based samplers (the Markov LM) seed from it."""
+
+    steps: int = DEFAULT_STEPS
+    sampler: str = "ddpm_cache"
+    window: int | None = None
+    overlap: int | None = None
+    temperature: float = 1.0
+    top_p: float = 1.0
+    allow_n: bool = False
+    seed: int = 0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -200,233 +205,3 @@ def fill_canvas(mdlm, canvas: torch.Tensor, steps: int, sampler: str, window: in
             continue
         canvas[:, start:end] = denoise_window(denoiser, canvas[:, start:end], steps, sampler, generator, progress)
     return canvas
-
-
-# ---------------------------------------------------------------------------------------------------
-# AR recurrent decoding
-# ---------------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def ar_decode(model, num: int, length: int, prefix_ids: np.ndarray, allowed: torch.Tensor, temperature: float,
-              top_p: float, generator: torch.Generator, device, stats: SamplingStats, progress=None) -> torch.Tensor:
-    """Causal Mamba decoding by state stepping: [BOS] then the prefix are fed, then one base per step."""
-    cache = model.allocate_inference_cache(num, device=device)
-    out = torch.empty(num, length, dtype=torch.long, device=device)
-    out[:, : len(prefix_ids)] = torch.as_tensor(prefix_ids, device=device)
-    allowed = allowed.to(device)
-    token = torch.full((num,), BOS_ID, dtype=torch.long, device=device)
-    for pos in range(length):
-        logits = model.step(token, cache)
-        stats.network_calls += 1
-        stats.row_evaluations += num
-        if pos < len(prefix_ids):
-            token = out[:, pos]  # teacher-force the prefix through the recurrence
-        else:
-            probs = shape_distribution(torch.log_softmax(logits[:, allowed].double(), -1), temperature, top_p)
-            token = allowed[sample_categorical(probs, generator)]
-            out[:, pos] = token
-        if progress is not None:
-            progress.update(1)
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# the public entry point
-# ---------------------------------------------------------------------------------------------------
-
-
-def _constraint_ids(seq: str | None, what: str) -> np.ndarray:
-    if seq is None:
-        return np.zeros(0, dtype=np.int64)
-    try:
-        return encode_dna(seq)
-    except InvalidSequenceError as exc:
-        raise InputError(f"{what}: {exc}") from None
-
-
-def build_canvas(length: int | None, prefix: str | None = None, suffix: str | None = None,
-                 template: str | None = None) -> np.ndarray:
-    """The (L,) ids to complete: fixed bases where given, [MASK] where a base is to be generated.
-
-    template: A/C/G/T are fixed, N marks a position to generate (so a template cannot fix an N)."""
-    if template is not None:
-        if prefix is not None or suffix is not None:
-            raise InputError("--template cannot be combined with --prefix/--suffix (write the flanks into the template)")
-        ids = _constraint_ids(template, "--template")
-        if ids.size == 0:
-            raise InputError("--template: empty (expected A/C/G/T fixed bases and N at positions to generate)")
-        if length is not None and length != ids.size:
-            raise InputError(f"--length {length} does not match the --template length {ids.size}")
-        return np.where(ids == N_ID, MASK_ID, ids)
-    if length is None or length <= 0:
-        raise InputError(f"--length: expected a positive number of bases, got {length}")
-    pre, suf = _constraint_ids(prefix, "--prefix"), _constraint_ids(suffix, "--suffix")
-    if pre.size + suf.size > length:
-        which = "--prefix" if suf.size == 0 else ("--suffix" if pre.size == 0 else "--prefix plus --suffix")
-        raise InputError(f"{which} is {pre.size + suf.size} bp, longer than --length {length}")
-    canvas = np.full(length, MASK_ID, dtype=np.int64)
-    canvas[: pre.size] = pre
-    canvas[length - suf.size:] = suf
-    return canvas
-
-
-def _resolve_model(model, device):
-    """(object, kind) for a model directory, a Caduceus model, an MDLM wrapper or a MarkovLM."""
-    from ..baselines.markov import MarkovLM
-    from .mdlm import MDLM
-
-    if isinstance(model, (str, os.PathLike)):
-        from ..loading import load_model
-
-        model, kind = load_model(model, device=device)
-        if kind == "classifier":
-            raise InputError("--model: a fine-tuned classifier cannot generate sequences (give a pretrained MDLM, AR or Markov model)")
-        return model, kind
-    if isinstance(model, MarkovLM):
-        return model, "markov"
-    if isinstance(model, MDLM):
-        return model.to(device).eval(), "mdlm"
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(model, "lm_head"):
-        raise InputError(f"model: expected a model directory, CaduceusForMaskedLM, MDLM or MarkovLM, got {type(model).__name__}")
-    return model.to(device).eval(), getattr(config, "objective", "mdlm")
-
-
-def _schedule_name(config) -> str:
-    from .schedules import SCHEDULES
-
-    name = getattr(config, "schedule", None) or "loglinear"  # pretraining records the schedule it trained with
-    if name not in SCHEDULES:
-        raise InputError(f"--model: config.json schedule {name!r} is not one of {', '.join(sorted(SCHEDULES))}")
-    return name
-
-
-def _resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"--device {device!r}: expected cpu, cuda, cuda:N or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"--device {device}: CUDA is not available on this machine")
-    return dev
-
-
-def generate(model, num_samples: int, length: int | None = None, *, steps: int | None = None,
-             sampler: str = "ddpm_cache", prefix: str | None = None, suffix: str | None = None,
-             template: str | None = None, temperature: float = 1.0, top_p: float = 1.0,
-             batch_size: int | None = None, device: str | None = "cpu", seed: int = 0,
-             window: int | None = None, overlap: int | None = None, allow_n: bool = False,
-             progress: bool = False) -> SamplingResult:
-    """Generate `num_samples` DNA strings of `length` bases (or the template's length), with costs.
-
-    model: a model directory, a CaduceusForMaskedLM (MDLM or AR), an MDLM or a MarkovLM. Every argument
-    is checked before the model is loaded or anything runs; bad ones raise a one-line InputError."""
-    if num_samples is None or num_samples <= 0:
-        raise InputError(f"--num-samples: expected a positive count, got {num_samples}")
-    if sampler not in SAMPLERS:
-        raise InputError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
-    if steps is not None and steps <= 0:
-        raise InputError(f"--steps: expected a positive number of reverse steps, got {steps}")
-    if not temperature >= 0:
-        raise InputError(f"--temperature: expected >= 0 (0 = greedy), got {temperature}")
-    if not 0 < top_p <= 1:
-        raise InputError(f"--top-p: expected 0 < p <= 1, got {top_p}")
-    if batch_size is not None and batch_size <= 0:
-        raise InputError(f"--batch-size: expected a positive number, got {batch_size}")
-    if window is not None and window <= 1:
-        raise InputError(f"--window: expected at least 2 bases, got {window}")
-    canvas = build_canvas(length, prefix, suffix, template)
-    length = canvas.size
-    dev = _resolve_device(device)
-    model, kind = _resolve_model(model, dev)
-    steps = steps or DEFAULT_STEPS
-    batch_size = batch_size or min(num_samples, 64)
-    stats = SamplingStats()
-    settings = {"kind": kind, "num_samples": num_samples, "length": length, "seed": seed,
-                "temperature": temperature, "top_p": top_p, "prefix": prefix, "suffix": suffix, "template": template,
-                "allow_n": allow_n}
-    started = time.perf_counter()
-
-    if kind == "markov":
-        if suffix is not None or template is not None:
-            raise InputError("a Markov model generates left to right: only --prefix is supported (not --suffix/--template)")
-        if temperature == 0 or top_p < 1:
-            raise InputError("a Markov model samples with temperature > 0 and no --top-p")
-        seqs = model.sample(num_samples, length, seed=seed, temperature=temperature, prefix=prefix)
-        stats.seconds = time.perf_counter() - started
-        return SamplingResult(seqs, stats, settings)
-
-    if kind == "ar":
-        if suffix is not None or template is not None:
-            raise InputError("an AR model generates left to right: only --prefix is supported (not --suffix/--template)")
-        settings["decoding"] = "recurrent state stepping"
-    else:
-        if window is None:
-            config = model.config if hasattr(model, "config") else model.model.config
-            # `train_window` is what pretraining records; `max_length` is the released checkpoints' name.
-            window = int(getattr(config, "train_window", None) or getattr(config, "max_length", None) or DEFAULT_WINDOW)
-        overlap = window // 2 if overlap is None else overlap
-        if not 0 <= overlap < window:
-            raise InputError(f"--overlap: expected 0 <= overlap < window ({window}), got {overlap}")
-        settings.update({"steps": steps, "sampler": sampler, "window": window, "overlap": overlap})
-
-    from .mdlm import MDLM
-
-    allowed = allowed_ids(allow_n)
-    generator = torch.Generator().manual_seed(int(seed))
-    if kind == "mdlm":
-        mdlm = model if isinstance(model, MDLM) else MDLM(model, _schedule_name(model.config))
-        denoiser = _Denoiser(mdlm, allowed, temperature, top_p, stats)
-        per_batch = steps * len(window_starts(length, window, overlap))
-    else:
-        per_batch = length
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=per_batch * -(-num_samples // batch_size), desc=f"sampling ({kind})", unit="step", leave=False)
-    out: list[str] = []
-    try:
-        for first in range(0, num_samples, batch_size):
-            n = min(batch_size, num_samples - first)
-            if kind == "ar":
-                ids = ar_decode(model, n, length, canvas[canvas != MASK_ID], allowed, temperature, top_p,
-                                generator, dev, stats, bar)
-            else:
-                batch = torch.as_tensor(canvas, device=dev).repeat(n, 1)
-                ids = fill_canvas(mdlm, batch, steps, sampler, window, overlap, generator, denoiser, bar)
-            out.extend(decode_dna(row) for row in ids.cpu())
-    finally:
-        if bar is not None:
-            bar.close()
-    stats.seconds = time.perf_counter() - started
-    return SamplingResult(out, stats, settings)
-
-
-def sample(model, num_samples: int, length: int | None = None, **kwargs) -> list[str]:
-    """`num_samples` generated DNA strings; see `generate` for every option (steps, sampler, prefix, ...)."""
-    return generate(model, num_samples, length, **kwargs).sequences
-
-
-def write_samples(result: SamplingResult, out: str | os.PathLike, model_name: str = "") -> None:
-    """FASTA (one record per sample, settings in each header) + `<out>.json` sidecar, both atomic."""
-    import json
-
-    from Bio.Seq import Seq
-    from Bio.SeqIO import write as write_fasta
-    from Bio.SeqRecord import SeqRecord
-
-    from ..errors import atomic_path, atomic_write_text
-
-    s = result.settings
-    desc = " ".join(f"{k}={s[k]}" for k in ("kind", "sampler", "steps", "seed", "temperature", "top_p") if k in s)
-    records = [SeqRecord(Seq(seq), id=f"sample_{i}", description=f"model={model_name} {desc}".strip())
-               for i, seq in enumerate(result.sequences)]
-    sidecar = {"model": model_name, **s, "stats": asdict(result.stats), "fasta": Path(out).name}
-    # The sidecar first: a FASTA on disk always has its settings beside it.
-    atomic_write_text(str(out) + ".json", json.dumps(sidecar, indent=1) + "\n")
-    with atomic_path(out) as tmp:
-        write_fasta(records, tmp, "fasta")

@@ -19,21 +19,36 @@ METRICS = ("accuracy", "mcc", "macro_f1", "auroc")
 
 def classification_metrics(labels: Sequence[int], proba: np.ndarray, classes: Sequence[str]) -> dict:
     """Accuracy, MCC, macro-F1, AUROC (binary: positive = class 1; multiclass: one-vs-rest macro) and the
-    confusion matrix (rows = true class, columns = predicted class)."""
+    confusion matrix (rows = true class, columns = predicted class), plus `warnings` a reader must see:
+
+    * a classifier that predicts one class for every sequence (its accuracy is that class's share, not skill);
+    * an evaluated set that lacks some classes (macro-F1 and AUROC then cover the classes present only, instead of
+      counting an absent class as a zero).
+    Non-finite probabilities are a ValueError (they must never reach a report)."""
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, matthews_corrcoef, roc_auc_score
 
     y = np.asarray(labels, dtype=np.int64)
     proba = np.asarray(proba, dtype=np.float64)
     if proba.ndim != 2 or proba.shape != (len(y), len(classes)):
         raise ValueError(f"proba must have shape ({len(y)}, {len(classes)}), got {proba.shape}")
+    if not np.isfinite(proba).all():
+        raise ValueError("class probabilities are not finite")
     pred = proba.argmax(axis=1)
+    present = np.unique(y)
+    warnings = []
+    if len(y) and np.unique(pred).size == 1:
+        warnings.append(f"predicts one class ({classes[int(pred[0])]}) for all {len(y)} sequences: its accuracy is "
+                        f"that class's share, not skill")
+    if len(present) < len(classes):
+        missing = [str(classes[k]) for k in range(len(classes)) if k not in set(present.tolist())]
+        warnings.append(f"the evaluated set has no sequence of class(es) {', '.join(missing)}: macro scores cover the "
+                        f"{len(present)} class(es) present")
     out = {
         "n": int(len(y)),
         "accuracy": float(accuracy_score(y, pred)),
         "mcc": float(matthews_corrcoef(y, pred)),
-        "macro_f1": float(f1_score(y, pred, average="macro", labels=list(range(len(classes))), zero_division=0)),
+        "macro_f1": float(f1_score(y, pred, average="macro", labels=present.tolist(), zero_division=0)),
     }
-    present = np.unique(y)
     if len(present) < 2:
         out["auroc"] = float("nan")  # undefined with one class in the evaluated set
     elif len(classes) == 2:
@@ -44,6 +59,7 @@ def classification_metrics(labels: Sequence[int], proba: np.ndarray, classes: Se
         out["auroc"] = float(roc_auc_score(y, sub, multi_class="ovr", average="macro", labels=present)) \
             if len(present) > 2 else float(roc_auc_score(y == present[1], sub[:, 1]))
     out["confusion"] = confusion_matrix(y, pred, labels=list(range(len(classes)))).tolist()
+    out["warnings"] = warnings
     return out
 
 

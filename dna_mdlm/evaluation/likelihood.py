@@ -1,130 +1,166 @@
-"""Likelihood of a FASTA under a model: nats, bits and perplexity per scored base.
+"""Likelihood of DNA under a language model: nats, bits and perplexity per scored base.
 
-`likelihood()` tiles the input (whole records, a BED, or regions) into windows of the model's length
-and scores every A/C/G/T base once: the MDLM with its NELBO (an upper bound on the negative
-log-likelihood, K Monte-Carlo time samples per window, with a standard error), the AR model and the
-Markov LM exactly. N, padding and other symbols are never scored.
+`score_windows` is the one scoring loop: windows of token ids (each with the mask of positions it scores) go
+through a language model's `nats_per_window` in batches of equal length, giving per-window sums, their
+Monte-Carlo variance (MDLM: K time samples per window) and the bases scored. `likelihood` tiles a FASTA (whole
+records, a BED, or regions) into windows of the model's length and scores every A/C/G/T base exactly once; the
+sample-quality judge (`evaluation.judge`) scores lists of strings with the same loop. The MDLM figure is its NELBO,
+an upper bound on the negative log-likelihood, with a standard error; AR and Markov figures are exact. N, padding
+and other symbols are never scored.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections import defaultdict
-from pathlib import Path
+from collections import OrderedDict, defaultdict
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import InputError, atomic_path
+from ..data.genome import GenomeWindows
+from ..errors import InputError
+from ..io.regions import Interval, intersect_intervals, merge_intervals, parse_regions
+from ..loading import as_language_model, load_language_model, resolve_device
+from ..tokenizer import A_ID, T_ID
+from ..units import LN2, per_base
 
-LN2 = math.log(2.0)
+MARKOV_CHUNK = 1_000_000  # a Markov LM scores records exactly; long records are read in chunks this long
 
 
-def _summary(nats: float, n: int) -> dict:
-    nll = nats / max(n, 1)
-    return {"nats_per_base": nll, "bits_per_base": nll / LN2, "perplexity": math.exp(nll), "bases_scored": int(n)}
+def score_windows(lm, windows: Sequence[tuple[np.ndarray, np.ndarray]], num_samples: int = 1, batch_size: int = 16,
+                  device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> np.ndarray:
+    """(W, 3) float64 rows (mean nats, Monte-Carlo variance of that mean, bases scored) for W windows
+    `(ids (L_i,), score_mask (L_i,))`, in the order given. Windows of equal length are batched together."""
+    out = np.zeros((len(windows), 3), dtype=np.float64)
+    by_length: dict[int, list[int]] = defaultdict(list)
+    for i, (ids, _) in enumerate(windows):
+        by_length[len(ids)].append(i)
+    for length in sorted(by_length):
+        idx = by_length[length]
+        for b in range(0, len(idx), batch_size):
+            rows = idx[b: b + batch_size]
+            x = torch.from_numpy(np.stack([windows[i][0] for i in rows])).to(device)
+            mask = torch.from_numpy(np.stack([windows[i][1] for i in rows])).to(device)
+            with torch.no_grad():
+                sums = lm.nats_per_window(x, score_mask=mask, num_samples=num_samples, generator=generator)
+            sums = sums.detach().double().cpu().numpy()
+            if not np.isfinite(sums).all():
+                raise InputError("the model produced a non-finite likelihood; its weights or inputs are broken")
+            out[rows, 0] = sums.mean(axis=1)
+            out[rows, 1] = sums.var(axis=1, ddof=1) / sums.shape[1] if sums.shape[1] > 1 else 0.0
+            out[rows, 2] = mask.sum(1).cpu().numpy()
+    return out
 
 
-def likelihood(model_dir: str | os.PathLike, fasta, bed=None, regions=(), window: int | None = None,
-               num_samples: int = 2, batch_size: int = 16, device: str = "auto", seed: int = 0,
-               max_windows: int | None = None, progress: bool = False) -> dict:
-    """Score `fasta` under the model in `model_dir`. Returns the report dict (see module docstring).
+def _tiles(intervals: Iterable[Interval], window: int) -> list[tuple[str, int, int, int]]:
+    """(record, start, length, first scored offset) tiles covering every base of each interval exactly once.
 
-    The report has `per_window` rows (record, start, end, bases, nats) for the TSV outputs.
+    Each interval is tiled from its start in steps of `window`; when its length is not a multiple of the window,
+    one last tile is right-aligned to its end and its overlap with the previous tile is not scored again. An
+    interval shorter than the window is one tile of its own length."""
+    tiles = []
+    for iv in intervals:
+        L = min(window, len(iv))
+        starts = list(range(iv.start, iv.end - L + 1, L))
+        first = [0] * len(starts)
+        if starts[-1] + L < iv.end:
+            first.append(starts[-1] + L - (iv.end - L))
+            starts.append(iv.end - L)
+        tiles.extend((iv.record, s, L, f) for s, f in zip(starts, first))
+    return tiles
+
+
+def likelihood(model, fasta, bed=None, regions=(), window: int | None = None, num_samples: int = 2,
+               batch_size: int = 16, device: str = "auto", seed: int = 0, max_windows: int | None = None,
+               unknown: str = "error", log=None) -> dict:
+    """Score `fasta` (a path or a list) under `model` (a model directory or a loaded language model).
+
+    Returns the report: `bits_per_base`, `nats_per_base`, `perplexity`, `bases_scored`, `windows`, `upper_bound`
+    (MDLM: the NELBO, with `stderr_*` when `num_samples` >= 2), `per_record` (FASTA order, each with its own
+    standard error), `per_window` rows (record, start, end, bases, nats) for the TSV outputs, and, when
+    `max_windows` keeps fewer windows than the input holds, `windows_available` and a `truncated` note (also
+    passed to `log`). Raises InputError for bad files, regions (never clipped), windows or models.
     """
-    from ..data.genome import GenomeWindows, Interval, TiledWindows, intersect_intervals, merge_intervals, parse_region
-    from ..loading import load_model
-
     if num_samples < 1:
-        raise InputError(f"--samples: expected a positive number of time samples per window, got {num_samples}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, kind = load_model(model_dir, device)
-    if kind == "classifier":
-        raise InputError(f"--model {model_dir}: a fine-tuned classifier has no likelihood; give a pretrained model")
-    if window is None:
-        window = getattr(model, "window", None) or getattr(getattr(model, "config", None), "train_window", None) or 1024
-        if kind == "markov":
-            window = 1_000_000  # exact and cheap: whole records in large chunks
-    genome = GenomeWindows(fasta, bed=bed, window=1, max_n_frac=1.0)
+        raise InputError(f"--mc-samples {num_samples}: expected a positive number of time samples per window")
+    if window is not None and window < 1:
+        raise InputError(f"--window {window}: expected a positive number of bases")
+    if max_windows is not None and max_windows < 1:
+        raise InputError(f"--max-windows {max_windows}: expected a positive number of windows")
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: expected a positive number")
+    dev = resolve_device(device)
+    genome = GenomeWindows(fasta, bed=bed, window=1, max_n_frac=1.0, unknown=unknown)
     intervals = list(genome.train_intervals)
     if regions:
-        wanted = merge_intervals([parse_region(r, "--region") for r in regions])
-        for iv in wanted:
-            if iv.record not in genome.lengths:
-                raise InputError(f"--region {iv.region_string()}: record {iv.record!r} is not in the FASTA "
-                                 f"(records: {', '.join(list(genome.lengths)[:5])})")
-        intervals = intersect_intervals(intervals, wanted)
-    # Windows no longer than the shortest interval would drop it: clip the window per interval instead.
-    per_window, nats_total, n_total, var_total = [], 0.0, 0, 0.0
+        intervals = intersect_intervals(intervals, merge_intervals(parse_regions(regions, genome.lengths, "--region")))
+        if not intervals:
+            raise InputError("--region: the regions lie outside the --bed intervals; nothing to score")
+    lm = (load_language_model(model, dev, "likelihood") if isinstance(model, (str, os.PathLike))
+          else as_language_model(model, verb="likelihood"))
+    if window is None:
+        window = lm.window or MARKOV_CHUNK  # None: the model scores any length exactly
+    order = {name: i for i, name in enumerate(genome.lengths)}
+    tiles = _tiles(sorted(intervals, key=lambda iv: (order[iv.record], iv.start)), window)
+    available = len(tiles)
+    if max_windows is not None and max_windows < available:
+        keep = np.unique(np.linspace(0, available - 1, int(max_windows)).round().astype(np.int64))
+        tiles = [tiles[i] for i in keep]
+    windows = []
+    for record, start, length, first in tiles:
+        ids = genome.read(record, start, start + length)
+        mask = (ids >= A_ID) & (ids <= T_ID)
+        mask[:first] = False
+        windows.append((ids, mask))
     gen = torch.Generator(device="cpu").manual_seed(seed)
     torch.manual_seed(seed)
-    groups: dict[int, list] = defaultdict(list)
-    for iv in intervals:
-        groups[min(window, len(iv))].append(iv)
-    for L, ivs in sorted(groups.items()):
-        genome.window = L
-        tiles = TiledWindows(genome, ivs, max_windows=max_windows)
-        loader = torch.utils.data.DataLoader(tiles, batch_size=batch_size, shuffle=False)
-        for batch in loader:
-            x, mask = batch["input_ids"], batch["loss_mask"]
-            if kind == "markov":
-                sums = []
-                for row, m in zip(x.numpy(), mask.numpy()):
-                    lp = model.log_probs(row)
-                    sums.append(-float(np.where(m, lp, 0.0).sum()))
-                s = np.asarray(sums)[:, None]
-            else:
-                s = _neural_window_sums(model, kind, x.to(device), mask.to(device), num_samples, gen)
-            counts = mask.sum(1).numpy()
-            for r, st, en, k, row in zip(batch["record"], batch["start"].tolist(), batch["end"].tolist(), counts, s):
-                mean = float(np.mean(row))
-                per_window.append((r, st, en, int(k), mean))
-                nats_total += mean
-                n_total += int(k)
-                if len(row) > 1:
-                    var_total += float(np.var(row, ddof=1)) / len(row)
+    scores = score_windows(lm, windows, num_samples, batch_size, dev, gen)
+    n_total = int(scores[:, 2].sum())
     if n_total == 0:
         raise InputError(f"--fasta {fasta}: nothing to score (no A/C/G/T bases in the selected records/regions)")
-    report = {"model": str(model_dir), "kind": kind, "fasta": [str(f) for f in np.atleast_1d(fasta)],
-              "window": int(window), "windows": len(per_window), **_summary(nats_total, n_total)}
-    if kind == "mdlm":
-        report["upper_bound"] = True
+    report = {"model": str(model), "kind": lm.kind, "fasta": [str(f) for f in np.atleast_1d(fasta)],
+              "window": int(window), "windows": len(tiles), **per_base(float(scores[:, 0].sum()), n_total),
+              "upper_bound": bool(lm.upper_bound)}
+    if available > len(tiles):
+        report["windows_available"] = available
+        report["truncated"] = (f"--max-windows {max_windows}: scored {len(tiles)} of {available} windows, spread "
+                               f"evenly; the figures cover {n_total:,} bases, not the whole input")
+        if log is not None:
+            log(report["truncated"])
+    if lm.upper_bound:
         report["mc_samples_per_window"] = num_samples
         if num_samples > 1:
-            se_nats = math.sqrt(var_total) / n_total
-            report["stderr_nats_per_base"] = se_nats
-            report["stderr_bits_per_base"] = se_nats / LN2
+            se = math.sqrt(float(scores[:, 1].sum())) / n_total
+            report["stderr_nats_per_base"] = se
+            report["stderr_bits_per_base"] = se / LN2
         report["note"] = "MDLM figures are Monte-Carlo estimates of the NELBO: an upper bound on the true NLL"
     else:
-        report["upper_bound"] = False
         report["note"] = "exact likelihood (each window scored from its own first base)"
-    per_record = defaultdict(lambda: [0.0, 0])
-    for r, _, _, k, nats in per_window:
-        per_record[r][0] += nats
-        per_record[r][1] += k
-    report["per_record"] = {r: _summary(v[0], v[1]) for r, v in per_record.items()}
-    report["per_window"] = per_window
+    per_record: OrderedDict[str, list[float]] = OrderedDict()
+    for (record, _, _, _), (nats, var, n) in zip(tiles, scores):
+        acc = per_record.setdefault(record, [0.0, 0.0, 0])
+        acc[0] += nats
+        acc[1] += var
+        acc[2] += int(n)
+    report["per_record"] = {}
+    for record, (nats, var, n) in per_record.items():
+        row = per_base(nats, n) if n else {"nats_per_base": None, "bits_per_base": None, "perplexity": None,
+                                           "bases_scored": 0}
+        if lm.upper_bound and num_samples > 1 and n:
+            row["stderr_bits_per_base"] = math.sqrt(var) / n / LN2
+        report["per_record"][record] = row
+    report["per_window"] = [(record, start, start + length, int(n), float(nats))
+                            for (record, start, length, _), (nats, _, n) in zip(tiles, scores)]
     return report
 
 
-@torch.no_grad()
-def _neural_window_sums(model, kind, x, mask, num_samples, gen) -> np.ndarray:
-    if kind == "ar":
-        from ..baselines.ar import ar_token_nll
+def report_line(report: dict) -> str:
+    """The one-line summary `dna-mdlm likelihood` prints."""
+    bound = "<= " if report["upper_bound"] else ""
+    se = f" ± {report['stderr_bits_per_base']:.4f}" if "stderr_bits_per_base" in report else ""
+    cut = f" (truncated: {report['windows']} of {report['windows_available']} windows)" if "truncated" in report else ""
+    return (f"{bound}{report['bits_per_base']:.4f}{se} bits/base, perplexity {bound}{report['perplexity']:.4f}, "
+            f"{report['bases_scored']} bases in {report['windows']} windows ({report['kind']}){cut}")
 
-        tok = ar_token_nll(model, x)
-        return torch.where(mask, tok, torch.zeros_like(tok)).double().sum(1, keepdim=True).cpu().numpy()
-    from ..diffusion.mdlm import MDLM
-
-    mdlm = MDLM(model, getattr(model.config, "schedule", "loglinear"))
-    return mdlm.nelbo_per_window(x, score_mask=mask, num_samples=num_samples, generator=gen).cpu().numpy()
-
-
-def write_tsv(rows, header, path) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as fh:
-            fh.write("\t".join(header) + "\n")
-            for row in rows:
-                fh.write("\t".join(f"{v:.6g}" if isinstance(v, float) else str(v) for v in row) + "\n")

@@ -1,7 +1,9 @@
-"""Transcription-factor motif files and motif scanning for the sample-quality report.
+"""Transcription-factor motifs and motif scanning for the sample-quality report.
 
-Owns reading JASPAR (`jaspar` with `>ID NAME` headers, or a bare 4-row `pfm`) and MEME (minimal or full
-MEME output) files with Biopython's `Bio.motifs`, turning each motif into a log-odds PSSM against a
+Owns the JASPAR database through pyjaspar (the CORE collection of one taxon, offline: pyjaspar ships the JASPAR
+releases; Castro-Mondragon et al., "JASPAR 2022", NAR 50:D165), reading JASPAR (`jaspar` with `>ID NAME` headers,
+or a bare 4-row `pfm`) and MEME (minimal or full MEME output) files with Biopython's `Bio.motifs`, turning each
+motif into a log-odds PSSM against a
 uniform background, and counting occurrences on both strands above a *relative* score threshold
 (score >= min + rel * (max - min), the convention of JASPAR / TFBSTools; 0.8 by default).
 
@@ -22,6 +24,23 @@ from Bio.Seq import Seq
 from ..errors import InputError
 
 UNIFORM_BACKGROUND = {"A": 0.25, "C": 0.25, "G": 0.25, "T": 0.25}
+JASPAR_TAXA = ("vertebrates", "insects", "plants", "fungi", "nematodes", "urochordates", "trematodes", "cnidaria",
+               "diatoms", "oomycota", "protozoa", "chlorophyta")
+
+
+def load_jaspar(taxon: str = "vertebrates", release: str | None = None) -> tuple[list, str]:
+    """(motifs, release name): the JASPAR CORE motifs of one taxonomic group from pyjaspar's bundled database
+    (no network). `release` defaults to pyjaspar's newest (e.g. JASPAR2026)."""
+    if taxon not in JASPAR_TAXA:
+        raise InputError(f"--jaspar-taxon {taxon}: expected one of {', '.join(JASPAR_TAXA)}")
+    from pyjaspar import jaspardb  # imported only when motifs are asked for: it opens a 100+ MB database
+
+    db = jaspardb(release=release) if release else jaspardb()
+    found = db.fetch_motifs(collection="CORE", tax_group=[taxon])
+    dna = [m for m in found if _is_dna_motif(m)]
+    if not dna:
+        raise InputError(f"--jaspar-taxon {taxon}: no CORE motifs in {db.release}")
+    return dna, db.release
 
 
 def _detect_format(text: str) -> list[str]:

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen before pyplot loads)
 import numpy as np  # noqa: E402
 
-from ..errors import atomic_path  # noqa: E402
+from ..io.writers import atomic_path, dumps_json  # noqa: E402
 
 JS_TOLERANCE = 1.5  # generated 6-mer JS distance may be at most this multiple of real-vs-real
 
@@ -197,9 +197,9 @@ def _html(result: dict, rows: list[dict], plots: dict[str, str]) -> str:
 td,th{{border:1px solid #ccc;padding:4px 8px}}tr.pass td:nth-child(5){{color:#070}}tr.warn td:nth-child(5){{color:#b00}}
 figure{{display:inline-block;margin:1em}}img{{max-width:520px}}</style></head><body>
 <h1>Sample-quality report</h1>
-<p>{result.get('n_samples')} generated sequences against two disjoint sets of real windows of the same lengths
-(reference A, reference B). "real-vs-real" is reference B scored against reference A: it is what the metric
-looks like for real DNA at this sample size. {len(rows)} checks, {n_warn} warnings.</p>
+<p>{result.get('n_samples')} generated sequences against two disjoint sets of real sequence (reference A and B;
+{html.escape(result.get('reference', {}).get('note', ''))}). "real-vs-real" is reference B scored against reference A:
+it is what the metric looks like for real DNA at this sample size. {len(rows)} checks, {n_warn} warnings.</p>
 <p>Inputs: <code>{inputs}</code></p>
 <table><tr><th>metric</th><th>generated</th><th>real-vs-real</th><th>ratio</th><th>verdict</th><th>rule</th></tr>
 {table}
@@ -232,20 +232,6 @@ def write_report(result: dict, out_dir) -> Path:
                 plots[title] = fname
         metrics["plots"] = plots
         # NaN / inf are not JSON: an undefined metric is written as null.
-        (tmp / "metrics.json").write_text(json.dumps(_json_safe(metrics), indent=2, allow_nan=False) + "\n")
+        (tmp / "metrics.json").write_text(dumps_json(metrics, indent=2) + "\n")
         (tmp / "report.html").write_text(_html(result, rows, plots))
     return out_dir
-
-
-def _json_safe(x):
-    if isinstance(x, dict):
-        return {str(k): _json_safe(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_json_safe(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _json_safe(x.tolist())
-    if isinstance(x, np.generic):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x

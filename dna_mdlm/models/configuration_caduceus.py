@@ -1,8 +1,10 @@
-"""`CaduceusConfig`: the published Caduceus field names, plus the few fields dna-mdlm adds.
+"""`CaduceusConfig`: the published Caduceus field names, plus the fields dna-mdlm sets, every one declared here.
 
-Field names and defaults follow kuleshov-group/caduceus so a released `config.json` loads unchanged
-(reference/caduceus.md §5.1). dna-mdlm adds `time_conditioning` (off by default, as in the MDLM DNA runs)
-and `objective` ("mdlm" or "ar"), which tells every verb how to read the model's logits.
+Field names and defaults follow kuleshov-group/caduceus `caduceus/configuration_caduceus.py`, so a released
+`config.json` loads unchanged (its `auto_map` to remote code is kept as data and never executed). As in
+transformers' `models/mamba/configuration_mamba.py`, every field the code reads is declared and documented below,
+including those written at training time (`train_window`, `schedule`, `objective`) and the classification-head
+settings.
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ from transformers import PretrainedConfig
 from ..tokenizer import PADDED_VOCAB_SIZE
 from ..tokenizer import complement_map as default_complement_map
 
+DEFAULT_WINDOW = 1024  # bases per window when a model does not record its training length
+OBJECTIVES = ("mdlm", "ar")
+SCHEDULES = ("loglinear", "cosine", "linear")
+POOLINGS = ("mean", "max", "first", "last", "mean+max")  # mean+max: probe features only
+FEATURE_LAYERS = ("last", "all")
+HEADS = ("linear", "mlp")
 DEFAULT_SSM_CFG = {
     "d_state": 16,
     "d_conv": 4,
@@ -30,6 +38,43 @@ DEFAULT_INITIALIZER_CFG = {"initializer_range": 0.02, "rescale_prenorm_residual"
 
 
 class CaduceusConfig(PretrainedConfig):
+    """Configuration of a Caduceus model (Schiff et al., ICML 2024, arXiv:2403.03234).
+
+    Args:
+        d_model: width of one strand's hidden state (Caduceus-PS hidden states are `2 * d_model` wide).
+        n_layer: number of BiMamba layers.
+        vocab_size: token ids (12 real ones, padded to a multiple of `pad_vocab_size_multiple`: 16).
+        ssm_cfg: Mamba block settings (`d_state`, `d_conv`, `expand`, `dt_rank`, `dt_min`, `dt_max`, `dt_init`,
+            `dt_scale`, `dt_init_floor`, `conv_bias`, `bias`, `use_fast_path`); missing keys take mamba_ssm's defaults.
+        rms_norm: RMSNorm (True, every released model) or LayerNorm.
+        residual_in_fp32: keep the residual stream in float32 (False in the released configs).
+        fused_add_norm: reproduce the fused Triton add-norm of the released PS models (a per-layer half swap).
+        pad_vocab_size_multiple: vocabulary padding.
+        norm_epsilon: epsilon of the norms.
+        initializer_cfg: `initializer_range`, `rescale_prenorm_residual`, `n_residuals_per_layer`.
+        bidirectional: BiMamba (True) or a causal Mamba stack (the AR baseline).
+        bidirectional_strategy: how the two directions combine: "add" or "ew_multiply".
+        bidirectional_weight_tie: share in/out projections between the two directions.
+        rcps: reverse-complement parameter sharing (Caduceus-PS: exactly RC-equivariant); False is Caduceus-Ph or
+            plain BiMamba.
+        complement_map: token id -> complement id (stored with string keys, as released).
+        time_conditioning: feed the MDLM noise level to the network (off, as in the MDLM DNA runs).
+        objective: "mdlm" (masked diffusion, bidirectional) or "ar" (next-base prediction, causal); tells every verb
+            how to read the logits.
+        train_window: bases per window the model was trained on (likelihood, sampling and variant scoring default to
+            it); None for a model that never recorded it (then `max_length`, else `DEFAULT_WINDOW`).
+        schedule: the MDLM noise schedule the model was trained with: "loglinear", "cosine" or "linear".
+        pooling_strategy: classifier pooling over real bases: "mean", "max", "first", "last" (per-view head), or
+            "mean", "max", "mean+max" (probe features).
+        feature_layers: None for the upstream head on the last layer's per-strand views; "last" or "all" for the
+            frozen-encoder probe layout (RC-invariant pooled features of the last / every layer, standardised).
+        head: classifier head: "linear" (upstream's bias-free `score`) or "mlp".
+        head_hidden: hidden width of the MLP head (default 2 * d_model).
+        head_dropout: dropout inside the MLP head.
+        conjoin_train / conjoin_eval: for non-PS classifiers, also run the reverse complement and average the logits
+            in training / at evaluation (post-hoc conjoining of Caduceus-Ph).
+    """
+
     model_type = "caduceus"
 
     def __init__(
@@ -51,6 +96,15 @@ class CaduceusConfig(PretrainedConfig):
         complement_map: dict | None = None,
         time_conditioning: bool = False,
         objective: str = "mdlm",
+        train_window: int | None = None,
+        schedule: str = "loglinear",
+        pooling_strategy: str = "mean",
+        head: str = "linear",
+        head_hidden: int | None = None,
+        head_dropout: float = 0.1,
+        conjoin_train: bool = False,
+        conjoin_eval: bool = False,
+        feature_layers: str | None = None,
         pad_token_id: int = 4,
         **kwargs,
     ):
@@ -60,10 +114,20 @@ class CaduceusConfig(PretrainedConfig):
             bidirectional_strategy = "add"
         if bidirectional_strategy not in ("add", "ew_multiply"):
             raise ValueError(f"bidirectional_strategy must be 'add' or 'ew_multiply', got {bidirectional_strategy!r}")
-        if objective not in ("mdlm", "ar"):
+        if objective not in OBJECTIVES:
             raise ValueError(f"objective must be 'mdlm' or 'ar', got {objective!r}")
         if objective == "ar" and (bidirectional or rcps):
             raise ValueError("an autoregressive (objective='ar') model must be unidirectional and not RC-PS")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
+        if pooling_strategy not in POOLINGS:
+            raise ValueError(f"pooling_strategy must be one of {', '.join(POOLINGS)}, got {pooling_strategy!r}")
+        if feature_layers is not None and feature_layers not in FEATURE_LAYERS:
+            raise ValueError(f"feature_layers must be None or one of {', '.join(FEATURE_LAYERS)}, got {feature_layers!r}")
+        if head not in HEADS:
+            raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}")
+        if train_window is not None and (not isinstance(train_window, int) or train_window < 1):
+            raise ValueError(f"train_window must be a positive number of bases, got {train_window!r}")
         self.d_model = d_model
         self.n_layer = n_layer
         self.vocab_size = vocab_size
@@ -86,6 +150,15 @@ class CaduceusConfig(PretrainedConfig):
         self.complement_map = {str(k): v for k, v in sorted(comp.items())}
         self.time_conditioning = time_conditioning
         self.objective = objective
+        self.train_window = train_window
+        self.schedule = schedule
+        self.pooling_strategy = pooling_strategy
+        self.head = head
+        self.head_hidden = head_hidden
+        self.head_dropout = head_dropout
+        self.conjoin_train = conjoin_train
+        self.conjoin_eval = conjoin_eval
+        self.feature_layers = feature_layers
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
@@ -93,6 +166,11 @@ class CaduceusConfig(PretrainedConfig):
     def hidden_size(self) -> int:
         """Width of the backbone output: 2*d_model for Caduceus-PS (two strands), d_model otherwise."""
         return 2 * self.d_model if self.rcps else self.d_model
+
+    @property
+    def window(self) -> int:
+        """The window the model works in: `train_window`, else the released configs' `max_length`, else 1024."""
+        return int(self.train_window or getattr(self, "max_length", None) or DEFAULT_WINDOW)
 
     def complement_list(self) -> list[int]:
         return [self.complement_map[str(i)] for i in range(self.vocab_size)]

@@ -664,8 +664,8 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
       or "mlp"; pooling mean | max | first | last.
     - "all" or "last" (the frozen probe): `rc_invariant_features` of every layer or of the last one (pooling
       mean | max | mean+max), standardised with the stored `feature_mean` / `feature_scale` buffers (a fitted
-      StandardScaler), then
-      `score`: "linear" (with bias, so a fitted logistic regression is stored exactly) or "mlp".
+      StandardScaler), then `score`: "linear" (with bias, so a fitted logistic regression is stored exactly) or
+      "mlp".
     Pooling always respects `attention_mask`: padding never reaches a pool.
     """
 
@@ -692,8 +692,8 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
         if config.head == "linear":
             self.score = nn.Linear(d, config.num_labels, bias=probe)
         elif config.head == "mlp":
-            hidden = getattr(config, "head_hidden", 2 * config.d_model)
-            self.score = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(getattr(config, "head_dropout", 0.1)),
+            hidden = config.head_hidden or 2 * config.d_model
+            self.score = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(config.head_dropout),
                                        nn.Linear(hidden, config.num_labels))
         else:
             raise ValueError(f"head must be 'linear' or 'mlp', got {config.head!r}")

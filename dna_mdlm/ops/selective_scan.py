@@ -26,6 +26,7 @@ Shapes: u/delta/z (batch, d_inner, L); A (d_inner, d_state); B/C (batch, d_state
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -46,6 +47,7 @@ __all__ = [
     "selective_scan_cpp",
     "selective_state_update",
     "mamba_cuda_available",
+    "mamba_kernel_args",
     "scan_backend",
     "load_cpp_extension",
 ]
@@ -400,22 +402,42 @@ def scan_backend(device: torch.device | str = "cpu") -> str:
     return "blocked"
 
 
+def mamba_kernel_args(u, delta, A, B, C, D=None, z=None, delta_bias=None):
+    """The dtypes mamba-ssm's CUDA kernel accepts: delta, z and (time-varying) B/C in u's dtype; A, D and
+    delta_bias in float32 (the kernel's TORCH_CHECKs in state-spaces/mamba csrc/selective_scan).
+
+    Under bf16 autocast a model hands over a mix (a masked delta comes out of softplus in float32 while u
+    is bfloat16), which the kernel would reject.
+    """
+    like_u = [None if t is None else t.to(u.dtype) for t in (delta, B, C, z)]
+    fp32 = [None if t is None else t.float() for t in (A, D, delta_bias)]
+    delta, B, C, z = like_u
+    A, D, delta_bias = fp32
+    return u, delta, A, B, C, D, z, delta_bias
+
+
 def selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                       return_last_state=False):
     """mamba-ssm compatible selective scan; returns y (dtype of u) or (y, last_state (batch, d_inner, d_state))."""
     backend = scan_backend(u.device) if isinstance(u, torch.Tensor) else "ref"
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
-    if backend == "cuda":
-        if not mamba_cuda_available():
-            raise InputError(f"{SCAN_ENV_VAR}=cuda but mamba-ssm's CUDA selective scan is not importable")
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as mamba_scan
+    device_type = u.device.type if isinstance(u, torch.Tensor) else "cpu"
+    # Autocast off: the torch paths' contractions (einsum) would otherwise run in bf16 under bf16-mixed
+    # training, while every path promises float32 accumulation as mamba-ssm does. (Only cpu and cuda
+    # autocast exist on every torch this supports; other devices have none to turn off.)
+    no_autocast = torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else contextlib.nullcontext()
+    with no_autocast:
+        if backend == "cuda":
+            if not mamba_cuda_available():
+                raise InputError(f"{SCAN_ENV_VAR}=cuda but mamba-ssm's CUDA selective scan is not importable")
+            from mamba_ssm.ops.selective_scan_interface import selective_scan_fn as mamba_scan
 
-        return mamba_scan(*args)
-    if backend == "cpp":
-        return selective_scan_cpp(*args)
-    if backend == "blocked":
-        return selective_scan_blocked(*args)
-    return selective_scan_ref(*args)
+            return mamba_scan(*mamba_kernel_args(*args[:8]), delta_softplus, return_last_state)
+        if backend == "cpp":
+            return selective_scan_cpp(*args)
+        if backend == "blocked":
+            return selective_scan_blocked(*args)
+        return selective_scan_ref(*args)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False):

@@ -38,7 +38,6 @@ A sequence longer than `max_length` is an error unless `truncate` is set.
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import shutil
@@ -55,12 +54,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.benchmarks import (LabelledSequences, LengthBucketSampler, collate_labelled, length_sorted_batches,
-                               micro_batches)
 from ..data.genome import iter_fasta_batches
+from ..data.labelled import (LabelledSequences, LengthBucketSampler, collate_labelled, length_sorted_batches,
+                             micro_batches)
 from ..embedding import pooled_features
-from ..errors import InputError, atomic_path
+from ..errors import InputError
 from ..evaluation.classification import ValLossStopping, chance_level
+from ..io.writers import atomic_path, dumps_json
 from ..models import CaduceusConfig, CaduceusForSequenceClassification
 from ..models.modeling_caduceus import rc_padded
 from ..tokenizer import DNATokenizer, encode_dna
@@ -736,9 +736,9 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
         if m in CADUCEUS_METHODS:
             cfg.check_pooling(m)
     _check_sets(train, test)
-    from ..loading import model_kind
+    from ..loading import load_model
 
-    model_kind(model_dir)  # a missing or foreign --model fails before any work
+    load_model(model_dir)  # a missing, foreign or non-finite --model fails before any work
     desc, runs = protocol_splits(train, test, seeds, folds, cfg.val_fraction)
     feats: dict[str, np.ndarray] | None = None
     feature_s = 0.0
@@ -789,11 +789,18 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
                 results[method].append({"run": run["name"], **metrics, **info, "test_chance": chance})
                 oof[method][0].append(run["test"].labels)
                 oof[method][1].append(proba)
-                flag = f"  <-- AT CHANCE on the test set: {chance['reason']}" if chance["at_chance"] else ""
-                log(f"[finetune] {run['name']} {method}: test accuracy {metrics['accuracy']:.4f}, AUROC {metrics['auroc']:.4f}{flag}")
+                if chance["at_chance"] and not any(w.startswith("predicts one class") for w in metrics["warnings"]):
+                    results[method][-1]["warnings"] = metrics["warnings"] + [f"AT CHANCE on the test set: {chance['reason']}"]
+                log(f"[finetune] {run['name']} {method}: test accuracy {metrics['accuracy']:.4f}, AUROC {metrics['auroc']:.4f}"
+                    + "".join(f"; WARNING: {w}" for w in results[method][-1]["warnings"]))
         summaries = {m: summarize(results[m]) for m in methods}
         at_chance = {m: sum(r["test_chance"]["at_chance"] for r in results[m]) for m in methods}
-        for m in methods:
+        for m in methods:  # every distinct warning, with the runs it came from
+            seen: dict[str, list[str]] = {}
+            for r in results[m]:
+                for w in r.get("warnings", []):
+                    seen.setdefault(w, []).append(r["run"])
+            summaries[m]["warnings"] = [f"{w} ({', '.join(runs)})" for w, runs in seen.items()]
             summaries[m]["runs_at_chance"] = at_chance[m]
         title = f"{task or train.source}: {desc}"
         labels = {m: METHOD_LABELS[m] + (f" (AT CHANCE in {at_chance[m]}/{len(runs)} runs)" if at_chance[m] else "")
@@ -806,8 +813,9 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
                   "spread": "± is max − min over runs (the Caduceus GB convention), not a standard deviation"}
         if "kmer_lr" in methods:
             report["comparison"] = compare_to_baseline(summaries, primary, "kmer_lr")
-        (tmp / "metrics.json").write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
-        (tmp / "metrics.md").write_text(f"## {title}\n\n{table}\n± = max − min over {len(runs)} runs.\n")
+        (tmp / "metrics.json").write_text(dumps_json(report) + "\n")
+        warned = "".join(f"\n**Warning ({METHOD_LABELS[m]})**: {w}\n" for m in methods for w in summaries[m]["warnings"])
+        (tmp / "metrics.md").write_text(f"## {title}\n\n{table}\n± = max − min over {len(runs)} runs.\n{warned}")
         y_all = np.concatenate(oof[primary][0])
         p_all = np.concatenate(oof[primary][1])
         what = "out-of-fold predictions" if test is None else f"test predictions pooled over {len(runs)} seeds"
@@ -817,14 +825,6 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
     log(f"[finetune] wrote {out_dir}")
     print(table)
     return report
-
-
-def _json_default(x):
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return str(x)
 
 
 def compare_to_baseline(summaries: dict, method: str, baseline: str) -> dict:
@@ -864,22 +864,29 @@ def load_classifier(model_dir: str | os.PathLike, device: str = "cpu") -> Caduce
 
 def predict_fasta(model_dir: str | os.PathLike, fasta: str | os.PathLike, out: str | os.PathLike,
                   batch_size: int = 64, device: str = "cpu", max_length: int | None = None,
-                  truncate: bool = False) -> int:
-    """Write a TSV (record id + one probability column per class name) atomically; returns the record count."""
+                  truncate: bool = False, unknown: str = "error") -> dict:
+    """Write a TSV (record name + one probability column per class name) atomically, rows in FASTA order.
+
+    Returns {"records", "truncated"}: with `truncate`, records longer than `max_length` keep their first
+    `max_length` bases and are counted (never silently); without it they are an error naming the record."""
     model = load_classifier(model_dir, device)
     classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    n = 0
+    n = truncated = 0
     with atomic_path(out) as tmp, open(tmp, "w") as fh:
         fh.write("\t".join(["record"] + [str(c) for c in classes]) + "\n")
-        for chunk in iter_fasta_batches(fasta, 16 * batch_size):
-            try:
-                ids = _encode_all([s for _, s in chunk], max_length, truncate, f"--fasta {fasta}")
-            except InputError as exc:
-                raise InputError(f"{exc} (counting from record {n + 1})") from None
+        for chunk in iter_fasta_batches(fasta, 16 * batch_size, unknown):
+            ids = []
+            for rid, a in chunk:
+                if max_length is not None and len(a) > max_length:
+                    if not truncate:
+                        raise InputError(f"--fasta {fasta}: record {rid!r} has {len(a)} bases > --max-length "
+                                         f"{max_length} (raise --max-length or pass --truncate)")
+                    a, truncated = a[:max_length], truncated + 1
+                ids.append(a)
             proba = predict_proba(model, ids, batch_size)
             if not np.isfinite(proba).all():
-                raise InputError(f"--model {model_dir}: produced non-finite probabilities (corrupt weights?)")
+                raise InputError(f"--model {model_dir}: the classifier produced non-finite probabilities")
             for (rid, _), row in zip(chunk, proba):
                 fh.write(rid + "\t" + "\t".join(f"{p:.6g}" for p in row) + "\n")
             n += len(chunk)
-    return n
+    return {"records": n, "truncated": truncated}

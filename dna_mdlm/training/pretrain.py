@@ -11,7 +11,7 @@ and a loss-curve PNG.
 from __future__ import annotations
 
 import copy
-import json
+import csv
 import math
 import os
 import time
@@ -19,100 +19,34 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.strategies import DDPStrategy
 
-from ..diffusion.mdlm import MDLM, scorable, stratified_times
 from .._quiet import quiet_libraries
-from ..errors import InputError, atomic_path
-from ..baselines.ar import ar_token_nll
+from ..baselines.ar import AR
 from ..baselines.markov import markov_yardstick
+from ..data.datamodules import GenomeDataModule
+from ..diffusion.mdlm import MDLM, stratified_times
+from ..errors import InputError, TrainingDiverged
+from ..evaluation.likelihood import score_windows
+from ..io.writers import atomic_path, atomic_write_text, write_json
+from ..loading import load_language_model, load_model
 from ..models import CaduceusConfig, CaduceusForMaskedLM
-from ..tokenizer import DNATokenizer
+from ..units import LN2
+from .common import (
+    EMA,
+    AtomicCheckpointIO,
+    NonFiniteGuard,
+    export_model_dir,
+    optimizer_groups,
+    read_json,
+    render_model_card,
+    warmup_cosine,
+)
+from .recipes import reconcile_resume, resolve_pretrain
 
-LN2 = math.log(2.0)
-
-
-# ---------------------------------------------------------------------------------------------------
-# pieces
-# ---------------------------------------------------------------------------------------------------
-
-
-class EMA:
-    """Exponential moving average of parameters with the reference warm-up: decay_n = min(d, (1+n)/(10+n))."""
-
-    def __init__(self, model: torch.nn.Module, decay: float = 0.9999):
-        self.decay = decay
-        self.num_updates = 0
-        self.shadow = {n: p.detach().clone().float() for n, p in model.named_parameters() if p.requires_grad}
-
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        self.num_updates += 1
-        d = min(self.decay, (1 + self.num_updates) / (10 + self.num_updates))
-        for n, p in model.named_parameters():
-            if n in self.shadow:
-                self.shadow[n].mul_(d).add_(p.detach().float(), alpha=1 - d)
-
-    @torch.no_grad()
-    def swap(self, model: torch.nn.Module) -> None:
-        """Exchange live and EMA weights (call twice to restore)."""
-        for n, p in model.named_parameters():
-            if n in self.shadow:
-                tmp = p.detach().clone()
-                p.copy_(self.shadow[n].to(p.dtype))
-                self.shadow[n].copy_(tmp.float())
-
-    def state_dict(self) -> dict:
-        return {"decay": self.decay, "num_updates": self.num_updates, "shadow": self.shadow}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.decay, self.num_updates = state["decay"], state["num_updates"]
-        for n, t in state["shadow"].items():
-            self.shadow[n].copy_(t)
-
-
-def optimizer_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """AdamW groups: no decay on biases, norms, embeddings and parameters flagged _no_weight_decay (A_log, D)."""
-    no_decay_ids = set()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Embedding) or "Norm" in type(module).__name__:
-            no_decay_ids.update(id(p) for p in module.parameters(recurse=False))
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():  # deduplicated: tied weights appear once
-        if not p.requires_grad:
-            continue
-        if id(p) in no_decay_ids or getattr(p, "_no_weight_decay", False) or name.endswith("bias") or p.dim() < 2:
-            no_decay.append(p)
-        else:
-            decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def lr_lambda(warmup: int, total: int, schedule: str, min_ratio: float):
-    def f(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / max(1, warmup)
-        if schedule == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return f
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write checkpoints to a temporary file and rename, so a kill never leaves a truncated .ckpt."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+RUN_CONFIG = "run_config.json"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -121,6 +55,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class PretrainModule(pl.LightningModule):
+    """Trains a `CaduceusForMaskedLM` as an MDLM (`diffusion.mdlm.MDLM.loss`) or as the causal AR baseline
+    (`baselines.ar.AR.loss`); validates with the EMA weights; owns its optimiser (AdamW, decay groups, warm-up +
+    cosine: `training.common`)."""
+
     def __init__(self, model_cfg: dict, objective: str = "mdlm", schedule: str = "loglinear", lr: float = 1e-3,
                  weight_decay: float = 0.0, betas=(0.9, 0.95), warmup_steps: int = 100, lr_schedule: str = "cosine",
                  min_lr_ratio: float = 0.1, max_steps: int = 1000, ema_decay: float = 0.999, seed: int = 0,
@@ -132,46 +70,47 @@ class PretrainModule(pl.LightningModule):
         cfg = dict(model_cfg)
         if objective == "ar":
             cfg.update(bidirectional=False, rcps=False)
-        self.config = CaduceusConfig(objective=objective, **cfg)
-        self.config.train_window = window
-        self.config.schedule = schedule
+        try:
+            self.config = CaduceusConfig(objective=objective, train_window=window, schedule=schedule, **cfg)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"model settings: {exc}") from None
         self.model = CaduceusForMaskedLM(self.config)
-        self.mdlm = MDLM(self.model, schedule) if objective == "mdlm" else None
+        self.lm = MDLM(self.model, schedule) if objective == "mdlm" else AR(self.model)
         self.ema = EMA(self.model, ema_decay) if ema_decay else None
         self._val = None
 
-    # --- losses -----------------------------------------------------------------------------------
-    def token_losses(self, batch, t=None, generator=None):
-        """(per-token nats (B, L), scored mask (B, L)); MDLM values are NELBO terms (upper bound)."""
-        x, score = batch["input_ids"], batch["loss_mask"]
-        if self.mdlm is not None:
-            tok, s = self.mdlm.token_nelbo(x, t, generator=generator)
-            score = score & s
-        else:
-            tok = ar_token_nll(self.model, x)
-            score = score & scorable(x)
-        return torch.where(score, tok, torch.zeros_like(tok)), score
+    @torch.no_grad()
+    def load_weights(self, model: torch.nn.Module) -> None:
+        """Start from another model's weights (`--init`): same architecture; the EMA starts there too."""
+        missing, unexpected = self.model.load_state_dict(model.state_dict(), strict=False)
+        tied = set(getattr(self.model, "_tied_weights_keys", None) or {})
+        if unexpected or set(missing) - tied - {k for k in missing if "mamba_rev" in k and "_proj" in k}:
+            raise InputError(f"--init: weights do not fit the architecture (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]})")
+        if self.ema is not None:
+            self.ema = EMA(self.model, self.ema.decay)
 
     def _noise(self, n: int, stage: str, batch_idx: int = 0):
         """Times and mask draws from a generator seeded by (seed, step, rank): a resumed run draws exactly
         what the uninterrupted one would have, and every validation pass uses the same draws."""
-        if self.mdlm is None:
+        if not isinstance(self.lm, MDLM):
             return None, None
         step = self.global_step if stage == "train" else 10**9 + batch_idx
         g_t = torch.Generator().manual_seed(self.hparams.seed * 1_000_003 + step)
         # One uniform shared by every rank, each rank taking its slice of the global batch: the
         # stratification covers [eps, 1] across the whole global batch.
         world = self.trainer.world_size if self._trainer else 1
-        t = stratified_times(n, self.mdlm.sampling_eps, None, g_t, offset=self.global_rank * n, total=world * n)
+        t = stratified_times(n, self.lm.sampling_eps, None, g_t, offset=self.global_rank * n, total=world * n)
         g_mask = torch.Generator().manual_seed((self.hparams.seed * 1_000_003 + step) * 64 + self.global_rank + 1)
         return t.to(self.device), g_mask
 
+    def batch_loss(self, batch, stage: str, batch_idx: int = 0):
+        """(mean nats per scored base, scored bases) of a batch: the language model's own loss."""
+        t, g = self._noise(batch["input_ids"].shape[0], stage, batch_idx)
+        return self.lm.loss(batch["input_ids"], score_mask=batch["loss_mask"], t=t, generator=g)
+
     def training_step(self, batch, batch_idx):
-        t, g = self._noise(batch["input_ids"].shape[0], "train")
-        tok, score = self.token_losses(batch, t, g)
-        n = score.sum()
-        # A batch with nothing scorable (all N) contributes exactly zero, never NaN.
-        loss = tok.sum() / n.clamp_min(1)
+        loss, n = self.batch_loss(batch, "train")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=int(n.clamp_min(1)))
         return loss
 
@@ -187,10 +126,9 @@ class PretrainModule(pl.LightningModule):
                      torch.zeros((), dtype=torch.float64, device=self.device)]
 
     def validation_step(self, batch, batch_idx):
-        t, g = self._noise(batch["input_ids"].shape[0], "val", batch_idx)
-        tok, score = self.token_losses(batch, t, g)
-        self._val[0] += tok.double().sum()
-        self._val[1] += score.sum().double()
+        loss, n = self.batch_loss(batch, "val", batch_idx)
+        self._val[0] += loss.double() * n
+        self._val[1] += n.double()
 
     def on_validation_epoch_end(self):
         nats, n = self.all_gather(self._val[0]).sum(), self.all_gather(self._val[1]).sum()
@@ -204,7 +142,8 @@ class PretrainModule(pl.LightningModule):
     def configure_optimizers(self):
         h = self.hparams
         opt = torch.optim.AdamW(optimizer_groups(self.model, h.weight_decay), lr=h.lr, betas=tuple(h.betas))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(h.warmup_steps, h.max_steps, h.lr_schedule, h.min_lr_ratio))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, warmup_cosine(h.warmup_steps, h.max_steps, h.lr_schedule, h.min_lr_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint):
@@ -217,18 +156,12 @@ class PretrainModule(pl.LightningModule):
 
     # --- export -----------------------------------------------------------------------------------
     def export(self, directory: str | os.PathLike, extra: dict | None = None) -> None:
-        """Write the model directory (EMA weights) atomically: config.json, model.safetensors, tokenizer."""
+        """Write the model directory with the EMA weights (`training.common.export_model_dir`)."""
         model = copy.deepcopy(self.model).cpu().float()
         if self.ema is not None:
-            with torch.no_grad():
-                for n, p in model.named_parameters():
-                    if n in self.ema.shadow:
-                        p.copy_(self.ema.shadow[n].cpu())
-        with atomic_path(directory) as tmp:
-            model.save_pretrained(tmp)
-            DNATokenizer().save_pretrained(tmp)
-            meta = {"step": int(self.global_step), "ema": self.ema is not None, **(extra or {})}
-            (tmp / "training_state.json").write_text(json.dumps(meta, indent=1))
+            self.ema.copy_to(model)
+        meta = {"step": int(self.global_step), "ema": self.ema is not None, **(extra or {})}
+        export_model_dir(model, directory, {"training_state.json": meta})
 
 
 class ExportModel(Callback):
@@ -259,30 +192,29 @@ class ExportModel(Callback):
 
 
 def plot_loss_curve(log_dir: Path, out_png: Path) -> Path | None:
-    """Training loss and validation bits/base from Lightning's CSV log."""
-    import csv
-
+    """Training loss and validation bits/base from Lightning's CSV logs: every segment of the run (a resumed run
+    logs into a new `segment-N` folder), a later segment's row replacing an earlier one for the same step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    files = sorted(Path(log_dir).rglob("metrics.csv"))
+    files = sorted(Path(log_dir).glob("*/metrics.csv"), key=lambda f: _segment_number(f.parent.name))
     if not files:
         return None
-    train, val = [], []
+    train, val = {}, {}
     for f in files:
-        with open(f) as fh:
+        with open(f, newline="") as fh:
             for row in csv.DictReader(fh):
                 if row.get("train/loss"):
-                    train.append((int(row["step"]), float(row["train/loss"]) / LN2))
+                    train[int(row["step"])] = float(row["train/loss"]) / LN2
                 if row.get("val/bpd"):
-                    val.append((int(row["step"]), float(row["val/bpd"])))
+                    val[int(row["step"])] = float(row["val/bpd"])
     fig, ax = plt.subplots(figsize=(6, 4))
     if train:
-        ax.plot(*zip(*sorted(train)), lw=0.8, alpha=0.7, label="train loss (bits/base)")
+        ax.plot(*zip(*sorted(train.items())), lw=0.8, alpha=0.7, label="train loss (bits/base)")
     if val:
-        ax.plot(*zip(*sorted(val)), "o-", label="validation (bits/base)")
+        ax.plot(*zip(*sorted(val.items())), "o-", label="validation (bits/base)")
     ax.axhline(2.0, ls=":", c="grey", label="uniform (2 bits)")
     ax.set_xlabel("step")
     ax.set_ylabel("bits per base")
@@ -294,81 +226,78 @@ def plot_loss_curve(log_dir: Path, out_png: Path) -> Path | None:
     return out_png
 
 
+def _segment_number(name: str) -> int:
+    try:
+        return int(name.rsplit("-", 1)[1])
+    except (IndexError, ValueError):
+        return -1
+
+
 # ---------------------------------------------------------------------------------------------------
 # the whole run
 # ---------------------------------------------------------------------------------------------------
 
-DEFAULTS = {
-    "objective": "mdlm",
-    "schedule": "loglinear",
-    "seed": 0,
-    "model": {"d_model": 64, "n_layer": 4, "rcps": True},
-    "data": {"window": 1024, "batch_size": 16, "num_workers": 0, "max_n_frac": 0.5, "rc_aug": None, "unknown": "error",
-             "train_samples_per_epoch": 100_000, "max_val_windows": 256, "max_test_windows": 256},
-    "optim": {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.95], "warmup_steps": 100, "lr_schedule": "cosine",
-              "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.999},
-    "trainer": {"max_steps": 1000, "max_time": None, "val_every": 250, "accelerator": "auto", "devices": 1,
-                "num_nodes": 1, "strategy": "auto", "precision": "auto", "log_every": 10, "progress_bar": True},
-}
-
-
-def merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def check_config(cfg: dict) -> None:
-    unknown = set(cfg) - set(DEFAULTS) - {"fasta", "bed", "val_regions", "val_records", "test_regions", "test_records",
-                                           "description"}
-    if unknown:
-        raise InputError(f"config: unknown top-level key(s) {sorted(unknown)}; expected {sorted(DEFAULTS)}")
-    for section in ("data", "optim", "trainer"):
-        bad = set(cfg[section]) - set(DEFAULTS[section])
-        if bad:
-            raise InputError(f"config: unknown key(s) {sorted(bad)} in '{section}'; expected {sorted(DEFAULTS[section])}")
-    if cfg["objective"] not in ("mdlm", "ar", "markov"):
-        raise InputError(f"objective: expected mdlm, ar or markov, got {cfg['objective']!r}")
-
 
 def check_sequence(genome, intervals, chunk: int = 1 << 22) -> None:
-    """Read every training base once, so an invalid character fails now (file, record, line) rather than
+    """Read every training base once, so an invalid character fails now (file, line, column) rather than
     mid-run with half a run directory written. About 1 s per 60 Mb."""
     for iv in intervals:
         for lo in range(iv.start, iv.end, chunk):
             genome.read(iv.record, lo, min(iv.end, lo + chunk))
 
 
-def _precision(cfg_precision: str, accelerator: str) -> str:
-    if cfg_precision != "auto":
-        return cfg_precision
+def _precision(precision: str, accelerator: str) -> str:
     on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    return "bf16-mixed" if on_gpu else "32-true"  # bf16 autocast on GPU; fp32 on CPU
+    if precision == "auto":
+        return "bf16-mixed" if on_gpu else "32-true"  # bf16 autocast on GPU; fp32 on CPU
+    if precision.startswith("16") and not on_gpu:
+        # Lightning would silently switch to bf16 here; say so instead of training at another precision.
+        raise InputError(f"--precision {precision}: fp16 needs a GPU (no fp16 autocast on CPU); use --precision bf16 "
+                         f"or 32")
+    return precision
 
 
-def pretrain(cfg: dict, out_dir: str | os.PathLike, resume: bool = False) -> dict:
-    """Train per `cfg` (DEFAULTS merged with a recipe and overrides) into `out_dir`; returns a summary dict.
+def _launched_worker() -> bool:
+    """True in the extra processes Lightning starts for DDP (it re-runs the command with LOCAL_RANK/NODE_RANK set):
+    they train the run that rank 0 set up, so they neither check nor write the run directory."""
+    return int(os.environ.get("LOCAL_RANK", "0") or 0) > 0 or int(os.environ.get("NODE_RANK", "0") or 0) > 0
 
-    out_dir/checkpoints/{last,best}.ckpt (resume), out_dir/model (best EMA weights, what verbs consume),
-    out_dir/final_model, out_dir/logs (CSV), out_dir/loss_curve.png, out_dir/summary.json.
+
+def _settings_for_run(settings: dict, out: Path, resume: bool) -> dict:
+    """The run's full settings: a fresh run's (defaults + settings), or the saved run's on `resume`."""
+    last = out / "checkpoints" / "last.ckpt"
+    saved = read_json(out / RUN_CONFIG)
+    if _launched_worker():
+        return reconcile_resume(saved, settings, out) if resume else resolve_pretrain(settings)
+    if resume:
+        if saved is None:
+            raise InputError(f"--resume: {out} holds no run to resume ({RUN_CONFIG} missing); start one without "
+                             f"--resume")
+        if saved.get("objective") != "markov" and not last.is_file():
+            raise InputError(f"--resume: {out} has no checkpoint yet ({last} missing): the run stopped before its "
+                             f"first checkpoint; start it again with a new --out")
+        return reconcile_resume(saved, settings, out)
+    if last.exists() or saved is not None:
+        raise InputError(f"--out {out}: already holds a run; pass --resume to continue it or choose a new --out")
+    return resolve_pretrain(settings)
+
+
+def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -> dict:
+    """Train per `settings` (see `training.recipes`: recipe + flags + overrides) into `out_dir`; returns a summary.
+
+    out_dir/run_config.json (the resolved settings; what `resume` reads back), checkpoints/{last,best}.ckpt,
+    model/ (best EMA weights: what the other verbs consume), final_model/, logs/segment-N/metrics.csv (one
+    segment per start or resume, never overwritten), loss_curve.png and summary.json (strict JSON).
+
+    Raises InputError (nothing written) for bad settings or inputs, and TrainingDiverged when a loss, gradient or
+    weight becomes non-finite: training stops, the last finite checkpoint stays, no model is exported from the
+    diverged weights, and summary.json records what happened.
     """
-    from lightning.pytorch.loggers import CSVLogger
-
-    from ..data.datamodules import GenomeDataModule
-
     quiet_libraries()
-    cfg = merge(DEFAULTS, cfg)
-    check_config(cfg)
     out = Path(out_dir)
+    cfg = _settings_for_run(settings, out, resume)
     if cfg["objective"] == "markov":
         return pretrain_markov(cfg, out)
-    ckpt_dir = out / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise InputError(f"--resume: no checkpoint at {last} to resume from")
-    if not resume and last.exists():
-        raise InputError(f"--out {out}: already holds a run (checkpoints/last.ckpt); pass --resume or choose a new --out")
     d, o, tr = cfg["data"], cfg["optim"], cfg["trainer"]
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
     rc_aug = d["rc_aug"] if d["rc_aug"] is not None else not cfg["model"].get("rcps", True)
@@ -386,52 +315,160 @@ def pretrain(cfg: dict, out_dir: str | os.PathLike, resume: bool = False) -> dic
         warmup_steps=o["warmup_steps"], lr_schedule=o["lr_schedule"], min_lr_ratio=o["min_lr_ratio"],
         max_steps=tr["max_steps"], ema_decay=o["ema_decay"], seed=cfg["seed"], window=d["window"],
     )
+    if cfg.get("init") and not resume:
+        module.load_weights(load_model(cfg["init"])[0])
     has_val = len(dm._eval_set("val")) > 0
-    callbacks = [
-        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/nll" if has_val else None, mode="min",
-                        save_top_k=1 if has_val else 0, save_last=True, every_n_train_steps=tr["val_every"]),
-        ExportModel(out / "model"),
-    ]
-    if tr["progress_bar"]:
-        from lightning.pytorch.callbacks import TQDMProgressBar
-
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, tr["log_every"])))
-    loggers = [CSVLogger(out, name="logs", version=0)]
-    try:
-        from lightning.pytorch.loggers import TensorBoardLogger
-        import tensorboard  # noqa: F401
-
-        loggers.append(TensorBoardLogger(out, name="tensorboard", version=0))
-    except ImportError:
-        pass
-    strategy = tr["strategy"]
-    if strategy == "ddp" and (tr["accelerator"] == "cpu" or not torch.cuda.is_available()):
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(process_group_backend="gloo")
-    trainer = pl.Trainer(
-        max_steps=tr["max_steps"], max_time=tr["max_time"], val_check_interval=tr["val_every"] if has_val else None,
-        check_val_every_n_epoch=None, **({} if has_val else {"limit_val_batches": 0}), accelerator=tr["accelerator"],
-        devices=tr["devices"], num_nodes=tr["num_nodes"], strategy=strategy, precision=_precision(tr["precision"], tr["accelerator"]),
-        gradient_clip_val=o["grad_clip"], callbacks=callbacks, logger=loggers, log_every_n_steps=tr["log_every"],
-        enable_progress_bar=tr["progress_bar"], enable_model_summary=False, plugins=[AtomicCheckpointIO()],
-        num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=out,
-    )
+    trainer = _trainer(cfg, out, has_val)
+    if not resume and not _launched_worker():
+        write_json(out / RUN_CONFIG, cfg)
     start = time.time()
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
-    summary = {"objective": cfg["objective"], "steps": int(trainer.global_step), "seconds": round(time.time() - start, 1),
+    last = out / "checkpoints" / "last.ckpt"
+    error = None
+    init_val = None
+    try:
+        if cfg.get("init") and not resume and has_val:
+            # The init model's own held-out bound at step 0: what continued training starts from.
+            trainer.validate(module, datamodule=dm, verbose=False)
+            init_val = float(trainer.callback_metrics["val/bpd"])
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if resume else None, weights_only=True)
+    except TrainingDiverged as exc:
+        error = exc
+    summary = {"objective": cfg["objective"], "upper_bound": cfg["objective"] == "mdlm",
+               "status": "diverged" if error else "finished",
+               "steps": int(trainer.global_step), "seconds": round(time.time() - start, 1),
                "parameters": sum(p.numel() for p in module.model.parameters()), "model_dir": str(out / "model"),
-               "train_bases": int(trainer.global_step * d["batch_size"] * d["window"])}
+               "world_size": int(trainer.world_size),
+               "train_bases": int(trainer.global_step * d["batch_size"] * d["window"] * trainer.world_size)}
+    if cfg.get("init"):
+        summary["init"] = cfg["init"]
+        if init_val is not None:
+            summary["init_val_bpd"] = round(init_val, 5)
     if trainer.global_rank == 0:
         for key in ("val/nll", "val/bpd", "val/ppl"):
             if key in trainer.callback_metrics:
                 summary[key.replace("/", "_")] = round(float(trainer.callback_metrics[key]), 5)
-        if has_val:  # the yardstick every pretraining run is judged against, on the same validation bases
-            summary.update(markov_yardstick(dm.genome, dm._eval_set("val")))
+        if error is None and has_val and (out / "model" / "config.json").is_file():
+            summary["heldout"] = heldout_bound(out / "model", dm._eval_set("val"))
+            summary["markov_yardstick"] = markov_yardstick(dm.genome, dm._eval_set("val"))
+        if error is not None:
+            summary["error"] = str(error)
+            summary["last_checkpoint"] = str(last) if last.is_file() else None
+            if not (out / "model" / "config.json").is_file():
+                summary["model_dir"] = None
         plot_loss_curve(out / "logs", out / "loss_curve.png")
-        with atomic_path(out / "summary.json") as tmp:
-            tmp.write_text(json.dumps({**summary, "config": cfg}, indent=1, default=str))
+        write_json(out / "summary.json", {**summary, "config": cfg})
+        if error is None:
+            for directory in (out / "model", out / "final_model"):
+                if (directory / "config.json").is_file():
+                    write_model_card(directory, cfg, summary, dm.genome)
+    if error is not None:
+        where = f"; the last finite checkpoint is {last}" if last.is_file() else "; no checkpoint had been written"
+        raise TrainingDiverged(f"{error}{where}")
     return summary
+
+
+def _trainer(cfg: dict, out: Path, has_val: bool) -> pl.Trainer:
+    """The Lightning Trainer for a run; a setting Lightning rejects is a one-line InputError naming it."""
+    o, tr = cfg["optim"], cfg["trainer"]
+    callbacks = [
+        NonFiniteGuard(),
+        ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/nll" if has_val else None,
+                        mode="min", save_top_k=1 if has_val else 0, save_last=True, every_n_train_steps=tr["val_every"]),
+        ExportModel(out / "model"),
+    ]
+    if tr["progress_bar"]:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, tr["log_every"])))
+    segment = 1 + max((_segment_number(p.name) for p in (out / "logs").glob("segment-*")), default=0) \
+        if (out / "logs").is_dir() else 1
+    loggers = [CSVLogger(out, name="logs", version=f"segment-{segment}", flush_logs_every_n_steps=tr["log_every"])]
+    strategy = tr["strategy"]
+    if strategy == "ddp" and (tr["accelerator"] == "cpu" or not torch.cuda.is_available()):
+        strategy = DDPStrategy(process_group_backend="gloo")
+    precision = _precision(tr["precision"], tr["accelerator"])
+    try:
+        return pl.Trainer(
+            max_steps=tr["max_steps"], max_time=tr["max_time"], val_check_interval=tr["val_every"] if has_val else None,
+            check_val_every_n_epoch=None, **({} if has_val else {"limit_val_batches": 0}), accelerator=tr["accelerator"],
+            devices=tr["devices"], num_nodes=tr["num_nodes"], strategy=strategy,
+            precision=precision, gradient_clip_val=o["grad_clip"],
+            callbacks=callbacks, logger=loggers, log_every_n_steps=tr["log_every"], enable_progress_bar=tr["progress_bar"],
+            enable_model_summary=False, plugins=[AtomicCheckpointIO()], num_sanity_val_steps=0,
+            use_distributed_sampler=False, default_root_dir=out,
+        )
+    except Exception as exc:  # Lightning's MisconfigurationException, ValueError, RuntimeError for bad hardware settings
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"trainer settings (--accelerator {tr['accelerator']}, --devices {tr['devices']}, "
+                         f"--strategy {tr['strategy']}, --precision {tr['precision']}): {first}") from None
+
+
+def heldout_bound(model_dir: Path, val_windows, num_samples: int = 4) -> dict:
+    """The exported model's bits/base on the validation windows, with a Monte-Carlo standard error for an MDLM
+    (`num_samples` time samples per window; the validation during training used one)."""
+    lm = load_language_model(model_dir, "cpu", "pretrain")
+    windows = [(item["input_ids"].numpy(), item["loss_mask"].numpy())
+               for item in (val_windows[i] for i in range(len(val_windows)))]
+    k = num_samples if lm.upper_bound else 1
+    scores = score_windows(lm, windows, k, 16, "cpu", torch.Generator().manual_seed(0))
+    n = int(scores[:, 2].sum())
+    out = {"bits_per_base": round(float(scores[:, 0].sum()) / max(n, 1) / LN2, 5), "upper_bound": bool(lm.upper_bound),
+           "bases": n, "windows": len(windows), "mc_samples_per_window": k}
+    if k > 1:
+        out["stderr_bits_per_base"] = round(math.sqrt(float(scores[:, 1].sum())) / max(n, 1) / LN2, 5)
+    return out
+
+
+ARCHITECTURES = {(True, True): "Caduceus-PS (RC-equivariant BiMamba)", (True, False): "Caduceus-Ph / BiMamba",
+                 (False, False): "causal Mamba (the AR baseline)"}
+
+
+def write_model_card(directory: Path, cfg: dict, summary: dict, genome) -> None:
+    """README.md of an exported model directory: architecture, objective, data, training, held-out bits/base with its
+    standard error next to the Markov yardstick, init source, data licence, and how to load it."""
+    m, d, o = cfg["model"], cfg["data"], cfg["optim"]
+    config = read_json(directory / "config.json") or {}
+    arch = ARCHITECTURES.get((bool(config.get("bidirectional", True)), bool(config.get("rcps", False))), "Caduceus")
+    held = summary.get("heldout") or {}
+    yard = summary.get("markov_yardstick") or {}
+    bound = "<= " if held.get("upper_bound") else ""
+    se = f" ± {held['stderr_bits_per_base']:.4f}" if "stderr_bits_per_base" in held else ""
+    heldout = (f"{bound}{held['bits_per_base']:.4f}{se} bits/base on {held['windows']} validation windows "
+               f"({held['bases']:,} bases)" if held else "no validation split")
+    holdouts = ", ".join(cfg.get("val_regions") or []) + " ".join(cfg.get("val_records") or [])
+    tests = ", ".join((cfg.get("test_regions") or []) + (cfg.get("test_records") or []))
+    files = ", ".join(Path(f).name for f in cfg["fasta"])
+    bundled = any("chr20_demo" in Path(f).name for f in cfg["fasta"])
+    objective = {"mdlm": f"MDLM (masked diffusion, {cfg['schedule']} schedule); likelihoods are NELBO upper bounds",
+                 "ar": "next-base prediction (autoregressive); likelihoods are exact"}[cfg["objective"]]
+    facts = [
+        ("architecture", f"{arch}, d_model {m.get('d_model')}, {m.get('n_layer')} layers, "
+                         f"{summary.get('parameters', 0):,} parameters"),
+        ("objective", objective),
+        ("initialised from", cfg.get("init") or "random initialisation"),
+        ("training data", f"{files}: {len(genome.lengths)} record(s), {sum(genome.lengths.values()):,} bp"),
+        ("held out", f"validation {holdouts or 'none'}; test {tests or 'none'}"),
+        ("training", f"{summary.get('steps', 0):,} steps x {d['batch_size']} windows x {d['window']} bp "
+                     f"({summary.get('train_bases', 0):,} bases seen), lr {o['lr']}, seed {cfg['seed']}, "
+                     f"{summary.get('seconds', 0):.0f} s wall time"),
+        ("held-out bits/base", heldout),
+        ("k-mer Markov LM on the same windows", f"{yard['bits_per_base']:.4f} bits/base (order {yard['order']})"
+         if yard else "not computed"),
+    ]
+    licence = ("The bundled excerpt is GRCh37 human reference sequence, public data (provenance in "
+               "dna_mdlm/resources/README.md)." if bundled else
+               "The weights derive from the training data listed above: check its licence before sharing them.")
+    sections = {
+        "Data licence": licence,
+        "How to load": f"""```python
+from dna_mdlm import load_language_model, sample, likelihood
+lm = load_language_model("{directory.name}")      # this directory, or its hub id after upload
+seqs = sample(lm, num_samples=4, length={d['window']}, seed=0)
+```
+or on the command line: `dna-mdlm likelihood --model {directory.name} --fasta genome.fa`. The directory is a
+Hugging Face `save_pretrained` directory (config.json + model.safetensors); loading never runs remote code.""",
+        "Made with": "dna-mdlm `pretrain`; the full settings are in the run's `run_config.json`.",
+    }
+    title = f"{directory.parent.name}/{directory.name}: a dna-mdlm {cfg['objective'].upper()} model"
+    atomic_write_text(directory / "README.md", render_model_card(title, facts, sections))
 
 
 def pretrain_markov(cfg: dict, out: Path) -> dict:
@@ -441,16 +478,16 @@ def pretrain_markov(cfg: dict, out: Path) -> dict:
 
     genome = GenomeWindows(cfg["fasta"], bed=cfg.get("bed"), window=1, val_records=cfg.get("val_records") or (),
                            val_regions=cfg.get("val_regions") or (), test_records=cfg.get("test_records") or (),
-                           test_regions=cfg.get("test_regions") or ())
+                           test_regions=cfg.get("test_regions") or (), unknown=cfg["data"]["unknown"])
     read = lambda ivs: [genome.read(iv.record, iv.start, iv.end) for iv in ivs]  # noqa: E731
     start = time.time()
     val = read(genome.val_intervals) or None
     model = MarkovLM.fit(read(genome.train_intervals), k=cfg.get("model", {}).get("order"), val=val)
     model.save_pretrained(out / "model")
-    summary = {"objective": "markov", "order": model.order, "seconds": round(time.time() - start, 1),
-               "model_dir": str(out / "model")}
+    summary = {"objective": "markov", "status": "finished", "order": model.order,
+               "seconds": round(time.time() - start, 1), "model_dir": str(out / "model")}
     if val:
         summary["val_bpd"] = round(model.bits_per_base(val), 5)
-    with atomic_path(out / "summary.json") as tmp:
-        tmp.write_text(json.dumps({**summary, "config": cfg}, indent=1, default=str))
+    write_json(out / RUN_CONFIG, cfg)
+    write_json(out / "summary.json", {**summary, "config": cfg})
     return summary

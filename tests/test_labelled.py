@@ -1,23 +1,24 @@
-"""Tests for dna_mdlm.data.benchmarks: every reader on real files, the coordinate rebuild, collate, errors."""
+"""Tests for dna_mdlm.data.labelled: every reader on real files, the coordinate rebuild, collate, errors."""
 
 from __future__ import annotations
 
 import csv
 import gzip
 import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import GB_COORDINATES as COORDS
+from conftest import GB_SEQUENCES as SEQS
+from conftest import SHARED_DATA as SHARED
 
-from dna_mdlm.data.benchmarks import (
+from dna_mdlm.data.labelled import (
     GB_TASKS,
     LabelledSequences,
     collate_labelled,
     load_local_gb,
-    open_fasta,
     read_gb_coordinates,
     read_gb_directory,
     read_labelled,
@@ -27,9 +28,6 @@ from dna_mdlm.data.benchmarks import (
 from dna_mdlm.errors import InputError
 from dna_mdlm.tokenizer import PAD_ID, encode_dna, rc_string
 
-SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-COORDS = SHARED / "genomic_benchmarks" / "coordinates"
-SEQS = SHARED / "genomic_benchmarks" / "sequences"
 needs_shared = pytest.mark.skipif(not SEQS.is_dir() or not COORDS.is_dir(),
                                   reason=f"shared Genomic Benchmarks data not found at {SHARED} (set DNA_MDLM_SHARED_DATA)")
 
@@ -194,38 +192,6 @@ def test_coordinates_missing_contig_and_past_end_errors(tmp_path):
         read_gb_coordinates(coords, "human_nontata_promoters", "test", short)
 
 
-def test_open_fasta_puts_missing_index_in_index_dir_and_rejects_plain_gzip(tmp_path):
-    ref_dir = tmp_path / "ref"
-    ref_dir.mkdir()
-    fasta = ref_dir / "x.fa"
-    _write_fasta(fasta, {"chrA": "ACGT" * 50})
-    idx = tmp_path / "idx"
-    fa = open_fasta(fasta, index_dir=idx)
-    assert fa["chrA"][4:8] == "ACGT"
-    fa.close()
-    assert not (ref_dir / "x.fa.fai").exists() and len(list(idx.glob("x.fa.*.fai"))) == 1
-    gz = tmp_path / "x.fa.gz"
-    gz.write_bytes(gzip.compress(fasta.read_bytes()))
-    with pytest.raises(InputError, match="plain gzip cannot be indexed"):
-        open_fasta(gz)
-
-
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write into a read-only folder")
-def test_open_fasta_read_only_folder_uses_cache(tmp_path, monkeypatch):
-    ref_dir = tmp_path / "ro"
-    ref_dir.mkdir()
-    _write_fasta(ref_dir / "y.fa", {"c": "ACGTN" * 20})
-    ref_dir.chmod(0o555)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    try:
-        fa = open_fasta(ref_dir / "y.fa")
-        assert fa["c"][:5] == "ACGTN"
-        fa.close()
-    finally:
-        ref_dir.chmod(0o755)
-    assert list((tmp_path / "cache" / "dna_mdlm" / "faidx").glob("y.fa.*.fai"))
-
-
 # ---------------------------------------------------------------------------------------------------
 # Downloaded GB layout, tables, labelled FASTA, front door
 # ---------------------------------------------------------------------------------------------------
@@ -308,12 +274,15 @@ def test_read_labelled_fasta_errors_name_the_line(tmp_path):
     with pytest.raises(InputError, match=r"bad\.fa:3: header '>s2 nolabel' has no label"):
         read_labelled_fasta(p)
     p.write_text(">s1|a\nACGT\n>s2|b\nAC\nG*T\n")
-    with pytest.raises(InputError, match=r"bad\.fa:3: record >s2: invalid character '\*'"):
+    with pytest.raises(InputError, match=r"bad\.fa:5: invalid character '\*' at column 2 \(base 4 of record 's2\|b'\)"):
         read_labelled_fasta(p)
     p.write_text(">s1|a\nACGT\n>s2|b\n")
-    with pytest.raises(InputError, match=r"bad\.fa:3: record >s2: empty sequence"):
+    with pytest.raises(InputError, match=r"bad\.fa:3: record 's2\|b' has no sequence"):
         read_labelled_fasta(p)
     p.write_text("\n\n")
+    with pytest.raises(InputError, match="no FASTA records"):
+        read_labelled_fasta(p)
+    p.write_text("")
     with pytest.raises(InputError, match="empty file"):
         read_labelled_fasta(p)
 
@@ -322,8 +291,10 @@ def test_read_labelled_rejects_unknown_inputs(tmp_path):
     (tmp_path / "x.bed").write_text("chr1\t0\t10\n")
     with pytest.raises(InputError, match="unknown extension '.bed'"):
         read_labelled(tmp_path / "x.bed")
-    with pytest.raises(InputError, match="not a file, folder or Genomic Benchmarks task"):
+    with pytest.raises(InputError, match="missing.csv: no such file"):
         read_labelled(tmp_path / "missing.csv")
+    with pytest.raises(InputError, match="not a file, folder or Genomic Benchmarks task"):
+        read_labelled("human_nontata")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -355,11 +326,3 @@ def test_container_rejects_out_of_range_labels():
         LabelledSequences(["ACGT"], np.array([2]), ["a", "b"], "t")
 
 
-@pytest.mark.skipif(not (SHARED / "genomes" / "human_GRCh37_chr20.fa.gz").is_file(), reason="shared chr20 genome absent")
-def test_open_fasta_reads_bgzf_with_its_shipped_index():
-    genomes = SHARED / "genomes"
-    bgzf = open_fasta(genomes / "human_GRCh37_chr20.fa.gz")
-    plain = open_fasta(genomes / "human_GRCh37_chr20_40000001-41000000.fa")
-    slice_name = next(iter(plain.keys()))
-    assert bgzf["20"][40_000_000 + 12_345 : 40_000_000 + 12_845] == plain[slice_name][12_345:12_845]
-    assert len(bgzf["20"]) == 63_025_520

@@ -2,10 +2,10 @@
 
 Owns the statistics behind `dna-mdlm evaluate-samples`: k-mer spectra (JS distance, Pearson r),
 GC content, CpG observed/expected, dinucleotide frequencies, homopolymer runs, low complexity (DUST),
-diversity, memorisation against a training genome (`TrainIndex`: sorted 2-bit packed k-mers + diagonal
-chaining for the exact longest match), judge-model likelihood and motif occurrence; the
-Altschul-Erickson `dinucleotide_shuffle`; drawing two disjoint real reference sets of the samples'
-lengths from a genome or sequence file; and `evaluate_samples` / `evaluate_samples_files`.
+diversity, memorisation against a training genome (`evaluation.memorisation`), judge-model likelihood and
+motif occurrence; the Altschul-Erickson `dinucleotide_shuffle`; drawing two disjoint real reference sets of
+the samples' lengths from a genome or sequence file; and `evaluate_samples` / `evaluate_samples_files`.
+k-mer encoding and counting live in `dna_mdlm.kmers`; files are read through `dna_mdlm.io`.
 
 Every number is reported as {"generated": samples vs reference set A, "real_vs_real": reference set B vs
 set A, "ratio": generated / real_vs_real where that is meaningful}: set B has the same size and lengths
@@ -15,10 +15,8 @@ real DNA" looks like at this sample size.
 
 from __future__ import annotations
 
-import gzip
 import math
 import re
-import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,23 +25,17 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import ks_2samp, pearsonr
 
 from ..errors import InputError
-from ..tokenizer import rc_string
+from ..io.fasta import encode_record, iter_fasta, read_sequences
+from ..kmers import base_codes, joined_codes, kmer_codes, kmer_counts, kmer_labels
+from ..tokenizer import decode_dna
+from .memorisation import DEFAULT_COPY_FRACTION, DEFAULT_COPY_MIN_BP, DEFAULT_INDEX_K, TrainIndex, memorisation
 
-ALPHABET = "ACGT"
 SPECTRUM_KS = tuple(range(1, 7))
 DUST_WINDOW = 64
 DUST_STEP = 16
 # sdust (Morgulis et al. 2006) masks a window when 10 * pairs / (triplets - 1) > T = 20; this is the
 # same rule written on the unscaled score.
 DUST_THRESHOLD = 2.0
-DEFAULT_INDEX_K = 24
-DEFAULT_COPY_MIN_BP = 100
-DEFAULT_COPY_FRACTION = 0.5
-
-_CODE = np.full(256, -1, dtype=np.int8)
-for _i, _b in enumerate(ALPHABET):
-    _CODE[ord(_b)] = _i
-    _CODE[ord(_b.lower())] = _i
 _VALID_CHARS = re.compile(r"[^ACGTNacgtn]")
 
 
@@ -63,44 +55,6 @@ def validate_sequences(seqs: Sequence[str], what: str, min_length: int = 1) -> l
                              f"(k-mer spectra need k <= length)")
         out.append(s.upper())
     return out
-
-
-def _codes(seq: str) -> np.ndarray:
-    return _CODE[np.frombuffer(seq.encode("ascii"), dtype=np.uint8)]
-
-
-def _joined_codes(seqs: Sequence[str]) -> np.ndarray:
-    """All sequences as 0..3 codes, separated by -1 so no k-mer spans two sequences."""
-    parts = []
-    for s in seqs:
-        parts.append(_codes(s))
-        parts.append(np.array([-1], dtype=np.int8))
-    return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int8)
-
-
-def _kmer_codes(codes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(packed uint64 code of every k-mer start, whether that k-mer is all A/C/G/T)."""
-    n = codes.size - k + 1
-    if n <= 0:
-        return np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=bool)
-    bad = np.concatenate([[0], np.cumsum(codes < 0)])
-    valid = (bad[k:] - bad[:-k]) == 0
-    c = np.maximum(codes, 0).astype(np.uint64)
-    packed = np.zeros(n, dtype=np.uint64)
-    for m in range(k):
-        packed = (packed << np.uint64(2)) | c[m: m + n]
-    return packed, valid
-
-
-def kmer_counts(seqs: Sequence[str], k: int) -> np.ndarray:
-    """Counts of all 4^k k-mers (lexicographic ACGT order) over sequences; k-mers with N are skipped."""
-    packed, valid = _kmer_codes(_joined_codes(seqs), k)
-    return np.bincount(packed[valid].astype(np.int64), minlength=4 ** k).astype(np.float64)
-
-
-def kmer_labels(k: int) -> list[str]:
-    idx = np.arange(4 ** k)
-    return ["".join(ALPHABET[(i >> (2 * (k - 1 - m))) & 3] for m in range(k)) for i in idx]
 
 
 def js_distance(counts_p: np.ndarray, counts_q: np.ndarray) -> float:
@@ -135,7 +89,7 @@ def _compare(generated, real_vs_real, ratio: bool = True) -> dict:
 # --- composition ----------------------------------------------------------------------------------
 def gc_fraction(seq: str) -> float:
     """(G + C) / (A + C + G + T); N is ignored; NaN for a sequence without bases."""
-    codes = _codes(seq.upper())
+    codes = base_codes(seq)
     n = int((codes >= 0).sum())
     return float(((codes == 1) | (codes == 2)).sum() / n) if n else float("nan")
 
@@ -155,7 +109,7 @@ def dinucleotide_frequencies(seqs: Sequence[str]) -> dict[str, float]:
 
 def homopolymer_runs(seqs: Sequence[str]) -> np.ndarray:
     """Lengths of all maximal runs of one base (N runs excluded)."""
-    codes = _joined_codes(seqs)
+    codes = joined_codes(seqs)
     if codes.size == 0:
         return np.zeros(0, dtype=np.int64)
     change = np.flatnonzero(np.diff(codes) != 0) + 1
@@ -168,12 +122,12 @@ def dust_scores(seq: str, window: int = DUST_WINDOW, step: int = DUST_STEP) -> n
     """DUST score of windows: sum_t c_t (c_t - 1) / 2 / (l - 1) over the l triplets of the window.
 
     Windows with an N are skipped. A random window scores ~0.5; a poly-A window of 64 bp scores 31."""
-    codes = _codes(seq.upper())
+    codes = base_codes(seq)
     if codes.size < window:
         window = codes.size
     if window < 4:
         return np.zeros(0)
-    trip, valid = _kmer_codes(codes, 3)
+    trip, valid = kmer_codes(codes, 3)
     n_trip = window - 2
     starts = np.arange(0, trip.size - n_trip + 1, step)
     if starts.size == 0:
@@ -211,7 +165,7 @@ def mean_pairwise_identity(seqs: Sequence[str], rng: np.random.Generator, max_pa
     else:
         ii = rng.integers(0, n, size=max_pairs)
         jj = (ii + rng.integers(1, n, size=max_pairs)) % n
-    codes = [_codes(s) for s in seqs]
+    codes = [base_codes(s) for s in seqs]
     ident = []
     for i, j in zip(ii.tolist(), jj.tolist()):
         m = min(codes[i].size, codes[j].size)
@@ -272,93 +226,6 @@ def _last_exits_form_tree(last_exit: dict, exits, last: int) -> bool:
             seen.add(v)
             v = exits[v][last_exit[v]]
     return True
-
-
-# --- memorisation ---------------------------------------------------------------------------------
-class TrainIndex:
-    """Exact longest-match index of a training genome: every all-ACGT k-mer packed 2 bits per base
-    into a uint64, sorted, with its position. A sample's longest exact match (>= k) with the training
-    sequence, on either strand, is the longest run of consecutive sample k-mers that hit the same
-    training diagonal (train_pos - sample_pos), plus k - 1.
-
-    Memory ~12-16 bytes per training base (60 Mb chromosome: ~1 GB while building, ~0.8 GB after).
-    Matches shorter than k are reported as 0. A k-mer occurring more than `max_occurrences` times (long
-    satellite / poly-A runs) is chained through its first `max_occurrences` copies only, so a match
-    inside such a repeat can be under-reported."""
-
-    def __init__(self, sequences: Sequence[str], k: int = DEFAULT_INDEX_K, max_occurrences: int = 1000):
-        if not 8 <= k <= 32:
-            raise InputError(f"memorisation index k must be in 8..32, got {k}")
-        self.k = int(k)
-        self.max_occurrences = int(max_occurrences)
-        codes = _joined_codes(sequences)
-        self.n_bases = int((codes >= 0).sum())
-        packed, valid = _kmer_codes(codes, self.k)
-        positions = np.flatnonzero(valid)
-        keys = packed[positions]
-        del packed, valid
-        order = np.argsort(keys, kind="stable")
-        self.keys = keys[order]
-        pos_dtype = np.uint32 if codes.size < 2 ** 32 else np.int64
-        self.positions = positions[order].astype(pos_dtype)
-
-    @classmethod
-    def from_fasta(cls, path, k: int = DEFAULT_INDEX_K, region: str | None = None, **kwargs) -> "TrainIndex":
-        return cls(read_fasta_sequences(path, region=region, what="--train"), k=k, **kwargs)
-
-    def _longest_one_strand(self, seqs: Sequence[str]) -> np.ndarray:
-        codes = _joined_codes(seqs)
-        owner = np.repeat(np.arange(len(seqs)), [len(s) + 1 for s in seqs])
-        packed, valid = _kmer_codes(codes, self.k)
-        best = np.zeros(len(seqs), dtype=np.int64)
-        qpos = np.flatnonzero(valid)
-        if qpos.size == 0 or self.keys.size == 0:
-            return best
-        q = packed[qpos]
-        lo = np.searchsorted(self.keys, q, side="left")
-        cnt = np.minimum(np.searchsorted(self.keys, q, side="right") - lo, self.max_occurrences)
-        hit = cnt > 0
-        qpos, lo, cnt = qpos[hit], lo[hit], cnt[hit]
-        if qpos.size == 0:
-            return best
-        total = int(cnt.sum())
-        offsets = np.arange(total) - np.repeat(np.cumsum(cnt) - cnt, cnt)
-        train_pos = self.positions[np.repeat(lo, cnt) + offsets].astype(np.int64)
-        sample_pos = np.repeat(qpos, cnt).astype(np.int64)
-        diag = train_pos - sample_pos
-        order = np.lexsort((sample_pos, diag))
-        diag, sample_pos = diag[order], sample_pos[order]
-        new_run = np.ones(diag.size, dtype=bool)
-        new_run[1:] = (diag[1:] != diag[:-1]) | (sample_pos[1:] != sample_pos[:-1] + 1)
-        run_id = np.cumsum(new_run) - 1
-        run_len = np.bincount(run_id)
-        run_start = sample_pos[new_run]
-        np.maximum.at(best, owner[run_start], run_len + self.k - 1)
-        return best
-
-    def longest_matches(self, seqs: Sequence[str]) -> np.ndarray:
-        """Longest exact match (bp) of each sequence with the training sequence, either strand."""
-        seqs = [s.upper() for s in seqs]
-        forward = self._longest_one_strand(seqs)
-        reverse = self._longest_one_strand([rc_string(s) for s in seqs])
-        return np.maximum(forward, reverse)
-
-
-def memorisation(seqs: Sequence[str], index: TrainIndex, copy_min_bp: int = DEFAULT_COPY_MIN_BP,
-                 copy_fraction: float = DEFAULT_COPY_FRACTION) -> dict:
-    """Longest train match per sequence and the fraction counted as copies: a match of at least
-    `copy_min_bp` bp or at least `copy_fraction` of the sequence's length."""
-    lengths = np.array([len(s) for s in seqs])
-    longest = index.longest_matches(seqs)
-    copied = (longest >= copy_min_bp) | (longest >= np.ceil(copy_fraction * lengths))
-    copied &= longest > 0
-    return {
-        "longest_match_bp": longest.tolist(),
-        "max_match_bp": int(longest.max()) if longest.size else 0,
-        "mean_match_bp": float(longest.mean()) if longest.size else 0.0,
-        "fraction_copied": float(copied.mean()) if copied.size else 0.0,
-        "n_copied": int(copied.sum()),
-    }
 
 
 # --- the whole evaluation -------------------------------------------------------------------------
@@ -486,82 +353,6 @@ def evaluate_samples(samples: Sequence[str], reference_a: Sequence[str], referen
 
 
 # --- files ----------------------------------------------------------------------------------------
-# The name may itself contain ':' (e.g. '20:40000001-41000000'); only a trailing ':START-END' is a range.
-_REGION = re.compile(r"^(?P<name>\S+?)(?::(?P<start>[\d,]+)-(?P<end>[\d,]+))?$")
-
-
-def parse_region(region: str) -> tuple[str, int | None, int | None]:
-    """'chr:start-end' (1-based inclusive, commas allowed) or 'chr' -> (name, start0, end) half-open."""
-    m = _REGION.match(region.strip())
-    if not m:
-        raise InputError(f"--region {region!r}: expected NAME or NAME:START-END (1-based, inclusive)")
-    if m.group("start") is None:
-        return m.group("name"), None, None
-    start, end = int(m.group("start").replace(",", "")), int(m.group("end").replace(",", ""))
-    if start < 1 or end < start:
-        raise InputError(f"--region {region!r}: need 1 <= START <= END")
-    return m.group("name"), start - 1, end
-
-
-def read_fasta_sequences(path, region: str | None = None, what: str = "FASTA") -> list[str]:
-    """All records (or one region) of a FASTA file (plain, gzip or bgzip) as upper-case strings.
-
-    Indexed access with pyfaidx when a region is asked for and the file is indexable; the index goes
-    to a temporary directory when the file's own directory is read-only. Otherwise Bio.SeqIO."""
-    from Bio import SeqIO
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{what} {path}: file not found")
-    if region is not None:
-        parse_region(region)  # validate before touching the file
-        return [_read_region(path, region, what)]
-    opener = gzip.open if _is_gzip(path) else open
-    try:
-        with opener(path, "rt") as handle:
-            seqs = [str(rec.seq).upper() for rec in SeqIO.parse(handle, "fasta")]
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(f"{what} {path}: unreadable FASTA ({exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
-    seqs = [s for s in seqs if s]
-    if not seqs:
-        raise InputError(f"{what} {path}: no FASTA records found (empty or not FASTA)")
-    return seqs
-
-
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
-
-
-def _read_region(path: Path, region_text: str, what: str) -> str:
-    import pyfaidx
-
-    name, start, end = parse_region(region_text)
-    fai = Path(str(path) + ".fai")
-    kwargs = {}
-    with tempfile.TemporaryDirectory(prefix="dna_mdlm_fai_") as cache:
-        if not fai.is_file():
-            kwargs["indexname"] = str(Path(cache) / (path.name + ".fai"))
-            if _is_gzip(path) and not Path(str(path) + ".gzi").is_file():
-                kwargs["gzi_indexname"] = str(Path(cache) / (path.name + ".gzi"))
-        try:
-            fasta = pyfaidx.Fasta(str(path), sequence_always_upper=True, rebuild=False, **kwargs)
-        except Exception as exc:  # pyfaidx raises UnsupportedCompressionFormat, FastaIndexingError, ...
-            raise InputError(f"{what} {path}: cannot index for --region ({exc.__class__.__name__}); "
-                             f"use an uncompressed or bgzip FASTA") from None
-        with fasta:
-            if region_text in fasta:  # a record literally named like a region (samtools does the same)
-                name, start, end = region_text, None, None
-            if name not in fasta:
-                raise InputError(f"{what} {path}: no record named {name!r} for --region")
-            record = fasta[name]
-            stop = len(record) if end is None else min(end, len(record))
-            begin = 0 if start is None else start
-            if begin >= stop:
-                raise InputError(f"{what} {path}: region starts past the end of {name!r} ({len(record)} bp)")
-            return str(record[begin:stop])
-
-
 def draw_reference_sets(reference: Sequence[str], lengths: Sequence[int], seed: int = 0,
                         max_tries_per_window: int = 200) -> tuple[list[str], list[str]]:
     """Two disjoint sets of real windows (set A, set B), each with exactly the given lengths.
@@ -570,7 +361,7 @@ def draw_reference_sets(reference: Sequence[str], lengths: Sequence[int], seed: 
     deterministic function of `seed`. InputError when the reference cannot hold them."""
     rng = np.random.default_rng(seed)
     joined = "N".join(s.upper() for s in reference)
-    codes = _codes(joined)
+    codes = base_codes(joined)
     bad = np.concatenate([[0], np.cumsum(codes < 0)])
     used = np.zeros(codes.size, dtype=bool)
     sets: list[list[str]] = [[], []]
@@ -592,31 +383,117 @@ def draw_reference_sets(reference: Sequence[str], lengths: Sequence[int], seed: 
     return sets[0], sets[1]
 
 
+def read_samples(path, unknown: str = "error", min_length: int = max(SPECTRUM_KS)) -> list[str]:
+    """Generated sequences from a FASTA (`io.fasta` rules), each at least `min_length` bp (the longest k-mer
+    spectrum needs it); errors name `--samples`, the file and the record's line."""
+    out = []
+    for rec in iter_fasta(path, "--samples"):
+        ids = encode_record(rec, path, unknown, "--samples")
+        if len(ids) < min_length:
+            raise InputError(f"--samples {path}:{rec.line}: record {rec.name!r} is {len(ids)} bp, shorter than the "
+                             f"minimum {min_length} bp (k-mer spectra need k <= length)")
+        out.append(decode_dna(ids) if unknown == "N" else rec.sequence.upper())
+    return out
+
+
+REFERENCE_MODES = ("auto", "genome", "set")
+
+
+def reference_sets(reference: Sequence[str], samples: Sequence[str], mode: str = "auto", seed: int = 0,
+                   reference2: Sequence[str] | None = None) -> tuple[list[str], list[str], list[str], dict]:
+    """(samples, set A, set B, info): what the samples are compared with, and the real-vs-real floor.
+
+    * `genome`: two disjoint sets of N-free windows with exactly the samples' lengths are drawn from the reference
+      (long records: a genome or a region of one).
+    * `set`: the reference records are real sequences of the samples' kind (promoters, enhancers, ...) used as they
+      are; set B is `reference2`, else the reference is split in two halves at random (seeded). The samples and both
+      sets are subsampled (seeded) to the same count, because k-mer and diversity statistics depend on it.
+    * `auto`: `set` when the reference records are about as long as the samples (median within 0.5x-2x), else
+      `genome`.
+    `info` states the mode and the counts compared."""
+    if mode not in REFERENCE_MODES:
+        raise InputError(f"--reference-mode {mode}: expected one of {', '.join(REFERENCE_MODES)}")
+    if mode == "auto":
+        ratio = float(np.median([len(r) for r in reference])) / float(np.median([len(s) for s in samples]))
+        mode = "set" if 0.5 <= ratio <= 2.0 and len(reference) >= 2 else "genome"
+    if mode == "genome":
+        if reference2 is not None:
+            raise InputError("--reference2 is for --reference-mode set (two sets of real sequences)")
+        set_a, set_b = draw_reference_sets(reference, [len(s) for s in samples], seed=seed)
+        return list(samples), set_a, set_b, {"mode": "genome", "n_compared": len(samples),
+                                             "note": "windows of the samples' lengths drawn from the reference"}
+    rng = np.random.default_rng(seed)
+    if reference2 is None:
+        if len(reference) < 2:
+            raise InputError("--reference: a reference set needs at least 2 sequences to split into set A and B")
+        order = rng.permutation(len(reference))
+        half = len(reference) // 2
+        set_a, set_b = [reference[i] for i in order[:half]], [reference[i] for i in order[half:]]
+        source = "a random half of --reference"
+    else:
+        set_a, set_b = list(reference), list(reference2)
+        source = "--reference2"
+    n = min(len(samples), len(set_a), len(set_b))
+    pick = lambda seqs: [seqs[i] for i in sorted(rng.choice(len(seqs), n, replace=False))]  # noqa: E731
+    info = {"mode": "set", "n_compared": n, "n_samples": len(samples), "n_reference": len(reference),
+            "note": f"set A = --reference records, set B (the real-vs-real floor) = {source}; samples and both sets "
+                    f"subsampled to {n} each (seed {seed})"}
+    return pick(list(samples)), pick(set_a), pick(set_b), info
+
+
 def evaluate_samples_files(samples_fa, reference_fa, out_dir, region: str | None = None, train_fa=None,
                            judge: Callable | None = None, motifs_path=None, seed: int = 0,
                            index_k: int = DEFAULT_INDEX_K, copy_min_bp: int = DEFAULT_COPY_MIN_BP,
-                           copy_fraction: float = DEFAULT_COPY_FRACTION, motif_threshold: float = 0.8) -> dict:
-    """Read samples / reference / train / motif files, validate everything before computing, run
-    `evaluate_samples` and write the report directory (metrics.json, PNGs, report.html) atomically."""
+                           copy_fraction: float = DEFAULT_COPY_FRACTION, motif_threshold: float = 0.8,
+                           unknown: str = "error", reference_mode: str = "auto", reference2_fa=None,
+                           jaspar_taxon: str | None = "vertebrates", oracle=None) -> dict:
+    """Read samples / reference(s) / train / motif inputs, validate everything before computing, run
+    `evaluate_samples` and write the report directory (metrics.json, PNGs, report.html) atomically.
+
+    Motifs: `motifs_path` (a JASPAR/PFM/MEME file) if given, else the JASPAR CORE motifs of `jaspar_taxon`
+    (None: no motif scan). `oracle`: an `Oracle` (a fine-tuned classifier) whose class calls on the samples and on
+    the real sets are reported."""
     from .report import write_report
 
-    samples = validate_sequences(read_fasta_sequences(samples_fa, what="--samples"), f"--samples {samples_fa}",
-                                 min_length=max(SPECTRUM_KS))
-    motifs = None
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise InputError(f"--out {out_dir}: exists and is not a directory (expected a report directory)")
+    if not 8 <= index_k <= 32:
+        raise InputError(f"--index-k {index_k}: expected 8..32")
+    if copy_min_bp < 1:
+        raise InputError(f"--copy-min-bp {copy_min_bp}: expected a positive number of bases")
+    if not 0 < copy_fraction <= 1:
+        raise InputError(f"--copy-fraction {copy_fraction}: expected a fraction in (0, 1]")
+    if not 0 <= motif_threshold <= 1:
+        raise InputError(f"--motif-threshold {motif_threshold}: expected a relative score in [0, 1]")
+    if reference_mode not in REFERENCE_MODES:
+        raise InputError(f"--reference-mode {reference_mode}: expected one of {', '.join(REFERENCE_MODES)}")
+    samples = read_samples(samples_fa, unknown)
+    motifs, motif_source = None, None
     if motifs_path is not None:
         from .motifs import load_motifs
 
-        motifs = load_motifs(motifs_path)
-    reference = read_fasta_sequences(reference_fa, region=region, what="--reference")
-    reference_a, reference_b = draw_reference_sets(reference, [len(s) for s in samples], seed=seed)
+        motifs, motif_source = load_motifs(motifs_path), str(motifs_path)
+    elif jaspar_taxon is not None:
+        from .motifs import load_jaspar
+
+        motifs, release = load_jaspar(jaspar_taxon)
+        motif_source = f"{release} CORE {jaspar_taxon} ({len(motifs)} motifs, pyjaspar)"
+    reference = read_sequences(reference_fa, "--reference", region=region, unknown=unknown)
+    reference2 = None if reference2_fa is None else read_sequences(reference2_fa, "--reference2", unknown=unknown)
+    samples, reference_a, reference_b, ref_info = reference_sets(reference, samples, reference_mode, seed, reference2)
     train_index = None
     if train_fa is not None:
-        train_index = TrainIndex.from_fasta(train_fa, k=index_k)
+        train_index = TrainIndex.from_fasta(train_fa, k=index_k, unknown=unknown)
     result = evaluate_samples(samples, reference_a, reference_b, train_index=train_index, judge=judge,
                               motifs=motifs, seed=seed, copy_min_bp=copy_min_bp, copy_fraction=copy_fraction,
                               motif_threshold=motif_threshold)
+    result["reference"] = ref_info
+    if motif_source:
+        result.setdefault("motifs", {})["source"] = motif_source
+    if oracle is not None:
+        result["oracle"] = oracle.report(samples, reference_a, reference_b)
     result["inputs"] = {"samples": str(samples_fa), "reference": str(reference_fa), "region": region,
-                        "train": None if train_fa is None else str(train_fa),
-                        "motifs": None if motifs_path is None else str(motifs_path), "seed": seed}
+                        "reference2": None if reference2_fa is None else str(reference2_fa),
+                        "train": None if train_fa is None else str(train_fa), "motifs": motif_source, "seed": seed}
     write_report(result, out_dir)
     return result

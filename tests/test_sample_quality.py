@@ -10,11 +10,14 @@ from conftest import CTCF_JASPAR, write_fasta
 
 from dna_mdlm.errors import InputError
 from dna_mdlm.evaluation.motifs import count_occurrences, load_motifs, motif_name
-from dna_mdlm.evaluation.sequences import (
+from dna_mdlm.evaluation.sample_quality import (
     TrainIndex, cpg_observed_expected, dinucleotide_shuffle, draw_reference_sets, dust_scores, evaluate_samples,
     gc_fraction, homopolymer_runs, js_distance, kmer_counts, low_complexity_fraction, mean_pairwise_identity,
-    memorisation, parse_region, read_fasta_sequences, validate_sequences,
+    validate_sequences,
 )
+from dna_mdlm.evaluation.memorisation import memorisation
+from dna_mdlm.io.fasta import read_sequences
+from dna_mdlm.io.regions import parse_region
 from dna_mdlm.tokenizer import rc_string
 
 
@@ -152,8 +155,8 @@ def test_bad_inputs_give_one_line_input_errors(tmp_path):
         validate_sequences([], "samples")
     empty = tmp_path / "empty.fa"
     empty.write_text("")
-    with pytest.raises(InputError, match="no FASTA records"):
-        read_fasta_sequences(empty)
+    with pytest.raises(InputError, match="empty file"):
+        read_sequences(empty)
     bad_motif = tmp_path / "m.txt"
     bad_motif.write_text("this is not\na motif file\n")
     with pytest.raises(InputError, match="not a parseable") as err:
@@ -174,7 +177,7 @@ def test_region_read_uses_a_temporary_index_for_read_only_files(tmp_path, chr20)
     fasta.write_text(">s\n" + "\n".join(chr20[i: i + 60] for i in range(0, 3000, 60)) + "\n")
     fasta.parent.chmod(0o555)
     try:
-        (seq,) = read_fasta_sequences(fasta, region="s:101-160")
+        (seq,) = read_sequences(fasta, region="s:101-160")
         assert seq == chr20[100:160]
         assert not (fasta.parent / "slice.fa.fai").exists()
     finally:

@@ -22,10 +22,7 @@ anyway) and validated with `encode_dna`; every rejection is a one-line `InputErr
 
 from __future__ import annotations
 
-import csv
-import gzip
-import hashlib
-import io
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -34,10 +31,13 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
-from Bio.SeqIO.FastaIO import SimpleFastaParser
 from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 
 from ..errors import InputError
+from ..io.fasta import FastaFile, encode_record, iter_fasta
+from ..io.regions import ContigResolver
+from ..io.tables import Table, plain_suffix
+from ..io.text import read_lines
 from ..tokenizer import PAD_ID, decode_dna, encode_dna, rc_string
 
 SHARED_DATA_ENV = "DNA_MDLM_SHARED_DATA"
@@ -111,9 +111,17 @@ class LabelledSequences:
         return LabelledSequences(list(self.seqs), remap[self.labels], list(classes), self.source,
                                  None if self.ids is None else list(self.ids))
 
-    def stratified_split(self, test_size: float = 0.1, seed: int = 0) -> tuple["LabelledSequences", "LabelledSequences"]:
-        """One seeded stratified (train, held-out) split — the Caduceus GB protocol's 90/10 train/val split."""
-        splitter = StratifiedShuffleSplit(n_splits=1, test_size=test_size, random_state=seed)
+    def stratified_split(self, test_size: float | int = 0.1, seed: int = 0) -> tuple["LabelledSequences", "LabelledSequences"]:
+        """One seeded stratified (train, held-out) split — the Caduceus GB protocol's 90/10 train/val split.
+
+        A fraction is rounded up to at least one sequence per class present on the held-out side; a set too small
+        for that is a one-line InputError instead of scikit-learn's traceback."""
+        k = int(np.unique(self.labels).size)
+        n_test = test_size if isinstance(test_size, (int, np.integer)) else max(k, math.ceil(test_size * len(self)))
+        if n_test >= len(self) or len(self) - n_test < k:
+            raise InputError(f"{self.source}: {len(self)} sequences in {k} classes are too few to hold out {n_test} "
+                             f"stratified for validation (need at least {n_test + k})")
+        splitter = StratifiedShuffleSplit(n_splits=1, test_size=int(n_test), random_state=seed)
         train_idx, test_idx = next(splitter.split(np.zeros(len(self)), self.labels))
         return (self.subset(train_idx, f"{self.source} [split seed {seed}, train {len(train_idx)}]"),
                 self.subset(test_idx, f"{self.source} [split seed {seed}, held-out {len(test_idx)}]"))
@@ -245,19 +253,6 @@ def _need_two_classes(classes: Sequence[str], where: str) -> None:
                          f"classification needs at least two")
 
 
-def _open_text(path: Path):
-    if path.suffix == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
-
-
-def _plain_suffix(path: Path) -> str:
-    suffixes = [s.lower() for s in path.suffixes]
-    if suffixes and suffixes[-1] == ".gz":
-        suffixes = suffixes[:-1]
-    return suffixes[-1] if suffixes else ""
-
-
 # --------------------------------------------------------------------------------------------------
 # Genomic Benchmarks: downloaded directory layout
 # --------------------------------------------------------------------------------------------------
@@ -285,7 +280,8 @@ def read_gb_directory(root: str | os.PathLike, task: str, split: str, unknown: s
         if not files:
             raise InputError(f"{split_dir / name}: class folder holds no .txt sequence files")
         for f in files:
-            seqs.append(_checked_seq(f.read_text(), f"{f}:1", unknown))
+            text = "".join(line for _, line in read_lines(f))
+            seqs.append(_checked_seq(text, f"{f}:1", unknown))
             labels.append(class_id)
             ids.append(f.stem)
     return LabelledSequences(seqs, np.array(labels), classes, f"{task} {split} from {split_dir}", ids)
@@ -296,87 +292,16 @@ def read_gb_directory(root: str | os.PathLike, task: str, split: str, unknown: s
 # --------------------------------------------------------------------------------------------------
 
 
-def _index_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "dna_mdlm" / "faidx"
-
-
-def open_fasta(fasta: str | os.PathLike, index_dir: str | os.PathLike | None = None):
-    """Open a FASTA with pyfaidx (raw upper-case strings), never writing into a read-only folder.
-
-    An existing `<fasta>.fai` is used as is. A missing one is written beside the FASTA if that folder is
-    writable, else (or whenever `index_dir` is given) into `index_dir` / `$XDG_CACHE_HOME/dna_mdlm/faidx`
-    under a name keyed by the FASTA's path, size and mtime, so a changed file is re-indexed. Plain FASTA and
-    BGZF-compressed FASTA are supported; plain gzip is rejected with a hint (pyfaidx cannot seek in it).
-    """
-    import pyfaidx
-
-    path = Path(fasta)
-    if not path.is_file():
-        raise InputError(f"reference FASTA {path}: no such file")
-    with open(path, "rb") as fh:
-        head = fh.read(16)
-    is_bgzf = len(head) >= 14 and head[3] & 4 and head[12:14] == b"BC"  # gzip FEXTRA with the BGZF "BC" field
-    if head[:2] == b"\x1f\x8b" and not is_bgzf:
-        raise InputError(f"reference FASTA {path}: plain gzip cannot be indexed; "
-                         f"decompress it or recompress with `bgzip`")
-    kwargs = {}
-    fai = Path(str(path) + ".fai")
-    if not fai.exists() and (index_dir is not None or not os.access(path.parent, os.W_OK)):
-        st = path.stat()
-        tag = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-        cache = Path(index_dir) if index_dir is not None else _index_cache_dir()
-        cache.mkdir(parents=True, exist_ok=True)
-        kwargs["indexname"] = str(cache / f"{path.name}.{tag}.fai")
-        if head[:2] == b"\x1f\x8b" and not Path(str(path) + ".gzi").exists():
-            kwargs["gzi_indexname"] = str(cache / f"{path.name}.{tag}.gzi")
-    try:
-        return pyfaidx.Fasta(str(path), as_raw=True, sequence_always_upper=True, **kwargs)
-    except (pyfaidx.FastaIndexingError, pyfaidx.UnsupportedCompressionFormat, ValueError) as err:
-        raise InputError(f"reference FASTA {path}: cannot index ({str(err).splitlines()[0]})") from None
-
-
-class _ContigResolver:
-    """Map GB region names onto the FASTA's contig names.
-
-    GB writes `chr1` (human/mouse, a `chr` prefix added to Ensembl names), `I..X` (worm) and version-less
-    `ENST...` ids; a user's FASTA may be UCSC-style (`chr1`), Ensembl-style (`1`, `MT`) or versioned
-    transcripts (`ENST00000371014.5`). Exact match wins; then the `chr` prefix is toggled; then the
-    version suffix is dropped. Never guesses beyond that.
-    """
-
-    def __init__(self, names: Sequence[str]):
-        self.names = set(names)
-        self.unversioned: dict[str, str] = {}
-        for n in names:
-            base = n.rsplit(".", 1)[0] if re.search(r"\.\d+$", n) else n
-            self.unversioned.setdefault(base, n)
-
-    def __call__(self, region: str) -> str | None:
-        if region.startswith("chr"):
-            bare = region[3:]
-            tries = [region, "MT" if bare == "M" else bare]
-        else:
-            tries = [region, "chrM" if region == "MT" else "chr" + region]
-        for t in tries:
-            if t in self.names:
-                return t
-        for t in tries:
-            if t in self.unversioned:
-                return self.unversioned[t]
-        return None
-
-
 def read_gb_coordinates(coord_root: str | os.PathLike, task: str, split: str, fasta: str | os.PathLike,
                         unknown: str = "error", classes: Sequence[str] | None = None,
-                        index_dir: str | os.PathLike | None = None) -> LabelledSequences:
+                        cache_dir: str | os.PathLike | None = None) -> LabelledSequences:
     """Rebuild a GB split from `<coord_root>/<task>/<split>/<class>.csv.gz` and a reference FASTA.
 
     Each CSV row `id,region,start,end,strand` gives `ref[region][start:end]` (0-based half-open); strand `-`
     takes the reverse complement, `+` or empty the forward strand — exactly the GB loader's rule. The
     reference must be the build named in the task's metadata.yaml (GRCh38 for human): a different build
     gives wrong sequences without any error, so check a few against known ones. `classes` restricts the
-    read to those class files (ids still follow the sorted full class list). `index_dir`: see `open_fasta`.
+    read to those class files (ids still follow the sorted full class list). `cache_dir`: see `FastaFile`.
     """
     split_dir = Path(coord_root) / task / split
     if not split_dir.is_dir():
@@ -388,19 +313,19 @@ def read_gb_coordinates(coord_root: str | os.PathLike, task: str, split: str, fa
     for c in wanted:
         if c not in files:
             raise InputError(f"class {c!r} has no file in {split_dir} (classes found: {', '.join(all_classes)})")
-    ref = open_fasta(fasta, index_dir)
-    resolve = _ContigResolver(list(ref.keys()))
-    contig_len = {name: len(ref[name]) for name in ref.keys()}
+    ref = FastaFile(fasta, "reference FASTA", cache_dir)
+    resolve = ContigResolver(ref.names)
+    contig_len = ref.lengths
     seqs, labels, ids = [], [], []
     for name in wanted:
         path = files[name]
-        with _open_text(path) as fh:
-            reader = csv.DictReader(fh)
-            need = {"id", "region", "start", "end", "strand"}
-            if reader.fieldnames is None or not need <= set(reader.fieldnames):
-                raise InputError(f"{path}:1: header must hold id,region,start,end,strand; found {reader.fieldnames}")
-            for row in reader:
-                where = f"{path}:{reader.line_num}"
+        table = Table(path, delimiter=",")
+        need = {"id", "region", "start", "end", "strand"}
+        if not need <= set(table.columns):
+            raise InputError(f"{path}:1: header must hold id,region,start,end,strand; found {','.join(table.columns)}")
+        if True:  # one row per interval
+            for line_no, row in table.rows():
+                where = f"{path}:{line_no}"
                 region = row["region"]
                 contig = resolve(region)
                 if contig is None:
@@ -416,7 +341,7 @@ def read_gb_coordinates(coord_root: str | os.PathLike, task: str, split: str, fa
                 if end > contig_len[contig]:
                     raise InputError(f"{where}: interval {region}:[{start}, {end}) runs past the end of contig "
                                      f"{contig!r} ({contig_len[contig]} bp) in {fasta}; wrong reference build?")
-                seq = ref[contig][start:end]
+                seq = ref.fetch(contig, start, end)
                 strand = (row["strand"] or "").strip()
                 if strand == "-":
                     seq = rc_string(seq)
@@ -464,122 +389,71 @@ def _labels_to_ids(raw: list[str], classes: Sequence[str] | None, where: str,
     return np.array([lookup[r] for r in raw], dtype=np.int64), names
 
 
-def _find_column(fieldnames: list[str], wanted: str | None, defaults: Sequence[str], what: str, path: Path) -> str:
-    if wanted is not None:
-        if wanted not in fieldnames:
-            raise InputError(f"{path}:1: {what} column {wanted!r} not found; columns: {', '.join(fieldnames)}")
-        return wanted
-    lower = {f.strip().lower(): f for f in fieldnames}
-    for d in defaults:
-        if d in lower:
-            return lower[d]
-    raise InputError(f"{path}:1: no {what} column (expected one of {', '.join(defaults)}); "
-                     f"columns found: {', '.join(fieldnames)}")
+ID_COLUMNS = ("id", "name")
 
 
 def read_table(path: str | os.PathLike, seq_column: str | None = None, label_column: str | None = None,
                classes: Sequence[str] | None = None, delimiter: str | None = None,
-               unknown: str = "error") -> LabelledSequences:
-    """CSV/TSV (optionally .gz) with a header holding a sequence column and a label column.
+               unknown: str = "error", what: str = "") -> LabelledSequences:
+    """CSV/TSV (optionally gzip) with a header holding a sequence column and a label column (`io.tables` rules).
 
-    Columns are found case-insensitively as `seq`/`sequence` and `label`/`target` unless named. The
-    delimiter is tab for .tsv, comma for .csv, else sniffed from the header line. Labels may be integers
-    or strings; `classes` fixes the class order (integer labels then index into it).
+    Columns are found case-insensitively as `seq`/`sequence` and `label`/`target` unless named; an `id` or `name`
+    column, when present, gives the row ids. Labels may be integers or strings; `classes` fixes the class order
+    (integer labels then index into it). Errors name `what` (the flag), the file and the line.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    with _open_text(path) as fh:
-        text = fh.read()
-    if not text.strip():
-        raise InputError(f"{path}: empty file")
-    if delimiter is None:
-        ext = _plain_suffix(path)
-        if ext == ".tsv":
-            delimiter = "\t"
-        elif ext == ".csv":
-            delimiter = ","
-        else:
-            try:
-                delimiter = csv.Sniffer().sniff(text.splitlines()[0], delimiters=",\t;").delimiter
-            except csv.Error:
-                raise InputError(f"{path}:1: cannot tell the delimiter; name the file .csv or .tsv") from None
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
-    fieldnames = reader.fieldnames or []
-    seq_col = _find_column(fieldnames, seq_column, SEQ_COLUMNS, "sequence", path)
-    label_col = _find_column(fieldnames, label_column, LABEL_COLUMNS, "label", path)
-    seqs, raw, rows = [], [], []
-    for row in reader:
-        where = f"{path}:{reader.line_num}"
-        seq, label = row.get(seq_col), row.get(label_col)
-        if seq is None or label is None:
-            raise InputError(f"{where}: row has fewer fields than the header")
-        label = label.strip()
+    table = Table(path, what, delimiter)
+    where0 = f"{what} {table.path}" if what else str(table.path)
+    seq_col = table.find_column(seq_column, SEQ_COLUMNS, "sequence")
+    label_col = table.find_column(label_column, LABEL_COLUMNS, "label")
+    id_col = next((table.find_column(None, (c,), "id") for c in ID_COLUMNS if c in map(str.lower, table.columns)), None)
+    seqs, raw, rows, ids = [], [], [], []
+    for line_no, row in table.rows():
+        where = f"{where0}:{line_no}"
+        label = row[label_col].strip()
         if not label:
             raise InputError(f"{where}: empty label in column {label_col!r}")
-        seqs.append(_checked_seq(seq, where, unknown))
+        seqs.append(_checked_seq(row[seq_col], where, unknown))
         raw.append(label)
-        rows.append(reader.line_num)
+        rows.append(line_no)
+        if id_col is not None:
+            ids.append(row[id_col].strip())
     if not seqs:
-        raise InputError(f"{path}: header only, no rows")
-    labels, names = _labels_to_ids(raw, classes, str(path), lambda i: f"{path}:{rows[i]}")
-    return LabelledSequences(seqs, labels, names, str(path))
+        raise InputError(f"{where0}: header only, no rows")
+    labels, names = _labels_to_ids(raw, classes, where0, lambda i: f"{where0}:{rows[i]}")
+    return LabelledSequences(seqs, labels, names, str(table.path), ids if id_col is not None else None)
 
 
 _LABEL_KV = re.compile(r"(?:^|\s)label=(\S+)")
 
 
-def _fasta_header_line(path: Path, record_index: int) -> int:
-    # Only called on error: find the 1-based line of the record_index-th '>' header.
-    n = -1
-    with _open_text(path) as fh:
-        for lineno, line in enumerate(fh, 1):
-            if line.startswith(">"):
-                n += 1
-                if n == record_index:
-                    return lineno
-    return 0
-
-
 def read_labelled_fasta(path: str | os.PathLike, classes: Sequence[str] | None = None,
-                        unknown: str = "error") -> LabelledSequences:
-    """FASTA (optionally .gz) whose headers carry the label, in one of two accepted forms:
+                        unknown: str = "error", what: str = "") -> LabelledSequences:
+    """FASTA (`io.fasta` rules) whose headers carry the label, in one of two accepted forms:
 
     * `>seq1 label=positive [anything else]` — a `label=` token anywhere in the header (checked first);
     * `>seq1|positive [anything else]` — the last `|`-separated field of the first word.
 
     The id is the first word (without the `|label` part). Labels follow `read_table`'s rules.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    with _open_text(path) as fh:
-        head = fh.read(4096).lstrip()
-        if not head:
-            raise InputError(f"{path}: empty file")
-        if not head.startswith(">"):
-            raise InputError(f"{path}:1: not FASTA (expected a '>' header line first)")
-        fh.seek(0)
-        seqs, raw, ids = [], [], []
-        for k, (title, seq) in enumerate(SimpleFastaParser(fh)):
-            first_word = title.split(None, 1)[0] if title.strip() else ""
-            kv = _LABEL_KV.search(title)
-            if kv:
-                rid, label = first_word, kv.group(1)
-            elif "|" in first_word:
-                rid, label = first_word.rsplit("|", 1)
-            else:
-                rid, label = first_word, ""
-            if not label:
-                raise InputError(f"{path}:{_fasta_header_line(path, k)}: header '>{title[:60]}' has no label "
-                                 f"(write '>id label=NAME' or '>id|NAME')")
-            try:
-                seqs.append(_clean_seq(seq, unknown))
-            except InputError as err:
-                raise InputError(f"{path}:{_fasta_header_line(path, k)}: record >{rid}: {err}") from None
-            raw.append(label)
-            ids.append(rid)
-    labels, names = _labels_to_ids(raw, classes, str(path), lambda i: f"{path}:{_fasta_header_line(path, i)}")
+    where0 = f"{what} {path}" if what else str(path)
+    seqs, raw, ids, lines = [], [], [], []
+    for rec in iter_fasta(path, what):
+        kv = _LABEL_KV.search(rec.title)
+        if kv:
+            rid, label = rec.name, kv.group(1)
+        elif "|" in rec.name:
+            rid, label = rec.name.rsplit("|", 1)
+        else:
+            rid, label = rec.name, ""
+        if not label:
+            raise InputError(f"{where0}:{rec.line}: header '>{rec.title[:60]}' has no label "
+                             f"(write '>id label=NAME' or '>id|NAME')")
+        ids_ = encode_record(rec, path, unknown, what)  # names line and column of a bad character
+        seqs.append(decode_dna(ids_) if unknown == "N" else rec.sequence.upper())
+        raw.append(label)
+        ids.append(rid)
+        lines.append(rec.line)
+    labels, names = _labels_to_ids(raw, classes, where0, lambda i: f"{where0}:{lines[i]}")
     return LabelledSequences(seqs, labels, names, str(path), ids)
 
 
@@ -588,37 +462,43 @@ TABLE_EXTENSIONS = (".csv", ".tsv", ".txt")
 
 
 def read_labelled(path_or_task: str | os.PathLike, split: str = "train", fasta: str | os.PathLike | None = None,
-                  data_dir: str | os.PathLike | None = None, **kwargs) -> LabelledSequences:
+                  data_dir: str | os.PathLike | None = None, classes: Sequence[str] | None = None,
+                  unknown: str = "error", what: str = "") -> LabelledSequences:
     """Front door: pick the reader from what `path_or_task` is.
 
     * a file: `.fa/.fasta/.fna/.fas[.gz]` -> `read_labelled_fasta`; `.csv/.tsv/.txt[.gz]` -> `read_table`;
     * a GB task folder `<root>/<task>` holding `<split>/<class>/*.txt` -> `read_gb_directory`;
     * a GB task folder holding `<split>/<class>.csv.gz` -> `read_gb_coordinates` (needs `fasta`);
     * a GB task name that is not a path -> `load_local_gb(task, data_dir)` (the offline split).
+    `what` (the flag, e.g. `--train`) prefixes every error; `unknown="N"` reads IUPAC codes as N.
     """
     path = Path(path_or_task)
+    where = f"{what} {path}" if what else str(path)
     if path.is_file():
-        ext = _plain_suffix(path)
+        ext = plain_suffix(path)
         if ext in FASTA_EXTENSIONS:
-            return read_labelled_fasta(path, **kwargs)
+            return read_labelled_fasta(path, classes=classes, unknown=unknown, what=what)
         if ext in TABLE_EXTENSIONS:
-            return read_table(path, **kwargs)
-        raise InputError(f"{path}: unknown extension {ext!r}; expected one of "
+            return read_table(path, classes=classes, unknown=unknown, what=what)
+        raise InputError(f"{where}: unknown extension {ext!r}; expected one of "
                          f"{', '.join(FASTA_EXTENSIONS + TABLE_EXTENSIONS)} (optionally .gz)")
     if path.is_dir():
         split_dir = path / split
         if not split_dir.is_dir():
-            raise InputError(f"{path}: no {split!r} split folder (expected a GB task folder with train/ and test/)")
+            raise InputError(f"{where}: no {split!r} split folder (expected a GB task folder with train/ and test/)")
         if any(p.is_dir() for p in split_dir.iterdir()):
-            return read_gb_directory(path.parent, path.name, split, **kwargs)
+            return read_gb_directory(path.parent, path.name, split, unknown=unknown)
         if any(split_dir.glob("*.csv.gz")):
             if fasta is None:
                 raise InputError(f"{split_dir} holds GB coordinate files: pass the reference FASTA (fasta=...)")
-            return read_gb_coordinates(path.parent, path.name, split, fasta, **kwargs)
+            return read_gb_coordinates(path.parent, path.name, split, fasta, unknown=unknown, classes=classes)
         raise InputError(f"{split_dir}: neither <class>/*.txt folders nor <class>.csv.gz files")
     if str(path_or_task) in GB_TASKS:
-        return load_local_gb(str(path_or_task), data_dir)
-    raise InputError(f"{path_or_task}: not a file, folder or Genomic Benchmarks task "
+        out = load_local_gb(str(path_or_task), data_dir)
+        return out if classes is None else out.with_class_order(classes)
+    if path.suffix or os.sep in str(path_or_task):
+        raise InputError(f"{where}: no such file")
+    raise InputError(f"{where}: not a file, folder or Genomic Benchmarks task "
                      f"(known tasks: {', '.join(sorted(GB_TASKS))})")
 
 

@@ -1,0 +1,335 @@
+"""Every verb against a catalogue of bad and odd inputs, the way users hit them.
+
+Bad inputs: exit code 2, exactly one line on stderr naming the file / line / flag and what was expected, and no
+output left behind. Odd but valid inputs (byte-order mark, CRLF, lower case, uneven line widths, gzip, BGZF, a
+space after '>', blank lines): the same numbers as a clean copy of the input.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from Bio import bgzf
+
+from dna_mdlm.baselines.markov import MarkovLM
+from dna_mdlm.cli import main
+from dna_mdlm.models import CaduceusConfig, CaduceusForMaskedLM, CaduceusForSequenceClassification
+
+RNG = np.random.default_rng(7)
+
+
+def dna(n: int) -> str:
+    return "".join(RNG.choice(list("ACGT"), n))
+
+
+SEQS = {f"r{i}": dna(90 + 17 * i) for i in range(6)}
+
+
+def fasta_text(records: dict[str, str], width: int = 60, newline: str = "\n", header=lambda n: f">{n}") -> str:
+    out = []
+    for name, seq in records.items():
+        out.append(header(name))
+        out.extend(seq[i:i + width] for i in range(0, len(seq), width))
+    return newline.join(out) + newline
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory):
+    d = tmp_path_factory.mktemp("kit")
+    torch.manual_seed(0)
+    mdlm = CaduceusForMaskedLM(CaduceusConfig(d_model=8, n_layer=1, train_window=32))
+    mdlm.save_pretrained(d / "mdlm")
+    ar = CaduceusForMaskedLM(CaduceusConfig(d_model=8, n_layer=1, objective="ar", bidirectional=False, rcps=False,
+                                            train_window=32))
+    ar.save_pretrained(d / "ar")
+    MarkovLM.fit([dna(5000)], k=3).save_pretrained(d / "markov")
+    clf = CaduceusForSequenceClassification(CaduceusConfig(d_model=8, n_layer=1, num_labels=2,
+                                                           id2label={0: "neg", 1: "pos"}, label2id={"neg": 0, "pos": 1}))
+    clf.config.architectures = ["CaduceusForSequenceClassification"]
+    clf.save_pretrained(d / "clf")
+    with torch.no_grad():
+        mdlm.caduceus.backbone.layers[0].mixer.submodule.mamba_fwd.D[3] = float("nan")
+    mdlm.save_pretrained(d / "nan")
+    (d / "good.fa").write_text(fasta_text(SEQS))
+    (d / "ref.fa").write_text(fasta_text({"chrR": dna(30_000)}))
+    rows = [f"{dna(60 + i)},{i % 2}" for i in range(20)]
+    (d / "train.csv").write_text("seq,label\n" + "\n".join(rows) + "\n")
+    return d
+
+
+def run(argv: list[str], capsys) -> tuple[int, list[str]]:
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse
+        rc = exc.code
+    err = capsys.readouterr().err.strip().splitlines()
+    return rc, err
+
+
+def assert_rejected(argv, capsys, workdir: Path, *expected: str):
+    before = sorted(p.name for p in workdir.iterdir())
+    rc, err = run(argv, capsys)
+    verb = argv[0]
+    assert rc == 2, (argv, err)
+    assert len(err) == 1, err
+    assert err[0].startswith(f"dna-mdlm {verb}: error:"), err
+    for word in expected:
+        assert word in err[0], (word, err[0])
+    assert sorted(p.name for p in workdir.iterdir()) == before, "a rejected input left output behind"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Bad FASTA files, in every verb that reads one
+# --------------------------------------------------------------------------------------------------------------
+BAD_FASTA = {
+    "missing": (None, ["no such file"]),
+    "empty": (b"", ["empty file"]),
+    "text_before_header": (b"ACGTACGT\n>r\nACGT\n", [":1:", "before the first '>'"]),
+    "duplicate_names_space_after_gt": (b"> seq 0\nACGTACGTAC\n> seq 1\nACGTACGTAC\n", ["lines 1 and 3", "'seq'"]),
+    "nameless_header": (b">\nACGTACGTAC\n", [":1:", "no name"]),
+    "empty_record": (b">a\nACGTACGTAC\n>b\n>c\nACGTACGTAC\n", [":3:", "'b' has no sequence"]),
+    "truncated_gzip": ("truncated", ["truncated or corrupt gzip"]),
+    # records longer than any test window, so the character check is what fails
+    "invalid_character": (b">a\n" + b"ACGT" * 50 + b"\n>b\nACGTAC\nGTA*GT" + b"ACGT" * 50 + b"\n",
+                          [":5:", "'*'", "column 4", "record 'b'"]),
+    "iupac_without_unknown_n": (b">a\n" + b"ACGT" * 20 + b"R" + b"ACGT" * 30 + b"\n", [":2:", "'R'", "column 81",
+                                                                                    "--unknown N"]),
+    "bzip2": ("bzip2", ["bzip2-compressed", "not supported"]),
+    "binary": (b">a\nAC\x00GT\n", ["binary data"]),
+    "a_directory": ("dir", ["not a file"]),
+}
+
+
+def _bad_fasta(tmp: Path, case: str) -> Path:
+    content, _ = BAD_FASTA[case]
+    path = tmp / "in.fa"
+    if content is None:
+        return tmp / "nope.fa"
+    if content == "truncated":
+        raw = gzip.compress(fasta_text({"a": dna(20_000)}).encode())
+        path = tmp / "in.fa.gz"
+        path.write_bytes(raw[: len(raw) // 2])
+    elif content == "bzip2":
+        path = tmp / "in.fa.bz2"
+        path.write_bytes(bz2.compress(b">a\nACGT\n"))
+    elif content == "dir":
+        path = tmp / "in_dir.fa"
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    return path
+
+
+def _fasta_verbs(kit: Path, fa: Path, out: Path) -> dict[str, list[str]]:
+    return {
+        "likelihood": ["likelihood", "--model", str(kit / "markov"), "--fasta", str(fa), "--out", str(out / "l.json")],
+        "embed": ["embed", "--model", str(kit / "mdlm"), "--fasta", str(fa), "--out", str(out / "e.npz")],
+        "predict": ["predict", "--model", str(kit / "clf"), "--fasta", str(fa), "--out", str(out / "p.tsv")],
+        "evaluate-samples": ["evaluate-samples", "--samples", str(fa), "--reference", str(kit / "ref.fa"),
+                             "--out", str(out / "rep")],
+        "pretrain": ["pretrain", "--fasta", str(fa), "--config", "tiny", "--out", str(out / "run"),
+                     "--set", "trainer.progress_bar=false"],
+    }
+
+
+@pytest.mark.parametrize("verb", ["likelihood", "embed", "predict", "evaluate-samples", "pretrain"])
+@pytest.mark.parametrize("case", list(BAD_FASTA))
+def test_bad_fasta_in_every_verb(kit, tmp_path, capsys, verb, case):
+    fa = _bad_fasta(tmp_path, case)
+    flag = "--samples" if verb == "evaluate-samples" else "--fasta"
+    expected = BAD_FASTA[case][1] + ([fa.name] if case != "a_directory" else [])
+    if case not in ("missing", "a_directory", "empty"):
+        expected = expected + [flag]
+    assert_rejected(_fasta_verbs(kit, fa, tmp_path)[verb], capsys, tmp_path, *expected)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Regions, BED, tables, models, flags
+# --------------------------------------------------------------------------------------------------------------
+def _cases(kit: Path, t: Path) -> dict:
+    good, ref = str(kit / "good.fa"), str(kit / "ref.fa")
+    lik = ["likelihood", "--model", str(kit / "markov"), "--fasta", good, "--out", str(t / "l.json")]
+    pre = ["pretrain", "--fasta", ref, "--config", "tiny", "--out", str(t / "run"), "--set", "trainer.progress_bar=false"]
+    smp = ["sample", "--model", str(kit / "mdlm"), "--num-samples", "2", "--out", str(t / "s.fa")]
+    ev = ["evaluate-samples", "--samples", good, "--reference", ref, "--out", str(t / "rep")]
+    ft = ["finetune", "--model", str(kit / "mdlm"), "--out", str(t / "ft"), "--folds", "2", "--epochs", "1"]
+    (t / "past_end.bed").write_text("r0\t0\t50\nr0\t10\t500\n")
+    (t / "words.bed").write_text("r0\tone\tten\n")
+    (t / "noseq.csv").write_text("sequence_x,label\nACGT,1\n")
+    (t / "emptylabel.csv").write_text("seq,label\nACGTACGT,1\nACGTACGT,\n")
+    (t / "extra.tsv").write_text("seq\tlabel\nACGTACGT\t1\nACGTACGT\t0\textra\n")
+    (t / "oneclass.csv").write_text("seq,label\nACGTACGT,1\nACGTTGCA,1\n")
+    (t / "badchar.csv").write_text("seq,label\nACGTACGT,1\nACGTXCGT,0\n")
+    (t / "badjson").mkdir()
+    (t / "badjson" / "config.json").write_text("{not json")
+    (t / "noweights").mkdir()
+    (t / "noweights" / "config.json").write_text((kit / "mdlm" / "config.json").read_text())
+    (t / "long.fa").write_text(">long\n" + dna(300) + "\n")
+    return {
+        "region_unknown_contig": (lik + ["--region", "chr1:1-10"], ["--region chr1:1-10", "unknown record 'chr1'"]),
+        "region_reversed": (lik + ["--region", "r0:50-10"], ["--region r0:50-10", "never reversed"]),
+        "region_past_end": (lik + ["--region", "r0:1-1000"], ["--region r0:1-1000", "past the end", "never clipped"]),
+        "region_unparsable": (lik + ["--region", "r0:a-b"], ["--region r0:a-b", "chr:start-end"]),
+        "val_region_past_end": (pre + ["--val-region", "chrR:29001-31000"], ["--val-region", "past the end"]),
+        "evaluate_region_past_end": (ev + ["--region", "chrR:1-40000"], ["--region", "past the end"]),
+        "bed_past_end": (lik + ["--bed", str(t / "past_end.bed")], ["past_end.bed:2", "past the end"]),
+        "bed_not_integers": (lik + ["--bed", str(t / "words.bed")], ["words.bed:1", "integers"]),
+        "table_no_sequence_column": (ft + ["--train", str(t / "noseq.csv")], ["--train", "noseq.csv:1", "no sequence column"]),
+        "table_empty_label": (ft + ["--train", str(t / "emptylabel.csv")], ["emptylabel.csv:3", "empty label"]),
+        "table_extra_field": (ft + ["--train", str(t / "extra.tsv")], ["extra.tsv:3", "3 fields"]),
+        "table_one_class": (ft + ["--train", str(t / "oneclass.csv")], ["oneclass.csv", "only one class"]),
+        "table_bad_character": (ft + ["--train", str(t / "badchar.csv")], ["badchar.csv:3", "'X'"]),
+        "model_missing": (lik[:2] + [str(t / "nomodel")] + lik[3:], ["--model", "no such directory"]),
+        "model_bad_json": (lik[:2] + [str(t / "badjson")] + lik[3:], ["--model", "not valid JSON"]),
+        "model_no_weights": (lik[:2] + [str(t / "noweights")] + lik[3:], ["--model", "model.safetensors missing"]),
+        "nan_model_likelihood": (lik[:2] + [str(kit / "nan")] + lik[3:], ["--model", "not finite"]),
+        "nan_model_sample": (["sample", "--model", str(kit / "nan"), "--num-samples", "2", "--length", "20",
+                              "--out", str(t / "s.fa")], ["not finite"]),
+        "nan_model_embed": (["embed", "--model", str(kit / "nan"), "--fasta", good, "--out", str(t / "e.npz")],
+                            ["not finite"]),
+        "nan_model_judge": (ev + ["--model", str(kit / "nan")], ["not finite"]),
+        "nan_model_finetune": (["finetune", "--model", str(kit / "nan"), "--train", str(kit / "train.csv"), "--out",
+                                str(t / "ft"), "--folds", "2"], ["not finite"]),
+        "classifier_to_likelihood": (lik[:2] + [str(kit / "clf")] + lik[3:], ["not a language model"]),
+        "classifier_to_sample": (["sample", "--model", str(kit / "clf"), "--num-samples", "1", "--length", "10",
+                                  "--out", str(t / "s.fa")], ["not a language model"]),
+        "mdlm_to_predict": (["predict", "--model", str(kit / "mdlm"), "--fasta", good, "--out", str(t / "p.tsv")],
+                            ["not a fine-tuned classifier"]),
+        "predict_too_long": (["predict", "--model", str(kit / "clf"), "--fasta", str(t / "long.fa"), "--max-length",
+                              "100", "--out", str(t / "p.tsv")], ["'long'", "--max-length 100", "--truncate"]),
+        "sample_prefix_bad_char": (smp + ["--length", "20", "--prefix", "ACXT"], ["--prefix", "'X'"]),
+        "sample_template_iupac": (smp + ["--template", "ACGTNNNNRNNACGT"], ["--template", "'R'", "--unknown N"]),
+        "sample_steps_zero": (smp + ["--length", "20", "--steps", "0"], ["--steps"]),
+        "sample_top_p_zero": (smp + ["--length", "20", "--top-p", "0"], ["--top-p"]),
+        "sample_suffix_with_ar": (["sample", "--model", str(kit / "ar"), "--num-samples", "1", "--length", "20",
+                                   "--suffix", "ACGT", "--out", str(t / "s.fa")], ["left to right"]),
+        "sample_prefix_longer_than_length": (smp + ["--length", "3", "--prefix", "ACGTACGT"], ["--prefix", "--length 3"]),
+        "likelihood_max_windows_zero": (lik + ["--max-windows", "0"], ["--max-windows 0"]),
+        "likelihood_mc_samples_zero": (lik + ["--mc-samples", "0"], ["--mc-samples 0"]),
+        "likelihood_not_an_int": (lik + ["--window", "big"], ["--window", "invalid int value"]),
+        "pretrain_precision": (pre + ["--precision", "fp8"], ["--precision fp8", "expected one of"]),
+        "pretrain_lr_text": (pre + ["--set", "optim.lr=abc"], ["--lr abc"]),
+        "pretrain_model_typo": (pre + ["--set", "model.d_modle=8"], ["d_modle", "'model'"]),
+        "pretrain_resume_nothing": (pre + ["--resume"], ["--resume", "no run to resume"]),
+        "pretrain_unknown_recipe": (pre[:3] + ["--config", "huge"] + pre[5:], ["--config huge", "recipes:"]),
+        "evaluate_copy_fraction": (ev + ["--copy-fraction", "1.5"], ["--copy-fraction 1.5"]),
+        "evaluate_reference_missing": (["evaluate-samples", "--samples", good, "--reference", str(t / "noref.fa"),
+                                        "--out", str(t / "rep")], ["--reference", "no such file"]),
+        "device_unknown": (lik + ["--device", "tpu"], ["--device", "tpu"]),
+    }
+
+
+CASE_NAMES = [
+    "region_unknown_contig", "region_reversed", "region_past_end", "region_unparsable", "val_region_past_end",
+    "evaluate_region_past_end", "bed_past_end", "bed_not_integers", "table_no_sequence_column", "table_empty_label",
+    "table_extra_field", "table_one_class", "table_bad_character", "model_missing", "model_bad_json",
+    "model_no_weights", "nan_model_likelihood", "nan_model_sample", "nan_model_embed", "nan_model_judge",
+    "nan_model_finetune", "classifier_to_likelihood", "classifier_to_sample", "mdlm_to_predict", "predict_too_long",
+    "sample_prefix_bad_char", "sample_template_iupac", "sample_steps_zero", "sample_top_p_zero",
+    "sample_suffix_with_ar", "sample_prefix_longer_than_length", "likelihood_max_windows_zero",
+    "likelihood_mc_samples_zero", "likelihood_not_an_int", "pretrain_precision", "pretrain_lr_text",
+    "pretrain_model_typo", "pretrain_resume_nothing", "pretrain_unknown_recipe", "evaluate_copy_fraction",
+    "evaluate_reference_missing", "device_unknown",
+]
+
+
+@pytest.mark.parametrize("case", CASE_NAMES)
+def test_bad_arguments_regions_tables_and_models(kit, tmp_path, capsys, case):
+    argv, expected = _cases(kit, tmp_path)[case]
+    assert_rejected(argv, capsys, tmp_path, *expected)
+
+
+def test_the_catalogue_is_large_enough_and_complete(kit, tmp_path):
+    assert len(BAD_FASTA) * 5 + len(CASE_NAMES) >= 40
+    assert sorted(CASE_NAMES) == sorted(_cases(kit, tmp_path))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Odd but valid inputs give the same numbers as a clean copy
+# --------------------------------------------------------------------------------------------------------------
+def _odd_copies(tmp: Path) -> dict[str, Path]:
+    clean = fasta_text(SEQS)
+    out = {}
+    variants = {
+        "bom": b"\xef\xbb\xbf" + clean.encode(),
+        "crlf": fasta_text(SEQS, newline="\r\n").encode(),
+        "lower_case": fasta_text({k: v.lower() for k, v in SEQS.items()}).encode(),
+        "uneven_lines": "".join(f">{k}\n{v[:7]}\n{v[7:50]}\n{v[50:]}\n" for k, v in SEQS.items()).encode(),
+        "space_after_gt_and_descriptions": fasta_text(SEQS, header=lambda n: f"> {n} some description").encode(),
+        "blank_lines": clean.replace(">", "\n\n>").encode(),
+        "gzip": gzip.compress(clean.encode()),
+    }
+    for name, data in variants.items():
+        path = tmp / f"{name}.fa" if name != "gzip" else tmp / "plain.fa.gz"
+        path.write_bytes(data)
+        out[name] = path
+    with bgzf.BgzfWriter(str(tmp / "bgzf.fa.gz"), "wb") as fh:
+        fh.write(clean.encode())
+    out["bgzf"] = tmp / "bgzf.fa.gz"
+    (tmp / "clean.fa").write_text(clean)
+    return out
+
+
+@pytest.fixture(scope="module")
+def odd(tmp_path_factory):
+    d = tmp_path_factory.mktemp("odd")
+    return d, _odd_copies(d)
+
+
+@pytest.mark.parametrize("variant", ["bom", "crlf", "lower_case", "uneven_lines", "space_after_gt_and_descriptions",
+                                     "blank_lines", "gzip", "bgzf"])
+def test_odd_but_valid_fasta_gives_the_clean_numbers(kit, odd, tmp_path, capsys, variant):
+    d, files = odd
+    outs = {}
+    for name, fa in (("clean", d / "clean.fa"), ("odd", files[variant])):
+        o = tmp_path / name
+        o.mkdir()
+        assert main(["likelihood", "--model", str(kit / "mdlm"), "--fasta", str(fa), "--out", str(o / "l.json"),
+                     "--per-record", str(o / "r.tsv"), "--device", "cpu"]) == 0
+        assert main(["embed", "--model", str(kit / "mdlm"), "--fasta", str(fa), "--out", str(o / "e.npz"),
+                     "--device", "cpu"]) == 0
+        assert main(["predict", "--model", str(kit / "clf"), "--fasta", str(fa), "--out", str(o / "p.tsv"),
+                     "--device", "cpu"]) == 0
+        rep = json.loads((o / "l.json").read_text())
+        emb = np.load(o / "e.npz")
+        outs[name] = (rep, (o / "r.tsv").read_text(), emb["ids"].tolist(), emb["embeddings"], (o / "p.tsv").read_text())
+    capsys.readouterr()
+    (a, ra, ia, ea, pa), (b, rb, ib, eb, pb) = outs["clean"], outs["odd"]
+    for key in ("bits_per_base", "bases_scored", "windows", "stderr_bits_per_base"):
+        assert a[key] == b[key], key
+    assert list(a["per_record"]) == list(b["per_record"]) == list(SEQS)  # every record, in FASTA order
+    assert ra == rb and ia == ib == list(SEQS) and pa == pb
+    np.testing.assert_array_equal(ea, eb)
+
+
+def test_bom_and_crlf_tables_read_like_clean_ones(kit, tmp_path):
+    from dna_mdlm.data.labelled import read_labelled
+
+    clean = (kit / "train.csv").read_text()
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + clean.replace("\n", "\r\n").encode())
+    (tmp_path / "x.tsv").write_text(clean.replace(",", "\t"))
+    (tmp_path / "x.tsv.gz").write_bytes(gzip.compress(clean.replace(",", "\t").encode()))
+    ref = read_labelled(kit / "train.csv")
+    for path in ("bom.csv", "x.tsv", "x.tsv.gz"):
+        got = read_labelled(tmp_path / path)
+        assert got.seqs == ref.seqs and got.labels.tolist() == ref.labels.tolist() and got.classes == ref.classes
+
+
+def test_iupac_codes_are_read_as_n_with_unknown_n_in_every_reader(kit, tmp_path, capsys):
+    fa = tmp_path / "iupac.fa"
+    fa.write_text(">a\n" + "ACGTRYSWACGT" * 10 + "\n")
+    assert main(["likelihood", "--model", str(kit / "markov"), "--fasta", str(fa), "--unknown", "N",
+                 "--out", str(tmp_path / "l.json")]) == 0
+    assert json.loads((tmp_path / "l.json").read_text())["bases_scored"] == 80  # the 40 codes are N: never scored
+    assert main(["embed", "--model", str(kit / "mdlm"), "--fasta", str(fa), "--unknown", "N",
+                 "--out", str(tmp_path / "e.npz")]) == 0
+    assert main(["sample", "--model", str(kit / "mdlm"), "--num-samples", "1", "--template", "ACGTRRRRACGT",
+                 "--unknown", "N", "--out", str(tmp_path / "s.fa"), "--steps", "4"]) == 0
+    seq = (tmp_path / "s.fa").read_text().splitlines()[1]
+    assert seq[:4] == "ACGT" and seq[-4:] == "ACGT" and set(seq) <= set("ACGT")
