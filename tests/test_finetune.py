@@ -243,6 +243,29 @@ def test_a_model_that_cannot_learn_is_reported_at_chance(mlm_dirs, capsys):
     assert trained.history["steps"] == 3  # ran to its budget: stopping early at chance is not allowed
 
 
+def _composition_task(n, seed):
+    """GC-rich vs AT-rich sequences of 50-150 bp: any pooled encoder feature of composition separates them."""
+    rng = np.random.default_rng(seed)
+    seqs = ["".join(rng.choice(list("ACGT"), int(rng.integers(50, 150)), p=[0.2, 0.3, 0.3, 0.2] if i % 2 else [0.3, 0.2, 0.2, 0.3]))
+            for i in range(n)]
+    return LabelledSequences(seqs, np.arange(n) % 2, ["at", "gc"], f"composition (seed {seed})")
+
+
+def test_frozen_mlp_head_trains_on_standardised_features(mlm_dirs):
+    train, val = _composition_task(160, 0).stratified_split(0.2, seed=0)
+    test = _composition_task(100, 1)
+    cfg = FinetuneConfig(head="mlp", batch_size=16, epochs=30, lr=3e-3, min_steps=20, patience_steps=40)
+    trained = train_classifier(mlm_dirs[True], train, val, cfg, seed=0, method="frozen")
+    model = trained.model
+    assert model.config.feature_layers == "all" and isinstance(model.score, torch.nn.Sequential)
+    feats = probe_features(model, _encode_all(train.seqs, None, False, "t"), cfg)
+    np.testing.assert_allclose(model.feature_mean.numpy(), feats.mean(0), rtol=1e-4, atol=1e-6)  # the scaler is stored
+    assert trained.history["cached_features"] and trained.history["val_curve"]
+    best = min(trained.history["val_curve"], key=lambda r: r["val_loss"])
+    assert trained.history["best_step"] == best["step"] and best["val_loss"] < trained.history["chance_loss"]
+    assert (trained.predict_proba(test).argmax(1) == test.labels).mean() >= 0.9
+
+
 def test_metrics_and_summary():
     y = np.array([0, 0, 1, 1])
     proba = np.array([[0.9, 0.1], [0.4, 0.6], [0.3, 0.7], [0.2, 0.8]])
