@@ -216,9 +216,9 @@ def add_finetune_arguments(p):
     p.epilog = _examples(
         "dna-mdlm finetune --model runs/demo/model --task human_nontata_promoters --folds 5 --out runs/nontata",
         "dna-mdlm finetune --model runs/demo/model --train train.csv --test test.csv --seeds 1,2,3 --unfreeze --out runs/ft",
-        "dna-mdlm finetune --model runs/demo/model --task human_enhancers_cohn --baselines scratch,cnn,kmer_lr --out runs/cohn",
+        "dna-mdlm finetune --model runs/demo/model --task human_enhancers_cohn --baselines scratch,cnn,kmer_lr,linear_probe --out runs/cohn",
     )
-    p.add_argument("--model", required=True, help="pretrained model directory (its encoder is fine-tuned)")
+    p.add_argument("--model", required=True, help="pretrained model directory (its encoder is probed or fine-tuned)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--task", help="Genomic Benchmarks task name (offline split) or a GB task folder")
     src.add_argument("--train", help="labelled training set: CSV/TSV (seq,label columns) or FASTA with label=... headers")
@@ -228,16 +228,23 @@ def add_finetune_arguments(p):
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds for the train/test protocol (default 1,2,3)")
     p.add_argument("--config", help="YAML recipe file or a recipe name (tiny, frozen, full)")
     p.add_argument("--set", action="append", help="override a setting, e.g. --set lr=2e-3 (repeatable)")
-    p.add_argument("--unfreeze", action="store_true", help="full fine-tuning instead of a frozen encoder + head")
-    p.add_argument("--head", choices=["mlp", "linear"], help="classifier head (default mlp)")
-    p.add_argument("--pooling", choices=["mean", "max", "first", "last"], help="pooling over bases (default mean)")
+    p.add_argument("--unfreeze", action="store_true", help="full fine-tuning instead of a frozen encoder + probe")
+    p.add_argument("--head", choices=["logreg", "mlp", "linear"],
+                   help="classifier head (default: logreg = StandardScaler + LogisticRegressionCV for a frozen "
+                   "encoder, linear for fine-tuning)")
+    p.add_argument("--features", choices=["all", "last"], help="frozen probe: pool every layer's output (default) or the last")
+    p.add_argument("--pooling", choices=["mean", "max", "mean+max", "first", "last"],
+                   help="pooling over real bases (default mean; mean+max for the probe only, first/last for fine-tuning only)")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int, help="sequences per optimiser step (gradients accumulate over micro-batches)")
+    p.add_argument("--max-tokens", type=int, help="padded bases per micro-batch (default 16384)")
     p.add_argument("--lr", type=float)
     p.add_argument("--ema", type=float, dest="ema_decay", help="EMA decay of the trained weights, e.g. 0.999")
     p.add_argument("--max-steps", type=int)
     p.add_argument("--max-train", type=int, help="subsample the labelled set to this many sequences (stratified, seeded)")
-    p.add_argument("--baselines", default="", help="also run on the same splits: any of scratch,cnn,kmer_lr,frozen,finetuned")
+    p.add_argument("--baselines", default="kmer_lr",
+                   help="also run on the same splits (default kmer_lr; 'none' for none): any of "
+                   "kmer_lr,cnn,linear_probe,scratch,frozen,finetuned")
     _unknown_arg(p, "the labelled sequences")
     _device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the --max-train subsample")
@@ -250,7 +257,7 @@ def finetune_config(args):
 
     values = load_recipe(args.config, "finetune")
     values.update(parse_overrides(args.set))
-    for key in ("head", "pooling", "epochs", "batch_size", "lr", "ema_decay", "max_steps"):
+    for key in ("head", "features", "pooling", "epochs", "batch_size", "max_tokens", "lr", "ema_decay", "max_steps"):
         if getattr(args, key) is not None:
             values[key] = getattr(args, key)
     if args.unfreeze:
@@ -264,11 +271,24 @@ def finetune_config(args):
         raise InputError(f"settings: {exc}") from None
 
 
+def _baseline_methods(text: str) -> list[str]:
+    from .training.finetune import METHODS
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if names == ["none"]:
+        return []
+    bad = [m for m in names if m not in METHODS]
+    if bad:
+        raise InputError(f"--baselines {text}: unknown method(s) {', '.join(bad)} (choose from {', '.join(METHODS)}, or none)")
+    return names
+
+
 def run_finetune(args):
     from .data.labelled import read_labelled
     from .training.finetune import run_protocol
 
     cfg = finetune_config(args)
+    extra = _baseline_methods(args.baselines)
     if args.task:
         train = read_labelled(args.task, split="train", data_dir=args.data_dir, unknown=args.unknown, what="--task")
     else:
@@ -283,16 +303,25 @@ def run_finetune(args):
         seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
     except ValueError:
         raise InputError(f"--seeds {args.seeds}: expected comma-separated integers, e.g. 1,2,3") from None
-    extra = [m.strip() for m in args.baselines.split(",") if m.strip()]
     primary = "finetuned" if cfg.unfreeze else "frozen"
     report = run_protocol(args.model, train, args.out, cfg, test=test, seeds=seeds, folds=args.folds,
                           methods=[primary] + [m for m in extra if m != primary], task=args.task,
                           log=lambda msg: print(msg, file=sys.stderr))
-    acc = report["summary"][primary]["accuracy"]
-    warnings = "".join(f"; WARNING: {w}" for w in report["summary"][primary].get("warnings", []))
-    print(f"dna-mdlm finetune: {primary} accuracy {acc['mean']:.4f} ±{acc['spread']:.4f} (max-min over {acc['n_runs']} runs; "
-          f"{'cross-validation' if report['cross_validation'] else 'test set'}); model and report in {args.out}{warnings}",
-          file=sys.stderr)
+    s = report["summary"][primary]
+    acc, auroc = s["accuracy"], s.get("auroc", {}).get("mean", float("nan"))
+    where = "cross-validation" if report["cross_validation"] else "test set"
+    line = (f"dna-mdlm finetune: {primary} accuracy {acc['mean']:.4f} ±{acc['spread']:.4f}, AUROC {auroc:.4f} "
+            f"(mean, max-min over {acc['n_runs']} runs; {where})")
+    if s.get("runs_at_chance"):
+        line += f"; AT CHANCE in {s['runs_at_chance']}/{acc['n_runs']} runs"
+    cmp = report.get("comparison")
+    if cmp and "accuracy" in cmp:
+        a = cmp["accuracy"]
+        line += (f"; model vs k-mer LR: accuracy {a['model']:.4f} vs {a['baseline']:.4f} ({a['difference']:+.4f})"
+                 + (f", AUROC {cmp['auroc']['model']:.4f} vs {cmp['auroc']['baseline']:.4f}" if "auroc" in cmp else "")
+                 + f": {cmp['verdict']}")
+    warnings = "".join(f"; WARNING: {w}" for w in s.get("warnings", []))
+    print(f"{line}; model and report in {args.out}{warnings}", file=sys.stderr)
     return 0
 
 
@@ -321,12 +350,16 @@ def run_predict(args):
 
 def add_embed_arguments(p):
     p.epilog = _examples(
-        "dna-mdlm embed --model runs/demo/model --fasta reads.fa --out emb.npz              # ids + (N, C) means",
+        "dna-mdlm embed --model runs/demo/model --fasta reads.fa --out emb.npz              # ids + (N, d) RC-invariant means",
+        "dna-mdlm embed --model runs/demo/model --fasta reads.fa --layers all --pool mean+max --out probe.npz  # the probe's features",
         "dna-mdlm embed --model runs/demo/model --fasta reads.fa --pool none --out bases.npz # one (L_i, C) per record",
     )
     p.add_argument("--model", required=True, help="any Caduceus model directory (pretrained or fine-tuned)")
     p.add_argument("--fasta", required=True, help="FASTA (gzip allowed); streamed, memory bounded by a batch")
-    p.add_argument("--pool", choices=["mean", "none"], default="mean")
+    p.add_argument("--pool", choices=["mean", "max", "mean+max", "none"], default="mean",
+                   help="pool over each record's bases (RC-invariant), or none: per-base hidden states")
+    p.add_argument("--layers", choices=["last", "all"], default="last",
+                   help="pooled output of the last layer, or of every layer concatenated (what finetune's frozen probe uses)")
     p.add_argument("--out", required=True, help=".npz output")
     p.add_argument("--batch-size", type=int, default=32)
     _unknown_arg(p, "the FASTA")
@@ -336,10 +369,10 @@ def add_embed_arguments(p):
 def run_embed(args):
     from .embedding import embed_fasta
 
-    summary = embed_fasta(args.model, args.fasta, args.out, pool=args.pool, batch_size=args.batch_size,
-                          device=args.device, unknown=args.unknown)
+    summary = embed_fasta(args.model, args.fasta, args.out, pool=args.pool, layers=args.layers,
+                          batch_size=args.batch_size, device=args.device, unknown=args.unknown)
     print(f"dna-mdlm embed: {summary['records']} records ({summary['bases']} bases), width {summary['width']}, "
-          f"pool {summary['pool']} -> {summary['out']}", file=sys.stderr)
+          f"pool {summary['pool']}, layers {summary['layers']} -> {summary['out']}", file=sys.stderr)
     return 0
 
 

@@ -8,7 +8,9 @@ import torch
 
 from dna_mdlm.cli import main
 from dna_mdlm.embedding import embed, embed_fasta
+from dna_mdlm.errors import InputError
 from dna_mdlm.models import CaduceusConfig, CaduceusForMaskedLM
+from dna_mdlm.tokenizer import rc_string
 
 
 @pytest.fixture(scope="module")
@@ -28,12 +30,31 @@ def seqs():
 def test_embed_api_shapes_and_batch_invariance(ps_dir, seqs):
     means = embed(ps_dir, seqs, pool="mean", batch_size=2)
     per_base = embed(str(ps_dir), seqs, pool="none", batch_size=5)
-    assert means.shape == (5, 32) and means.dtype == np.float32  # PS: both strands, 2 x d_model
-    assert [a.shape for a in per_base] == [(len(s), 32) for s in seqs]
+    assert means.shape == (5, 16) and means.dtype == np.float32  # PS: the two strands combined, d_model wide
+    assert [a.shape for a in per_base] == [(len(s), 32) for s in seqs]  # per base: both strand halves
     alone = np.stack([embed(ps_dir, [s])[0] for s in seqs])
     np.testing.assert_allclose(means, alone, atol=1e-5)
-    np.testing.assert_allclose(means, np.stack([a.mean(0) for a in per_base]), atol=1e-5)
+    # the RC-invariant mean is the mean over bases of the two halves, the second read in its own direction
+    halves = np.stack([(a[:, :16] + a[:, 16:][:, ::-1]).mean(0) / 2 for a in per_base])
+    np.testing.assert_allclose(means, halves, atol=1e-5)
+    np.testing.assert_allclose(means, embed(ps_dir, [rc_string(s) for s in seqs]), atol=1e-5)
     assert np.abs(means[0] - means[2]).max() > 1e-4
+
+
+def test_layers_and_pools(ps_dir, seqs):
+    every = embed(ps_dir, seqs, pool="mean+max", layers="all")
+    assert every.shape == (5, 3 * 2 * 16)  # (embeddings + 2 blocks) x (mean, max) x d_model
+    last = embed(ps_dir, seqs, pool="mean+max", layers="last")
+    np.testing.assert_allclose(every[:, -32:], last, atol=1e-6)  # the last state's block is the last layer
+    np.testing.assert_allclose(last[:, :16], embed(ps_dir, seqs, pool="mean"), atol=1e-6)
+    np.testing.assert_allclose(last[:, 16:], embed(ps_dir, seqs, pool="max"), atol=1e-6)
+    # the embedding layer's mean is a function of base composition only
+    comp = embed(ps_dir, ["ACGTTGCA", "TGCAACGT"], pool="mean", layers="all")[:, :16]
+    np.testing.assert_allclose(comp[0], comp[1], atol=1e-6)
+    with pytest.raises(InputError, match="--layers last"):
+        embed(ps_dir, seqs, pool="none", layers="all")
+    with pytest.raises(InputError, match="--layers"):
+        embed(ps_dir, seqs, layers="first")
 
 
 def test_embed_cli_streams_npz(ps_dir, seqs, tmp_path):
@@ -49,6 +70,12 @@ def test_embed_cli_streams_npz(ps_dir, seqs, tmp_path):
     assert summary["records"] == 5
     with np.load(tmp_path / "chunked.npz") as z, np.load(out) as ref:
         np.testing.assert_allclose(z["embeddings"], ref["embeddings"], atol=1e-5)
+    out_all = tmp_path / "all.npz"
+    assert main(["embed", "--model", str(ps_dir), "--fasta", str(fasta), "--out", str(out_all), "--layers", "all",
+                 "--pool", "mean+max"]) == 0
+    with np.load(out_all) as z:
+        assert z["embeddings"].shape == (5, 96)
+        np.testing.assert_allclose(z["embeddings"], embed(ps_dir, seqs, pool="mean+max", layers="all"), atol=1e-5)
     out2 = tmp_path / "bases.npz"
     assert main(["embed", "--model", str(ps_dir), "--fasta", str(fasta), "--pool", "none", "--out", str(out2)]) == 0
     with np.load(out2) as z:

@@ -535,3 +535,62 @@ def collate_labelled(batch: Sequence[tuple], pad_id: int = PAD_ID, max_length: i
         attention_mask[i, : len(a)] = True
     labels = torch.tensor([int(y) for _, y in batch], dtype=torch.long)
     return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "n_truncated": n_truncated}
+
+
+class LengthBucketSampler(torch.utils.data.Sampler):
+    """Batches of indices of similar length, for variable-length labelled sets (a `batch_sampler`).
+
+    `shuffle=True`: each epoch a seeded permutation is cut into pools of 50 batches, each pool sorted by
+    length and cut into batches, and the batches are shuffled, so padding stays small without a fixed batch
+    order. `shuffle=False`: one pass in length order (evaluation). Every index appears exactly once per epoch.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, shuffle: bool = True, seed: int = 0):
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size, self.shuffle, self.seed, self.epoch = int(batch_size), shuffle, seed, 0
+
+    def __len__(self) -> int:
+        return -(-len(self.lengths) // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if not self.shuffle:
+            order = np.argsort(self.lengths, kind="stable")
+            yield from (order[i : i + self.batch_size].tolist() for i in range(0, len(order), self.batch_size))
+            return
+        rng = np.random.default_rng(self.seed + self.epoch)
+        self.epoch += 1
+        perm = rng.permutation(len(self.lengths))
+        pool = 50 * self.batch_size
+        batches = []
+        for s in range(0, len(perm), pool):
+            chunk = perm[s : s + pool]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
+        for j in rng.permutation(len(batches)):
+            yield batches[j]
+
+
+def micro_batches(attention_mask: torch.Tensor, max_tokens: int) -> list[tuple[slice, int]]:
+    """Split a right-padded batch (attention_mask (B, L)) into row slices of at most `max_tokens` padded
+    tokens each (at least one row), for gradient accumulation; each comes with its own width (its longest
+    real sequence), so a slice is trimmed to `[:, :width]` and carries no padding beyond its own rows."""
+    lengths = attention_mask.sum(1).tolist()
+    out, start = [], 0
+    while start < len(lengths):
+        end, width = start + 1, int(lengths[start])
+        while end < len(lengths) and max(width, int(lengths[end])) * (end + 1 - start) <= max_tokens:
+            width = max(width, int(lengths[end]))
+            end += 1
+        out.append((slice(start, end), max(width, 1)))
+        start = end
+    return out
+
+
+def length_sorted_batches(ids: Sequence[np.ndarray], batch_size: int, max_tokens: int) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+    """(indices, input_ids, attention_mask) over token-id arrays in length order, each batch at most `batch_size`
+    sequences and `max_tokens` padded bases (evaluation and feature extraction: padding stays minimal)."""
+    for idx in LengthBucketSampler([len(a) for a in ids], batch_size, shuffle=False):
+        batch = collate_labelled([(ids[i], 0) for i in idx])
+        rows = np.asarray(idx)
+        for sl, width in micro_batches(batch["attention_mask"], max_tokens):
+            yield rows[sl], batch["input_ids"][sl, :width], batch["attention_mask"][sl, :width]

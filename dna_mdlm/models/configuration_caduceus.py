@@ -17,7 +17,8 @@ from ..tokenizer import complement_map as default_complement_map
 DEFAULT_WINDOW = 1024  # bases per window when a model does not record its training length
 OBJECTIVES = ("mdlm", "ar")
 SCHEDULES = ("loglinear", "cosine", "linear")
-POOLINGS = ("mean", "max", "first", "last")
+POOLINGS = ("mean", "max", "first", "last", "mean+max")  # mean+max: probe features only
+FEATURE_LAYERS = ("last", "all")
 HEADS = ("linear", "mlp")
 DEFAULT_SSM_CFG = {
     "d_state": 16,
@@ -63,7 +64,10 @@ class CaduceusConfig(PretrainedConfig):
         train_window: bases per window the model was trained on (likelihood, sampling and variant scoring default to
             it); None for a model that never recorded it (then `max_length`, else `DEFAULT_WINDOW`).
         schedule: the MDLM noise schedule the model was trained with: "loglinear", "cosine" or "linear".
-        pooling_strategy: classifier pooling over real bases: "mean", "max", "first", "last".
+        pooling_strategy: classifier pooling over real bases: "mean", "max", "first", "last" (per-view head), or
+            "mean", "max", "mean+max" (probe features).
+        feature_layers: None for the upstream head on the last layer's per-strand views; "last" or "all" for the
+            frozen-encoder probe layout (RC-invariant pooled features of the last / every layer, standardised).
         head: classifier head: "linear" (upstream's bias-free `score`) or "mlp".
         head_hidden: hidden width of the MLP head (default 2 * d_model).
         head_dropout: dropout inside the MLP head.
@@ -100,6 +104,7 @@ class CaduceusConfig(PretrainedConfig):
         head_dropout: float = 0.1,
         conjoin_train: bool = False,
         conjoin_eval: bool = False,
+        feature_layers: str | None = None,
         pad_token_id: int = 4,
         **kwargs,
     ):
@@ -117,6 +122,8 @@ class CaduceusConfig(PretrainedConfig):
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
         if pooling_strategy not in POOLINGS:
             raise ValueError(f"pooling_strategy must be one of {', '.join(POOLINGS)}, got {pooling_strategy!r}")
+        if feature_layers is not None and feature_layers not in FEATURE_LAYERS:
+            raise ValueError(f"feature_layers must be None or one of {', '.join(FEATURE_LAYERS)}, got {feature_layers!r}")
         if head not in HEADS:
             raise ValueError(f"head must be 'linear' or 'mlp', got {head!r}")
         if train_window is not None and (not isinstance(train_window, int) or train_window < 1):
@@ -151,6 +158,7 @@ class CaduceusConfig(PretrainedConfig):
         self.head_dropout = head_dropout
         self.conjoin_train = conjoin_train
         self.conjoin_eval = conjoin_eval
+        self.feature_layers = feature_layers
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 

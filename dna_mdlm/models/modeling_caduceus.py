@@ -684,31 +684,123 @@ def rc_padded(input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
     return torch.where(idx < lengths, rc, input_ids)
 
 
-class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
-    """Backbone + pooling + head. RC handling follows the backbone:
+FEATURE_POOLS = ("mean", "max", "mean+max")
+FEATURE_LAYERS = ("last", "all")
 
-    - PS: the two strand streams are pooled separately (the RC stream read in its own direction) and
-      their logits averaged, which is exactly RC-invariant ("conjoin_train" upstream, always on here).
-    - Ph / plain: with `conjoin_eval` (or `conjoin_train`) the backbone also runs on the reverse
-      complement and the logits are averaged (post-hoc conjoining).
-    Pooling respects `attention_mask`; `head` is "linear" (upstream's bias-free `score`) or "mlp".
+
+def feature_pools(pooling: str) -> tuple[str, ...]:
+    """"mean" | "max" | "mean+max" -> the pools concatenated in that order."""
+    if pooling not in FEATURE_POOLS:
+        raise ValueError(f"feature pooling must be one of {', '.join(FEATURE_POOLS)}, got {pooling!r}")
+    return tuple(pooling.split("+"))
+
+
+def feature_width(config: CaduceusConfig, layers: str = "last", pooling: str = "mean") -> int:
+    """Width of `rc_invariant_features`: d_model per (state, pool); states = n_layer + 1 for "all", else 1."""
+    if layers not in FEATURE_LAYERS:
+        raise ValueError(f"layers must be one of {', '.join(FEATURE_LAYERS)}, got {layers!r}")
+    states = config.n_layer + 1 if layers == "all" else 1
+    return states * len(feature_pools(pooling)) * config.d_model
+
+
+def _pooled_states(encoder: "CaduceusModel", input_ids, attention_mask, timesteps, layers: str,
+                   pools: tuple[str, ...]) -> list[torch.Tensor]:
+    """Masked pools (B, hidden_size) of each captured state, in order: embeddings, the residual stream after
+    blocks 1..n_layer-1, the final normed output (layers="all"); only the final output for "last"."""
+    out: list[torch.Tensor] = []
+
+    def pool(h: torch.Tensor) -> None:
+        out.extend(masked_pool(h.float(), attention_mask, p) for p in pools)
+
+    hooks = []
+    if layers == "all":
+        backbone = encoder.backbone
+        # Forward hooks read each block's (hidden, residual) output, so this needs no copy of the backbone's
+        # forward. A block's output state is the residual stream residual + hidden (what the next block
+        # normalises); the last block's is replaced by the final normed output, the usual "last layer".
+        hooks.append(backbone.embeddings.register_forward_hook(lambda m, i, o: pool(o)))
+        for layer in backbone.layers[:-1]:
+            hooks.append(layer.register_forward_hook(lambda m, i, o: pool(o[0] + o[1])))
+    try:
+        h = encoder(input_ids, timesteps=timesteps, attention_mask=attention_mask).last_hidden_state
+    finally:
+        for hook in hooks:
+            hook.remove()
+    pool(h)
+    return out
+
+
+def rc_invariant_features(encoder: "CaduceusModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                          timesteps: torch.Tensor | None = None, layers: str = "all", pooling: str = "mean") -> torch.Tensor:
+    """Pooled, reverse-complement-invariant sequence features of a Caduceus encoder: (B, feature_width) float32.
+
+    input_ids (B, L) right-padded, attention_mask (B, L) True on real bases (None: all real). Every state
+    (`layers="all"`: the embeddings, each block's output and the final normed output, n_layer + 1 states;
+    `"last"`: the final output) is pooled over real bases only (`pooling` "mean", "max" or "mean+max",
+    concatenated in that order) and made RC-invariant:
+
+    - Caduceus-PS: a state H (L, 2d) of rc(x) is flip_{L,C} H(x), so for a pool p = pool_L H the two strand
+      halves combine as (p[:d] + flip_C p[d:]) / 2, which rc swaps into itself: one encoder pass.
+    - plain / Ph: the encoder runs on x and on its reverse complement and the pooled states are averaged
+      (post-hoc conjoining, Schiff et al. 2024, Caduceus §4.2).
+
+    Layer-wise pooled features for a frozen probe follow the linear-probing practice of, e.g., the
+    Nucleotide Transformer (Dalla-Torre et al. 2023) and Caduceus VEP (Schiff et al. 2024, App. D.3).
+    Order: state-major, then pool, then channel.
+    """
+    pools = feature_pools(pooling)
+    if layers not in FEATURE_LAYERS:
+        raise ValueError(f"layers must be one of {', '.join(FEATURE_LAYERS)}, got {layers!r}")
+    states = _pooled_states(encoder, input_ids, attention_mask, timesteps, layers, pools)
+    if encoder.config.rcps:
+        d = encoder.config.d_model
+        states = [(p[..., :d] + p[..., d:].flip(-1)) / 2 for p in states]
+    else:
+        rc_states = _pooled_states(encoder, rc_padded(input_ids, attention_mask), attention_mask, timesteps, layers, pools)
+        states = [(a + b) / 2 for a, b in zip(states, rc_states)]
+    return torch.cat(states, dim=-1)
+
+
+class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
+    """Backbone + pooling + head. Two feature modes (`config.feature_layers`):
+
+    - None (default, the upstream head): the final hidden state is pooled per strand view and the head's
+      logits are averaged over the views. PS: the two strand streams are pooled separately (the RC stream
+      read in its own direction), which is exactly RC-invariant ("conjoin_train" upstream, always on here).
+      Ph / plain: with `conjoin_eval` (or `conjoin_train`) the backbone also runs on the reverse complement
+      and the logits are averaged (post-hoc conjoining). `head` is "linear" (upstream's bias-free `score`)
+      or "mlp"; pooling mean | max | first | last.
+    - "all" or "last" (the frozen probe): `rc_invariant_features` of every layer or of the last one (pooling
+      mean | max | mean+max), standardised with the stored `feature_mean` / `feature_scale` buffers (a fitted
+      StandardScaler), then `score`: "linear" (with bias, so a fitted logistic regression is stored exactly) or
+      "mlp".
+    Pooling always respects `attention_mask`: padding never reaches a pool.
     """
 
     def __init__(self, config: CaduceusConfig, pooling_strategy: str | None = None, conjoin_train: bool | None = None,
-                 conjoin_eval: bool | None = None, head: str | None = None):
+                 conjoin_eval: bool | None = None, head: str | None = None, feature_layers: str | None = None):
         for key, val, default in (("pooling_strategy", pooling_strategy, "mean"), ("conjoin_train", conjoin_train, False),
-                                  ("conjoin_eval", conjoin_eval, False), ("head", head, "linear")):
+                                  ("conjoin_eval", conjoin_eval, False), ("head", head, "linear"),
+                                  ("feature_layers", feature_layers, None)):
             setattr(config, key, val if val is not None else getattr(config, key, default))
-        if config.pooling_strategy not in ("mean", "max", "first", "last"):
-            raise ValueError(f"pooling_strategy must be mean, max, first or last, got {config.pooling_strategy!r}")
+        if config.feature_layers not in (None,) + FEATURE_LAYERS:
+            raise ValueError(f"feature_layers must be None or one of {', '.join(FEATURE_LAYERS)}, got {config.feature_layers!r}")
+        probe = config.feature_layers is not None
+        allowed = FEATURE_POOLS if probe else ("mean", "max", "first", "last")
+        if config.pooling_strategy not in allowed:
+            raise ValueError(f"pooling_strategy must be one of {', '.join(allowed)} with feature_layers="
+                             f"{config.feature_layers!r}, got {config.pooling_strategy!r}")
         super().__init__(config)
         self.num_labels = config.num_labels
         self.caduceus = CaduceusModel(config)
-        d = config.d_model
+        d = feature_width(config, config.feature_layers, config.pooling_strategy) if probe else config.d_model
+        if probe:
+            self.register_buffer("feature_mean", torch.zeros(d))
+            self.register_buffer("feature_scale", torch.ones(d))
         if config.head == "linear":
-            self.score = nn.Linear(d, config.num_labels, bias=False)
+            self.score = nn.Linear(d, config.num_labels, bias=probe)
         elif config.head == "mlp":
-            hidden = config.head_hidden or 2 * d
+            hidden = config.head_hidden or 2 * config.d_model
             self.score = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Dropout(config.head_dropout),
                                        nn.Linear(hidden, config.num_labels))
         else:
@@ -718,9 +810,28 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
                 m._is_classifier_head = True
         self.post_init()
 
+    @torch.no_grad()
+    def reset_head(self, std: float | None = None) -> None:
+        """A fresh head: N(0, std) weights (default initializer_range), zero biases, identity standardisation.
+
+        Needed after `from_pretrained` of an encoder-only checkpoint: transformers leaves the missing head
+        weights and buffers as torch.empty (NaN or 1e37 seen; cf. caduceus issue #37).
+        """
+        std = self.config.initializer_cfg.get("initializer_range", 0.02) if std is None else std
+        for p in self.score.parameters():
+            p.normal_(0.0, std) if p.dim() > 1 else p.zero_()
+        if self.config.feature_layers is not None:
+            self.feature_mean.zero_()
+            self.feature_scale.fill_(1.0)
+
     def pooled_features(self, input_ids, attention_mask=None, timesteps=None):
-        """(B, n_views, d): one pooled vector per strand view (1 for plain, 2 for PS or conjoined)."""
+        """feature_layers None: (B, n_views, d), one pooled vector per strand view (1 plain, 2 PS or conjoined).
+        "all" / "last": (B, 1, F), the standardised RC-invariant features of those layers."""
         cfg = self.config
+        if cfg.feature_layers is not None:
+            feats = rc_invariant_features(self.caduceus, input_ids, attention_mask, timesteps, cfg.feature_layers,
+                                          cfg.pooling_strategy)
+            return self.standardise(feats)[:, None]
         h = self.caduceus(input_ids, timesteps=timesteps, attention_mask=attention_mask).last_hidden_state
         if cfg.rcps:
             d = cfg.d_model
@@ -736,6 +847,10 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
             h_rc = self.caduceus(rc_in, timesteps=timesteps, attention_mask=attention_mask).last_hidden_state
             views.append(masked_pool(h_rc, attention_mask, cfg.pooling_strategy))
         return torch.stack(views, dim=1)
+
+    def standardise(self, features: torch.Tensor) -> torch.Tensor:
+        """(features - feature_mean) / feature_scale: the stored StandardScaler of the probe's features."""
+        return (features - self.feature_mean) / self.feature_scale
 
     def forward(self, input_ids, attention_mask=None, labels=None, timesteps=None, return_dict=True, **kwargs):
         feats = self.pooled_features(input_ids, attention_mask, timesteps)

@@ -1,48 +1,52 @@
-"""Fine-tuning Caduceus classifiers on labelled DNA, the Genomic Benchmarks protocol, and prediction.
+"""Fine-tuning Caduceus classifiers on labelled DNA, the frozen-encoder probe, the Genomic Benchmarks protocol,
+and prediction.
 
 Owns:
 
-* `FinetuneConfig` — every knob of one training run (head, pooling, frozen or full fine-tuning, RC handling,
-  class weights, early stopping, EMA, budgets), readable from a `configs/finetune/*.yaml` recipe.
+* `FinetuneConfig` — every knob of one training run, readable from a `configs/finetune/*.yaml` recipe.
 * `build_classifier` — a `CaduceusForSequenceClassification` whose encoder is loaded from a pretrained model
   directory (the MLM's `lm_head` is dropped, the head is freshly initialised), or randomly initialised with the
   same config for the from-scratch baseline.
-* `train_classifier` — one run with Lightning (LightningModule + Trainer, EarlyStopping and ModelCheckpoint on
-  validation accuracy, CSV logger). The weights with the best validation accuracy are the ones returned.
+* `probe_features` — the frozen encoder's features: every layer's output pooled over real bases and made
+  reverse-complement invariant (`models.modeling_caduceus.rc_invariant_features`; `dna-mdlm embed --layers`
+  writes the same numbers), computed once per sequence and reused by every fold and seed.
+* `train_classifier` — one run. Frozen encoder, default head: scikit-learn `StandardScaler` +
+  `LogisticRegressionCV` on the cached features (C by inner cross-validation on the training fold only,
+  multinomial for > 2 classes; the standard linear-probing protocol), stored in the model exactly as a
+  standardisation + linear layer. Frozen encoder + MLP, full fine-tuning and from scratch: Lightning, with
+  length-bucketed batches, gradient accumulation over token-budgeted micro-batches up to the recipe's batch,
+  linear warm-up then cosine decay, and `ValLossStopping` (validation loss, patience in optimiser steps, a
+  minimum number of steps, never while still at chance). The weights with the best validation loss are kept.
 * `run_protocol` — several seeds with 90/10 train/val splits scored on a test set (the published GB protocol),
   or stratified k-fold cross-validation when only one labelled set exists, for the Caduceus variants and the
-  CNN / k-mer LR baselines on identical splits; writes metrics JSON, a Markdown table, a ROC/confusion PNG and
-  the fine-tuned model directory, atomically.
+  baselines (k-mer LR, CNN, and a plain standardised logistic regression on the probe's own features) on
+  identical splits; writes metrics JSON, a Markdown table, a ROC/confusion PNG and the model directory,
+  atomically. A run whose test predictions are indistinguishable from chance is flagged in the log, the
+  JSON and the table (`evaluation.classification.chance_level`).
 * `predict_proba` / `predict_fasta` — class probabilities from a fine-tuned model directory.
 
-RC handling follows the backbone. A Caduceus-PS encoder pools each strand's stream separately and averages the
-head's logits over the two, so the classifier is exactly RC-invariant and needs no RC augmentation. For a plain
-or Ph encoder the protocol is Caduceus-Ph: RC augmentation (p = 0.5) in training and, at evaluation, the logits
-of the forward and reverse-complement inputs averaged (`conjoin`).
+RC handling follows the backbone. Probe features are RC-invariant by construction. For full fine-tuning a
+Caduceus-PS encoder pools each strand's stream separately and averages the head's logits over the two, so the
+classifier is exactly RC-invariant; a plain or Ph encoder is trained with RC augmentation (p = 0.5) and
+evaluated on the average of the forward and reverse-complement logits (`conjoin`, Caduceus-Ph).
 
-Frozen encoder = cached features: when the encoder is frozen, its pooled features never change, so they are
-computed once (both strand views: forward and RC for Ph, the two PS streams for PS) and only the head is trained
-on the cached tensors. RC augmentation then becomes "pick one of the two cached views per example", which is
-exactly what augmenting the tokens would have given. On CPU this turns a run that would push every sequence
-through the encoder every epoch into one encoder pass per sequence, typically 10-50x faster.
-
-Variable-length inputs are batched with right padding and an attention mask (the encoder's outputs on real
-tokens do not depend on padding); a sequence longer than `max_length` is an error unless `truncate` is set.
+Padding: variable-length inputs are right-padded within length-bucketed batches; the encoder makes padded
+positions inert, pooling counts real bases only, and the loss is over sequences, so padding reaches neither.
+A sequence longer than `max_length` is an error unless `truncate` is set.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -50,44 +54,55 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.labelled import LabelledSequences, collate_labelled
 from ..data.genome import iter_fasta_batches
+from ..data.labelled import (LabelledSequences, LengthBucketSampler, collate_labelled, length_sorted_batches,
+                             micro_batches)
+from ..embedding import pooled_features
 from ..errors import InputError
+from ..evaluation.classification import ValLossStopping, chance_level
 from ..io.writers import atomic_path, dumps_json
 from ..models import CaduceusConfig, CaduceusForSequenceClassification
 from ..models.modeling_caduceus import rc_padded
-from ..tokenizer import PAD_ID, DNATokenizer, encode_dna
+from ..tokenizer import DNATokenizer, encode_dna
 
 CADUCEUS_METHODS = ("frozen", "finetuned", "scratch")
-BASELINE_METHODS = ("cnn", "kmer_lr")
+BASELINE_METHODS = ("kmer_lr", "cnn", "linear_probe")
 METHODS = CADUCEUS_METHODS + BASELINE_METHODS
-METHOD_LABELS = {"frozen": "pretrained, frozen encoder + head", "finetuned": "pretrained, fine-tuned",
-                 "scratch": "same backbone from scratch", "cnn": "CNN (GB baseline)", "kmer_lr": "k-mer (1..6) LR"}
+METHOD_LABELS = {"frozen": "pretrained, frozen encoder + probe", "finetuned": "pretrained, fine-tuned",
+                 "scratch": "same backbone from scratch", "cnn": "CNN (GB-style, global pooling)",
+                 "kmer_lr": "k-mer (1..6) LR", "linear_probe": "standardised LR (C fixed) on the probe's features"}
+HEADS = ("logreg", "mlp", "linear")
 
 
 @dataclass
 class FinetuneConfig:
     """One training run. `lr`/`weight_decay` apply to the whole trainable part (head, or head + encoder)."""
 
-    head: str = "mlp"                   # "mlp" or "linear"
-    pooling: str = "mean"               # mean | max | first | last (padding masked out)
+    head: str | None = None             # logreg (frozen default) | mlp | linear (fine-tuning default)
+    features: str = "all"               # frozen probe: pooled output of "all" layers or the "last" one
+    pooling: str = "mean"               # mean | max | mean+max (probe); mean | max | first | last (fine-tuning)
     unfreeze: bool = False              # full fine-tuning instead of a frozen encoder
-    conjoin: bool = True                # non-PS: average forward and RC logits at evaluation (Caduceus-Ph)
+    conjoin: bool = True                # fine-tuning, non-PS: average forward and RC logits at evaluation (Ph)
     rc_aug: bool | None = None          # None: on for non-PS encoders, off for PS (already RC-invariant)
     class_weights: str = "auto"         # auto (balanced when the largest class is > 1.5x the smallest) | balanced | none
+    probe_folds: int = 5                # logreg head: inner CV folds for C (on the training fold only)
+    probe_Cs: list | None = None        # logreg head: candidate C values (default 13 values, 1e-4 .. 1e2)
+    linear_probe_C: float = 1.0         # the `linear_probe` comparator: fixed C (scikit-learn's default)
     lr: float = 1e-3
     weight_decay: float = 0.1
-    warmup_fraction: float = 0.01
-    batch_size: int = 64
+    warmup_fraction: float = 0.01       # linear warm-up over this fraction of the planned steps (at least 10)
+    batch_size: int = 64                # sequences per optimiser step (the recipe's effective batch)
+    max_tokens: int = 16384             # padded bases per micro-batch; larger batches accumulate gradients
     epochs: int = 10
-    patience: int = 3                   # early stopping on validation accuracy (epochs without a gain)
+    min_steps: int = 100                # early stopping never acts before this many optimiser steps
+    patience_steps: int = 200           # ... nor before this many steps without a better validation loss
+    val_every: int | None = None        # optimiser steps between validations (default min(epoch, 50))
     ema_decay: float | None = None      # e.g. 0.999: validate and export the exponential moving average
     val_fraction: float = 0.1
     max_length: int | None = None       # longer sequences are an error unless truncate
     truncate: bool = False
     max_steps: int | None = None
     time_budget_s: float | None = None  # wall-clock budget per run (Lightning max_time)
-    cache_features: bool = True         # frozen encoder: train the head on cached pooled features
     eval_batch_size: int = 64
     device: str = "cpu"
 
@@ -101,19 +116,40 @@ class FinetuneConfig:
         cfg.check(where)
         return cfg
 
+    def head_for(self, method: str) -> str:
+        """The head a method trains: the configured one, else logreg for a frozen encoder and linear otherwise."""
+        if self.head is not None and not (self.head == "logreg" and method != "frozen"):
+            return self.head
+        return "logreg" if method == "frozen" else "linear"
+
     def check(self, where: str = "config") -> None:
-        if self.head not in ("mlp", "linear"):
-            raise InputError(f"{where}: head must be mlp or linear, got {self.head!r}")
-        if self.pooling not in ("mean", "max", "first", "last"):
-            raise InputError(f"{where}: pooling must be mean, max, first or last, got {self.pooling!r}")
+        if self.head is not None and self.head not in HEADS:
+            raise InputError(f"{where}: head must be one of {', '.join(HEADS)}, got {self.head!r}")
+        if self.head == "logreg" and self.unfreeze:
+            raise InputError(f"{where}: head logreg is the frozen-encoder probe; full fine-tuning trains a linear or mlp head")
+        if self.features not in ("all", "last"):
+            raise InputError(f"{where}: features must be all or last, got {self.features!r}")
+        if self.pooling not in ("mean", "max", "mean+max", "first", "last"):
+            raise InputError(f"{where}: pooling must be mean, max, mean+max, first or last, got {self.pooling!r}")
         if self.class_weights not in ("auto", "balanced", "none"):
             raise InputError(f"{where}: class_weights must be auto, balanced or none, got {self.class_weights!r}")
-        if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0 or self.patience < 1:
-            raise InputError(f"{where}: batch_size, epochs and patience must be >= 1 and lr > 0")
+        if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0 or self.max_tokens < 1:
+            raise InputError(f"{where}: batch_size, epochs and max_tokens must be >= 1 and lr > 0")
+        if self.min_steps < 0 or self.patience_steps < 1 or (self.val_every is not None and self.val_every < 1):
+            raise InputError(f"{where}: min_steps must be >= 0, patience_steps and val_every >= 1")
+        if self.probe_folds < 2 or self.linear_probe_C <= 0 or any(c <= 0 for c in self.probe_Cs or []):
+            raise InputError(f"{where}: probe_folds must be >= 2 and every C > 0")
         if not 0 < self.val_fraction < 1:
             raise InputError(f"{where}: val_fraction must lie in (0, 1), got {self.val_fraction}")
         if self.ema_decay is not None and not 0 < self.ema_decay < 1:
             raise InputError(f"{where}: ema_decay must lie in (0, 1), got {self.ema_decay}")
+
+    def check_pooling(self, method: str) -> None:
+        probe = method == "frozen"
+        ok = ("mean", "max", "mean+max") if probe else ("mean", "max", "first", "last")
+        if self.pooling not in ok:
+            what = "the frozen probe" if probe else "fine-tuning"
+            raise InputError(f"pooling {self.pooling!r} is not available for {what} (choose {', '.join(ok)})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,18 +165,25 @@ def _quiet_transformers():
 
 
 def build_classifier(model_dir: str | os.PathLike, classes: Sequence[str], cfg: FinetuneConfig,
-                     from_scratch: bool = False, seed: int = 0) -> CaduceusForSequenceClassification:
-    """Classifier with the encoder of `model_dir` (any dna-mdlm Caduceus directory) and a new head."""
+                     from_scratch: bool = False, seed: int = 0, method: str | None = None) -> CaduceusForSequenceClassification:
+    """Classifier with the encoder of `model_dir` (any dna-mdlm Caduceus directory) and a new head.
+
+    `method` "frozen" builds the probe layout (RC-invariant features of `cfg.features` layers, standardised,
+    then the head); anything else the upstream per-strand-view head on the last layer.
+    """
     from ..loading import model_kind
 
+    method = method or ("scratch" if from_scratch else ("finetuned" if cfg.unfreeze else "frozen"))
+    cfg.check_pooling(method)
     kind = model_kind(model_dir)
     if kind == "markov":
         raise InputError(f"--model {model_dir}: a Markov baseline has no encoder to fine-tune; pass a Caduceus model directory")
     _quiet_transformers()
     torch.manual_seed(seed)
-    kwargs = dict(num_labels=len(classes), pooling_strategy=cfg.pooling, head=cfg.head, conjoin_train=False,
-                  conjoin_eval=cfg.conjoin, id2label=dict(enumerate(classes)),
-                  label2id={c: i for i, c in enumerate(classes)})
+    head = cfg.head_for(method)
+    kwargs = dict(num_labels=len(classes), pooling_strategy=cfg.pooling, head="linear" if head == "logreg" else head,
+                  conjoin_train=False, conjoin_eval=cfg.conjoin, feature_layers=cfg.features if method == "frozen" else None,
+                  id2label=dict(enumerate(classes)), label2id={c: i for i, c in enumerate(classes)})
     if from_scratch:
         config = CaduceusConfig.from_pretrained(str(model_dir))
         for key in ("id2label", "label2id", "num_labels"):
@@ -151,12 +194,7 @@ def build_classifier(model_dir: str | os.PathLike, classes: Sequence[str], cfg: 
             model = CaduceusForSequenceClassification.from_pretrained(str(model_dir), ignore_mismatched_sizes=True, **kwargs)
         except (OSError, ValueError, RuntimeError) as exc:
             raise InputError(f"--model {model_dir}: could not load the encoder ({type(exc).__name__}: {str(exc).splitlines()[0]})") from None
-        # from_pretrained leaves the missing head's Linear weights uninitialised (torch.empty: NaN or 1e37 seen),
-        # because _init_weights only reaches them through the top-level module; initialise the head explicitly.
-        std = model.config.initializer_cfg.get("initializer_range", 0.02)
-        with torch.no_grad():
-            for p in model.score.parameters():
-                p.normal_(0.0, std) if p.dim() > 1 else p.zero_()
+        model.reset_head()  # from_pretrained leaves the missing head and scaler buffers as torch.empty
     model.config.architectures = ["CaduceusForSequenceClassification"]
     return model.to(cfg.device)
 
@@ -181,40 +219,16 @@ def _encode_all(seqs: Sequence[str], cfg_max_length: int | None, truncate: bool,
     return out
 
 
-def _length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
-    """Index batches of similar length: padding costs encoder time on every padded position."""
-    order = np.argsort(lengths, kind="stable")
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def _pad(ids: Sequence[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    batch = collate_labelled([(a, 0) for a in ids], pad_id=PAD_ID)
-    return batch["input_ids"], batch["attention_mask"]
-
-
-@torch.no_grad()
-def extract_features(model: CaduceusForSequenceClassification, ids: Sequence[np.ndarray], batch_size: int = 64) -> torch.Tensor:
-    """(N, 2, d) pooled features of every sequence, both strand views (PS streams, or forward + RC input)."""
-    was_training = model.training
-    model.eval()
-    conjoin = model.config.conjoin_eval
-    model.config.conjoin_eval = True  # always cache both views; whether to use the RC one is decided later
-    device = next(model.parameters()).device
-    out = torch.empty(len(ids), 2, model.config.d_model)
-    try:
-        for idx in _length_sorted_batches(np.array([len(a) for a in ids]), batch_size):
-            x, mask = _pad([ids[i] for i in idx])
-            feats = model.pooled_features(x.to(device), mask.to(device), _timesteps(model, len(idx), device))
-            out[torch.as_tensor(idx)] = feats.float().cpu()
-    finally:
-        model.config.conjoin_eval = conjoin
-        model.train(was_training)
-    return out
+def probe_features(model, ids: Sequence[np.ndarray], cfg: FinetuneConfig) -> np.ndarray:
+    """(N, F) frozen-probe features of token-id arrays: `embedding.pooled_features` with the run's layers/pooling
+    (the numbers `dna-mdlm embed --layers ... --pool ...` writes)."""
+    return pooled_features(model, ids, cfg.features, cfg.pooling, cfg.eval_batch_size, cfg.max_tokens)
 
 
 @torch.no_grad()
 def predict_proba(model: CaduceusForSequenceClassification, seqs: Sequence[str] | Sequence[np.ndarray],
-                  batch_size: int = 64, max_length: int | None = None, truncate: bool = False) -> np.ndarray:
+                  batch_size: int = 64, max_length: int | None = None, truncate: bool = False,
+                  max_tokens: int = 65536) -> np.ndarray:
     """(N, n_classes) softmax probabilities, column j = class id j (`model.config.id2label[j]`)."""
     ids = [s if isinstance(s, np.ndarray) else None for s in seqs]
     if any(a is None for a in ids):
@@ -222,15 +236,93 @@ def predict_proba(model: CaduceusForSequenceClassification, seqs: Sequence[str] 
     model.eval()
     device = next(model.parameters()).device
     out = np.zeros((len(ids), model.config.num_labels), dtype=np.float64)
-    for idx in _length_sorted_batches(np.array([len(a) for a in ids]), batch_size):
-        x, mask = _pad([ids[i] for i in idx])
+    for idx, x, mask in length_sorted_batches(ids, batch_size, max_tokens):
         logits = model(x.to(device), attention_mask=mask.to(device), timesteps=_timesteps(model, len(idx), device)).logits
         out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
     return out
 
 
+def _head_proba(model: CaduceusForSequenceClassification, features: np.ndarray) -> np.ndarray:
+    """Probabilities of a probe-layout classifier from cached raw features: the same function as its forward."""
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        f = model.standardise(torch.as_tensor(features, device=device))
+        return torch.softmax(model.score(f).float(), -1).cpu().numpy().astype(np.float64)
+
+
 # --------------------------------------------------------------------------------------------------
-# Lightning
+# The frozen probe: standardised logistic regression with C by inner CV
+# --------------------------------------------------------------------------------------------------
+
+
+def fit_logreg_probe(features: np.ndarray, labels: np.ndarray, cfg: FinetuneConfig, seed: int = 0):
+    """The default frozen head on any (N, F) features: a fitted scikit-learn Pipeline of StandardScaler +
+    LogisticRegressionCV (C from `cfg.probe_Cs` by stratified inner `cfg.probe_folds`-fold CV on these rows
+    only, scored by accuracy with log-loss tie-breaks; multinomial for > 2 classes; balanced class weights per
+    `cfg.class_weights`)."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from ..baselines.kmer_lr import DEFAULT_CS, logistic_regression_cv
+
+    if not np.isfinite(features).all():
+        raise InputError("probe features contain non-finite values (the encoder produced NaN/inf); check the model")
+    n_classes = int(labels.max()) + 1
+    weight = "balanced" if _balanced(labels, n_classes, cfg.class_weights) else None
+    lr = logistic_regression_cv(labels, cfg.probe_Cs or DEFAULT_CS, cfg.probe_folds, seed, class_weight=weight)
+    return Pipeline([("scale", StandardScaler()), ("lr", lr)]).fit(features, labels)
+
+
+def fit_probe(model: CaduceusForSequenceClassification, features: np.ndarray, labels: np.ndarray,
+              cfg: FinetuneConfig, seed: int = 0) -> dict:
+    """`fit_logreg_probe` on (N, F) probe features, stored in `model` exactly (`store_linear_probe`), so the
+    saved classifier reproduces scikit-learn's `predict_proba`. Returns {"C", "cv_score", "n_features"}."""
+    from ..baselines.kmer_lr import cv_summary
+
+    pipe = fit_logreg_probe(features, labels, cfg, seed)
+    scaler, lr = pipe.named_steps["scale"], pipe.named_steps["lr"]
+    store_linear_probe(model, scaler.mean_, scaler.scale_, lr.coef_, lr.intercept_, lr.classes_)
+    C, score = cv_summary(lr)
+    return {"C": C, "cv_score": score, "n_features": int(features.shape[1])}
+
+
+@torch.no_grad()
+def store_linear_probe(model: CaduceusForSequenceClassification, mean, scale, coef, intercept, classes_seen) -> None:
+    """Write a fitted standardiser + logistic regression into a probe-layout classifier's buffers and `score`."""
+    k = model.config.num_labels
+    coef, intercept = np.asarray(coef, np.float64), np.asarray(intercept, np.float64)
+    weight = np.zeros((k, coef.shape[1]))
+    bias = np.zeros(k)
+    seen = np.asarray(classes_seen, dtype=np.int64)
+    if coef.shape[0] == 1:  # binary: sklearn's z is the log-odds of classes_seen[1] against classes_seen[0]
+        weight[seen[0]], weight[seen[1]] = -coef[0] / 2, coef[0] / 2
+        bias[seen[0]], bias[seen[1]] = -intercept[0] / 2, intercept[0] / 2
+    else:
+        weight[seen], bias[seen] = coef, intercept
+        bias[np.setdiff1d(np.arange(k), seen)] = -1e4  # a class absent from training is never predicted
+    scale = np.where(np.asarray(scale) > 0, scale, 1.0)
+    dev = model.feature_mean.device
+    model.feature_mean.copy_(torch.as_tensor(mean, dtype=torch.float32, device=dev))
+    model.feature_scale.copy_(torch.as_tensor(scale, dtype=torch.float32, device=dev))
+    model.score.weight.copy_(torch.as_tensor(weight, dtype=torch.float32, device=dev))
+    model.score.bias.copy_(torch.as_tensor(bias, dtype=torch.float32, device=dev))
+
+
+def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int, C: float,
+                     seed: int = 0) -> np.ndarray:
+    """The comparator: StandardScaler + LogisticRegression(C) on the same features; (N_test, K) probabilities."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000, random_state=seed)).fit(train_x, train_y)
+    out = np.zeros((len(test_x), n_classes))
+    out[:, pipe.classes_] = pipe.predict_proba(test_x)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Lightning: heads on cached features, or the whole classifier on token batches
 # --------------------------------------------------------------------------------------------------
 
 
@@ -245,38 +337,49 @@ class _TokenDataset(torch.utils.data.Dataset):
         return self.ids[i], int(self.labels[i])
 
 
-class _BucketBatchSampler(torch.utils.data.Sampler):
-    """Shuffled batches of similar length: shuffle, sort within pools of 50 batches, shuffle the batches."""
+class _FeatureHead(nn.Module):
+    """A probe-layout classifier's head on cached raw features: score(standardise(f))."""
 
-    def __init__(self, lengths: np.ndarray, batch_size: int, seed: int):
-        self.lengths, self.batch_size, self.seed, self.epoch = lengths, batch_size, seed, 0
+    def __init__(self, model: CaduceusForSequenceClassification):
+        super().__init__()
+        self.model = model
 
-    def __len__(self):
-        return math.ceil(len(self.lengths) / self.batch_size)
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.model.score(self.model.standardise(features)).float()
 
-    def __iter__(self):
-        rng = np.random.default_rng(self.seed + self.epoch)
-        self.epoch += 1
-        perm = rng.permutation(len(self.lengths))
-        pool = 50 * self.batch_size
-        batches = []
-        for s in range(0, len(perm), pool):
-            chunk = perm[s : s + pool]
-            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
-            batches += [chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)]
-        for j in rng.permutation(len(batches)):
-            yield batches[j]
+
+def accumulate_backward(logits_fn, chunks, labels: torch.Tensor, class_weight: torch.Tensor | None, backward) -> float:
+    """Backpropagate the batch's (class-weighted) mean cross-entropy through its micro-batches `chunks`.
+
+    Each chunk's summed loss is divided by the whole batch's weight total before `backward`, so the
+    accumulated gradient equals that of the full batch in one piece. Returns the batch loss.
+    """
+    norm = float(class_weight[labels].sum()) if class_weight is not None else float(len(labels))
+    total = 0.0
+    for chunk in chunks:
+        ce = F.cross_entropy(logits_fn(chunk), chunk["labels"], weight=class_weight, reduction="sum")
+        loss = ce / norm  # reduction="sum" with weights = sum of w_y * ce, the numerator of the weighted mean
+        backward(loss)
+        total += float(loss.detach())
+    return total
 
 
 class ClassifierModule(pl.LightningModule):
-    """Trains `net`: the head alone on cached (B, 2, d) features, or the whole classifier on token batches."""
+    """Trains `net` with manual optimisation: each batch of `cfg.batch_size` sequences is one optimiser step,
+    its gradient accumulated over micro-batches of at most `cfg.max_tokens` padded bases."""
 
     def __init__(self, net: nn.Module, cfg: FinetuneConfig, rcps: bool, cached: bool,
-                 class_weight: torch.Tensor | None, total_steps: int):
+                 class_weight: torch.Tensor | None, total_steps: int, stopper: ValLossStopping):
         super().__init__()
+        self.automatic_optimization = False
         self.net, self.cfg, self.rcps, self.cached, self.total_steps = net, cfg, rcps, cached, total_steps
         self.rc_aug = (not rcps) if cfg.rc_aug is None else (cfg.rc_aug and not rcps)
         self.register_buffer("class_weight", class_weight, persistent=False)
+        self.stopper = stopper
+        self.best_state: dict | None = None
+        self.stopped_early = False
+        self.val_history: list[dict] = []
+        self._val_out: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.ema = None
         if cfg.ema_decay:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -285,18 +388,7 @@ class ClassifierModule(pl.LightningModule):
 
     def logits(self, net: nn.Module, batch: dict, train: bool) -> torch.Tensor:
         if self.cached:
-            feats = batch["features"]
-            if self.rcps:
-                views = feats  # the two PS streams, always averaged
-            elif train:
-                if self.rc_aug:  # a random strand per example = RC augmentation of the input
-                    pick = torch.randint(0, 2, (len(feats),), device=feats.device)
-                    views = feats[torch.arange(len(feats), device=feats.device), pick][:, None]
-                else:
-                    views = feats[:, :1]
-            else:
-                views = feats if self.cfg.conjoin else feats[:, :1]
-            return net(views).mean(1).float()
+            return net(batch["features"])
         ids, mask = batch["input_ids"], batch["attention_mask"]
         if train and self.rc_aug:
             flip = torch.rand(len(ids), device=ids.device) < 0.5
@@ -304,29 +396,59 @@ class ClassifierModule(pl.LightningModule):
         model = net.module if hasattr(net, "n_averaged") else net
         return net(ids, attention_mask=mask, timesteps=_timesteps(model, len(ids), ids.device)).logits
 
-    def training_step(self, batch, batch_idx):
-        loss = F.cross_entropy(self.logits(self.net, batch, True), batch["labels"], weight=self.class_weight)
-        self.log("train_loss", loss, batch_size=len(batch["labels"]), on_step=True, on_epoch=True)
-        return loss
+    def _chunks(self, batch: dict):
+        if self.cached:
+            yield batch
+            return
+        for rows, width in micro_batches(batch["attention_mask"], self.cfg.max_tokens):
+            yield {"input_ids": batch["input_ids"][rows, :width], "attention_mask": batch["attention_mask"][rows, :width],
+                   "labels": batch["labels"][rows]}
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def training_step(self, batch, batch_idx):
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        opt.zero_grad(set_to_none=True)
+        y = batch["labels"]
+        total = accumulate_backward(lambda c: self.logits(self.net, c, True), self._chunks(batch), y,
+                                    self.class_weight, self.manual_backward)
+        self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
+        opt.step()
+        sched.step()
         if self.ema is not None:
             self.ema.update_parameters(self.net)
+        self.log("train_loss", total, batch_size=len(y), on_step=True, on_epoch=False)
+
+    def _eval_net(self) -> nn.Module:
+        return self.ema if self.ema is not None else self.net
 
     def validation_step(self, batch, batch_idx):
-        net = self.ema if self.ema is not None else self.net
-        logits = self.logits(net, batch, False)
-        y = batch["labels"]
-        self.log("val_loss", F.cross_entropy(logits, y), batch_size=len(y), on_epoch=True)
-        self.log("val_acc", (logits.argmax(-1) == y).float().mean(), batch_size=len(y), on_epoch=True)
+        logits = torch.cat([self.logits(self._eval_net(), c, False) for c in self._chunks(batch)])
+        self._val_out.append((logits.float().cpu(), batch["labels"].cpu()))
+
+    def on_validation_epoch_end(self):
+        if not self._val_out:
+            return
+        logits = torch.cat([a for a, _ in self._val_out])
+        y = torch.cat([b for _, b in self._val_out])
+        self._val_out = []
+        loss = float(F.cross_entropy(logits, y))
+        acc = float((logits.argmax(-1) == y).float().mean())
+        step = int(self.global_step)
+        self.log("val_loss", loss)
+        self.log("val_acc", acc)
+        self.val_history.append({"step": step, "val_loss": loss, "val_acc": acc})
+        if self.stopper.update(step, loss):
+            self.best_state = {k: v.detach().clone() for k, v in _trained_part(self._eval_net()).state_dict().items()}
+        if self.stopper.should_stop(step):
+            self.stopped_early = True
+            self.trainer.should_stop = True
 
     def configure_optimizers(self):
         params = [p for p in self.net.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]  # biases and norm gains are not decayed
+        decay = [p for p in params if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)]
+        no_decay = [p for p in params if not (p.ndim >= 2 and not getattr(p, "_no_weight_decay", False))]
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.cfg.lr, betas=(0.9, 0.999))
-        warmup = max(1, int(self.cfg.warmup_fraction * self.total_steps))
+        warmup = max(10, int(self.cfg.warmup_fraction * self.total_steps))
 
         def schedule(step):  # linear warm-up, then cosine down to 0.1 x lr (the Caduceus GB recipe)
             if step < warmup:
@@ -334,18 +456,27 @@ class ClassifierModule(pl.LightningModule):
             progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
             return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        return [opt], [torch.optim.lr_scheduler.LambdaLR(opt, schedule)]
+
+
+def _trained_part(net: nn.Module) -> nn.Module:
+    """The module whose weights training changes: unwraps an EMA average and, on cached features, the head."""
+    net = net.module if hasattr(net, "n_averaged") else net
+    return net.model.score if isinstance(net, _FeatureHead) else net
 
 
 def _collate_features(batch):
     feats, labels = zip(*batch)
-    return {"features": torch.stack(feats), "labels": torch.tensor(labels, dtype=torch.long)}
+    return {"features": torch.as_tensor(np.stack(feats)), "labels": torch.tensor(labels, dtype=torch.long)}
+
+
+def _balanced(labels: np.ndarray, n_classes: int, mode: str) -> bool:
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    return mode == "balanced" or (mode == "auto" and counts.max() > 1.5 * counts[counts > 0].min())
 
 
 def _class_weight(labels: np.ndarray, n_classes: int, mode: str) -> torch.Tensor | None:
-    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
-    if mode == "none" or (mode == "auto" and counts.max() <= 1.5 * counts[counts > 0].min()):
+    if not _balanced(labels, n_classes, mode):
         return None
     from sklearn.utils.class_weight import compute_class_weight
 
@@ -363,20 +494,32 @@ class TrainedClassifier:
     classes: list[str]
     method: str
     best_val_accuracy: float | None
-    history: dict
+    history: dict = field(default_factory=dict)
 
     def predict_proba(self, data: LabelledSequences | Sequence[str], batch_size: int = 64,
                       max_length: int | None = None, truncate: bool = False) -> np.ndarray:
         seqs = data.seqs if isinstance(data, LabelledSequences) else data
         return predict_proba(self.model, seqs, batch_size, max_length, truncate)
 
+    def proba_from_features(self, features: np.ndarray) -> np.ndarray:
+        """Probe-layout classifiers only: probabilities from cached `probe_features` (no encoder pass)."""
+        return _head_proba(self.model, features)
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    return max(1, math.ceil(n / batch_size))
+
 
 def train_classifier(model_dir: str | os.PathLike, train: LabelledSequences, val: LabelledSequences,
                      cfg: FinetuneConfig, seed: int = 0, method: str = "frozen",
-                     work_dir: str | os.PathLike | None = None) -> TrainedClassifier:
-    """One Lightning run of `method` ("frozen", "finetuned" or "scratch"), early-stopped on val accuracy.
+                     work_dir: str | os.PathLike | None = None,
+                     features: tuple[np.ndarray, np.ndarray] | None = None, log=None) -> TrainedClassifier:
+    """One run of `method` ("frozen", "finetuned" or "scratch"); see the module doc for what each trains.
 
-    `work_dir` receives the CSV logs and the best checkpoint (default: a temporary folder, removed after).
+    `features`: the (train, val) `probe_features` when the caller has cached them (frozen only). The logreg
+    head is fitted on train + val together (C by inner CV); the other heads train on train and early-stop on
+    val. `work_dir` receives the CSV logs (default: a temporary folder, removed after). `log` gets a warning
+    line when the trained model is still at chance on the validation set.
     """
     if method not in CADUCEUS_METHODS:
         raise InputError(f"method must be one of {', '.join(CADUCEUS_METHODS)}, got {method!r}")
@@ -384,83 +527,93 @@ def train_classifier(model_dir: str | os.PathLike, train: LabelledSequences, val
         raise InputError(f"training data {train.source} holds only one class ({train.classes[int(train.labels[0])] if len(train) else 'empty'}); need at least two")
     if val.classes != train.classes:
         raise InputError(f"val classes {val.classes} differ from train classes {train.classes}")
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
-
     pl.seed_everything(seed, verbose=False)
-    model = build_classifier(model_dir, train.classes, cfg, from_scratch=(method == "scratch"), seed=seed)
-    frozen = method == "frozen"
-    cached = frozen and cfg.cache_features
-    tr_ids = _encode_all(train.seqs, cfg.max_length, cfg.truncate, f"training data {train.source}")
-    va_ids = _encode_all(val.seqs, cfg.max_length, cfg.truncate, f"validation data {val.source}")
+    model = build_classifier(model_dir, train.classes, cfg, from_scratch=(method == "scratch"), seed=seed, method=method)
+    head = cfg.head_for(method)
     t0, c0 = time.monotonic(), time.process_time()
-    if frozen:
+    history: dict = {"method": method, "seed": seed, "head": head, "n_train": len(train), "n_val": len(val)}
+    if method == "frozen":
         model.caduceus.requires_grad_(False)
-    if cached:
-        tr = list(zip(extract_features(model, tr_ids, cfg.eval_batch_size), train.labels.tolist()))
-        va = list(zip(extract_features(model, va_ids, cfg.eval_batch_size), val.labels.tolist()))
+        if features is None:
+            enc = lambda d, w: _encode_all(d.seqs, cfg.max_length, cfg.truncate, w)  # noqa: E731
+            features = tuple(probe_features(model, enc(d, f"{w} data {d.source}"), cfg)
+                             for d, w in ((train, "training"), (val, "validation")))
+        history["feature_s"] = time.monotonic() - t0
+        if head == "logreg":
+            x = np.concatenate(features)
+            y = np.concatenate([train.labels, val.labels])
+            history.update(fit_probe(model, x, y, cfg, seed))
+            model.eval()
+            history.update(wall_s=time.monotonic() - t0, cpu_s=time.process_time() - c0)
+            return TrainedClassifier(model, list(train.classes), method, None, history)
+        from sklearn.preprocessing import StandardScaler
+
+        scaler = StandardScaler().fit(features[0])
+        with torch.no_grad():
+            model.feature_mean.copy_(torch.as_tensor(scaler.mean_, dtype=torch.float32))
+            model.feature_scale.copy_(torch.as_tensor(np.where(scaler.scale_ > 0, scaler.scale_, 1.0), dtype=torch.float32))
+        tr = list(zip(features[0], train.labels.tolist()))
+        va = list(zip(features[1], val.labels.tolist()))
         gen = torch.Generator().manual_seed(seed)
         train_loader = torch.utils.data.DataLoader(tr, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                                                    collate_fn=_collate_features)
         val_loader = torch.utils.data.DataLoader(va, batch_size=4 * cfg.batch_size, collate_fn=_collate_features)
-        net = model.score
+        net, cached = _FeatureHead(model), True
     else:
+        tr_ids = _encode_all(train.seqs, cfg.max_length, cfg.truncate, f"training data {train.source}")
+        va_ids = _encode_all(val.seqs, cfg.max_length, cfg.truncate, f"validation data {val.source}")
         collate = lambda b: {k: v for k, v in collate_labelled(b).items() if k != "n_truncated"}  # noqa: E731
         train_loader = torch.utils.data.DataLoader(
             _TokenDataset(tr_ids, train.labels),
-            batch_sampler=_BucketBatchSampler(np.array([len(a) for a in tr_ids]), cfg.batch_size, seed), collate_fn=collate)
+            batch_sampler=LengthBucketSampler([len(a) for a in tr_ids], cfg.batch_size, shuffle=True, seed=seed),
+            collate_fn=collate)
         val_loader = torch.utils.data.DataLoader(
             _TokenDataset(va_ids, val.labels),
-            batch_sampler=[b.tolist() for b in _length_sorted_batches(np.array([len(a) for a in va_ids]), cfg.eval_batch_size)],
+            batch_sampler=LengthBucketSampler([len(a) for a in va_ids], cfg.eval_batch_size, shuffle=False),
             collate_fn=collate)
-        net = model
-    feature_s = time.monotonic() - t0
-    steps_per_epoch = len(train_loader)
+        net, cached = model, False
+    steps_per_epoch = _steps_per_epoch(len(train), cfg.batch_size)
     total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or 10**12)
+    val_every = min(cfg.val_every or min(steps_per_epoch, 50), total_steps)
+    stopper = ValLossStopping(cfg.patience_steps, cfg.min_steps, ValLossStopping.prior_loss(train.labels, train.n_classes))
     module = ClassifierModule(net, cfg, model.config.rcps, cached,
-                              _class_weight(train.labels, train.n_classes, cfg.class_weights), total_steps)
+                              _class_weight(train.labels, train.n_classes, cfg.class_weights), total_steps, stopper)
+    from lightning.pytorch.loggers import CSVLogger
+
     own_work = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="dna-mdlm-ft-")) if own_work else Path(work_dir)
     try:
-        ckpt = ModelCheckpoint(dirpath=work / "checkpoints", monitor="val_acc", mode="max", save_top_k=1,
-                               save_weights_only=True, filename="best")
         trainer = pl.Trainer(
             accelerator="gpu" if str(cfg.device).startswith("cuda") else "cpu", devices=1,
-            max_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
+            max_epochs=cfg.epochs, max_steps=total_steps,
             max_time=timedelta(seconds=cfg.time_budget_s) if cfg.time_budget_s else None,
-            val_check_interval=min(steps_per_epoch, cfg.max_steps) if cfg.max_steps else None,
-            callbacks=[ckpt, EarlyStopping(monitor="val_acc", mode="max", patience=cfg.patience)],
-            logger=CSVLogger(work, name="logs", version=0), gradient_clip_val=1.0,
+            val_check_interval=val_every, check_val_every_n_epoch=None,
+            logger=CSVLogger(work, name="logs", version=0), enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-            log_every_n_steps=max(1, min(50, steps_per_epoch)), enable_checkpointing=True,
+            log_every_n_steps=max(1, min(50, steps_per_epoch)),
         )
-        net.train()  # from_pretrained returns eval mode; Lightning keeps the modes it finds (head dropout must be on)
+        net.train()  # from_pretrained returns eval mode; Lightning keeps the modes it finds (dropout must be on)
         trainer.fit(module, train_loader, val_loader)
-        best_path = ckpt.best_model_path
-        if best_path:
-            state = torch.load(best_path, map_location="cpu", weights_only=True)["state_dict"]
-            module.load_state_dict(state, strict=False)
-        if module.ema is not None:
-            net.load_state_dict(module.ema.module.state_dict())
-        best = float(ckpt.best_model_score) if ckpt.best_model_score is not None else None
-        history = {"method": method, "seed": seed, "epochs_run": trainer.current_epoch, "steps": trainer.global_step,
-                   "stopped_early": bool(trainer.early_stopping_callback and trainer.early_stopping_callback.stopped_epoch),
-                   "feature_cache_s": feature_s if cached else 0.0, "cached_features": cached,
-                   "rc_aug": module.rc_aug, "n_train": len(train), "n_val": len(val)}
-        metrics_csv = work / "logs" / "version_0" / "metrics.csv"
-        if metrics_csv.is_file():
-            import csv
-
-            with open(metrics_csv) as fh:
-                history["val_acc_per_check"] = [float(r["val_acc"]) for r in csv.DictReader(fh) if r.get("val_acc")]
+        if not module.val_history or module.val_history[-1]["step"] != trainer.global_step:
+            trainer.validate(module, val_loader, verbose=False)  # the steps after the last validation count too
     finally:
         if own_work:
             shutil.rmtree(work, ignore_errors=True)
+    if module.best_state is not None:
+        _trained_part(net).load_state_dict(module.best_state)
     model.requires_grad_(True)
     model.eval()
-    history["wall_s"] = time.monotonic() - t0
-    history["cpu_s"] = time.process_time() - c0
-    return TrainedClassifier(model, list(train.classes), method, best, history)
+    best = min(module.val_history, key=lambda r: r["val_loss"]) if module.val_history else None
+    history.update(steps=int(trainer.global_step), epochs_run=int(trainer.current_epoch), val_every=val_every,
+                   stopped_early=module.stopped_early, best_step=stopper.best_step, chance_loss=stopper.chance_loss,
+                   rc_aug=module.rc_aug, cached_features=cached, val_curve=module.val_history)
+    va_proba = (_head_proba(model, features[1]) if cached else predict_proba(model, val.seqs, cfg.eval_batch_size,
+                                                                            cfg.max_length, cfg.truncate))
+    history["val_chance"] = chance_level(val.labels, va_proba, train.classes)
+    if history["val_chance"]["at_chance"] and log is not None:
+        log(f"[finetune] WARNING: {method} (seed {seed}) ended AT CHANCE on validation: {history['val_chance']['reason']}")
+    history.update(wall_s=time.monotonic() - t0, cpu_s=time.process_time() - c0)
+    return TrainedClassifier(model, list(train.classes), method, best["val_acc"] if best else None, history)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -470,7 +623,16 @@ def train_classifier(model_dir: str | os.PathLike, train: LabelledSequences, val
 
 def protocol_splits(train: LabelledSequences, test: LabelledSequences | None, seeds: Sequence[int],
                     folds: int | None, val_fraction: float = 0.1) -> tuple[str, list[dict]]:
-    """(description, [{"name", "seed", "train", "val", "test"}]) for the seeds protocol or k-fold CV."""
+    """(description, runs) for the seeds protocol or k-fold CV. Each run: name, seed, the `train` / `val` /
+    `test` sets and their index arrays `train_idx` / `val_idx` / `test_idx` into `train` (CV) or, for
+    `test_idx`, into `test` (`test_pool` says which)."""
+    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
+
+    def split(idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = next(StratifiedShuffleSplit(1, test_size=val_fraction, random_state=seed).split(idx, train.labels[idx]))
+        return idx[a], idx[b]
+
+    runs = []
     if test is not None:
         if folds:
             raise InputError("--folds is for a single labelled set; with a test set the protocol is --seeds")
@@ -478,44 +640,71 @@ def protocol_splits(train: LabelledSequences, test: LabelledSequences | None, se
             test = test.with_class_order(train.classes)
         desc = (f"{len(seeds)} seeds ({', '.join(map(str, seeds))}), each a stratified {1 - val_fraction:.0%}/"
                 f"{val_fraction:.0%} train/val split of the training set, scored on the test set")
-        runs = []
         for s in seeds:
-            tr, va = train.stratified_split(val_fraction, seed=s)
-            runs.append({"name": f"seed{s}", "seed": s, "train": tr, "val": va, "test": test})
-        return desc, runs
-    k = folds or 5
-    if k < 2:
-        raise InputError(f"--folds must be >= 2, got {k}")
-    counts = np.bincount(train.labels, minlength=train.n_classes)
-    if counts[counts > 0].min() < k:
-        raise InputError(f"{train.source}: the smallest class has {counts[counts > 0].min()} sequences, fewer than --folds {k}")
-    desc = (f"stratified {k}-fold cross-validation within one labelled set ({train.source}); in each fold a "
-            f"stratified {val_fraction:.0%} of the training part is the validation set. NOT an official train/test protocol")
-    runs = []
-    for i, (tr_all, te) in enumerate(train.stratified_folds(k, seed=0)):
-        tr, va = tr_all.stratified_split(val_fraction, seed=i)
-        runs.append({"name": f"fold{i}", "seed": i, "train": tr, "val": va, "test": te})
+            tr, va = split(np.arange(len(train)), s)
+            runs.append({"name": f"seed{s}", "seed": s, "train_idx": tr, "val_idx": va,
+                         "test_idx": np.arange(len(test)), "test_pool": "test"})
+    else:
+        k = folds or 5
+        if k < 2:
+            raise InputError(f"--folds must be >= 2, got {k}")
+        counts = np.bincount(train.labels, minlength=train.n_classes)
+        if counts[counts > 0].min() < k:
+            raise InputError(f"{train.source}: the smallest class has {counts[counts > 0].min()} sequences, fewer than --folds {k}")
+        desc = (f"stratified {k}-fold cross-validation within one labelled set ({train.source}); in each fold a "
+                f"stratified {val_fraction:.0%} of the training part is the validation set. NOT an official train/test protocol")
+        cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=0)
+        for i, (tr_all, te) in enumerate(cv.split(np.zeros(len(train)), train.labels)):
+            tr, va = split(tr_all, i)
+            runs.append({"name": f"fold{i}", "seed": i, "train_idx": tr, "val_idx": va, "test_idx": te, "test_pool": "train"})
+    for run in runs:
+        pool = test if run["test_pool"] == "test" else train
+        run["train"] = train.subset(run["train_idx"], f"{train.source} [{run['name']} train]")
+        run["val"] = train.subset(run["val_idx"], f"{train.source} [{run['name']} val]")
+        run["test"] = pool.subset(run["test_idx"], f"{pool.source} [{run['name']} test]")
     return desc, runs
 
 
-def _run_baseline(method: str, run: dict, cfg: FinetuneConfig) -> tuple[np.ndarray, dict]:
+def _run_baseline(method: str, run: dict, cfg: FinetuneConfig, feats: dict | None, log) -> tuple[np.ndarray, dict]:
     t0, c0 = time.monotonic(), time.process_time()
     if method == "cnn":
         from ..baselines.cnn import train_cnn
 
-        clf = train_cnn(run["train"], run["val"], epochs=cfg.epochs, seed=run["seed"], patience=cfg.patience,
-                        time_budget_s=cfg.time_budget_s, device=cfg.device, truncate=True,
-                        input_len=int(max(run["train"].lengths.max(), run["val"].lengths.max(), run["test"].lengths.max())))
+        clf = train_cnn(run["train"], run["val"], epochs=cfg.epochs, seed=run["seed"], patience_steps=cfg.patience_steps,
+                        min_steps=cfg.min_steps, time_budget_s=cfg.time_budget_s, device=cfg.device,
+                        max_tokens=cfg.max_tokens)
         proba = clf.predict_proba(run["test"].seqs)
-        info = {"best_val_accuracy": clf.best_val_accuracy}
-    else:
+        info = {"best_val_accuracy": clf.best_val_accuracy, "steps": clf.history["steps"],
+                "stopped_by": clf.history["stopped_by"], "val_chance": clf.history["val_chance"]}
+        if clf.history["val_chance"]["at_chance"]:
+            log(f"[finetune] WARNING: {run['name']} cnn ended AT CHANCE on validation: {clf.history['val_chance']['reason']}")
+    elif method == "kmer_lr":
         from ..baselines.kmer_lr import fit_kmer_lr
 
         clf = fit_kmer_lr(run["train"], run["val"], seed=run["seed"])
         proba = clf.predict_proba(run["test"].seqs)
-        info = {"best_val_accuracy": clf.val_accuracy, "C": clf.C}
+        info = {"C": clf.C, "cv_score": clf.cv_score}
+    else:  # linear_probe: the same cached features as the frozen probe, a fixed-C standardised LR
+        x = np.concatenate([feats["train"][run["train_idx"]], feats["train"][run["val_idx"]]])
+        y = np.concatenate([run["train"].labels, run["val"].labels])
+        proba = fit_linear_probe(x, y, feats[run["test_pool"]][run["test_idx"]], run["train"].n_classes,
+                                 cfg.linear_probe_C, run["seed"])
+        info = {"C": cfg.linear_probe_C}
     info.update(wall_s=time.monotonic() - t0, cpu_s=time.process_time() - c0)
     return proba, info
+
+
+def _check_sets(train: LabelledSequences, test: LabelledSequences | None) -> None:
+    for name, data in (("training", train), ("test", test)):
+        if data is None:
+            continue
+        if len(data) == 0:
+            raise InputError(f"{name} data {data.source} is empty")
+        if len(np.unique(data.labels)) < 2 and name == "training":
+            raise InputError(f"training data {data.source} holds only one class ({data.classes[int(data.labels[0])]}); need at least two")
+        for i, s in enumerate(data.seqs):
+            if not s:
+                raise InputError(f"{name} data {data.source}: sequence {i + 1} is empty")
 
 
 def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir: str | os.PathLike,
@@ -524,9 +713,11 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
                  methods: Sequence[str] | None = None, task: str | None = None, log=print) -> dict:
     """Train and score every method on the same splits; write `out_dir` atomically and return the report.
 
-    `out_dir` gets `metrics.json` (per-run and summary metrics), `metrics.md` (the table), `roc_confusion.png`
-    and `model/` (the primary method's best run: save_pretrained + tokenizer files). The primary method is
-    the first Caduceus method in `methods` (default: `finetuned` if `cfg.unfreeze` else `frozen`).
+    `out_dir` gets `metrics.json` (per-run and summary metrics, chance flags), `metrics.md` (the table),
+    `roc_confusion.png` and `model/` (the primary method's best run: save_pretrained + tokenizer files). The
+    primary method is the first Caduceus method in `methods` (default: `finetuned` if `cfg.unfreeze` else
+    `frozen`). Frozen-probe features are computed once per sequence and shared by all runs and by
+    `linear_probe`. The report's `comparison` holds the primary method against k-mer LR when both ran.
     """
     from ..evaluation.classification import classification_metrics, markdown_table, plot_roc_confusion, summarize
 
@@ -539,20 +730,31 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
     primary = next((m for m in methods if m in CADUCEUS_METHODS), None)
     if primary is None:
         raise InputError("at least one Caduceus method (frozen, finetuned, scratch) is needed to write a model")
-    for name, data in (("training", train), ("test", test)):
-        if data is None:
-            continue
-        if len(data) == 0:
-            raise InputError(f"{name} data {data.source} is empty")
-        if len(np.unique(data.labels)) < 2 and name == "training":
-            raise InputError(f"training data {data.source} holds only one class ({data.classes[int(data.labels[0])]}); need at least two")
-        for i, s in enumerate(data.seqs):
-            if not s:
-                raise InputError(f"{name} data {data.source}: sequence {i + 1} is empty")
+    if "linear_probe" in methods and "frozen" not in methods:
+        raise InputError("linear_probe compares against the frozen probe's features: run it together with frozen")
+    for m in methods:
+        if m in CADUCEUS_METHODS:
+            cfg.check_pooling(m)
+    _check_sets(train, test)
     from ..loading import load_model
 
     load_model(model_dir)  # a missing, foreign or non-finite --model fails before any work
     desc, runs = protocol_splits(train, test, seeds, folds, cfg.val_fraction)
+    feats: dict[str, np.ndarray] | None = None
+    feature_s = 0.0
+    if "frozen" in methods:
+        t0 = time.process_time()
+        encoder = build_classifier(model_dir, train.classes, cfg, seed=0, method="frozen")
+        feats = {"train": probe_features(encoder, _encode_all(train.seqs, cfg.max_length, cfg.truncate,
+                                                              f"training data {train.source}"), cfg)}
+        if test is not None:
+            feats["test"] = probe_features(encoder, _encode_all(test.seqs, cfg.max_length, cfg.truncate,
+                                                                f"test data {test.source}"), cfg)
+        feature_s = time.process_time() - t0
+        del encoder
+        n_seq = len(train) + (len(test) if test is not None else 0)
+        log(f"[finetune] probe features ({cfg.features} layers, {cfg.pooling} pooling, width {feats['train'].shape[1]}) "
+            f"of {n_seq} sequences: {feature_s:.1f} CPU s, once for all runs")
     results: dict[str, list[dict]] = {m: [] for m in methods}
     oof: dict[str, tuple[list, list]] = {m: ([], []) for m in methods}
     best_primary: tuple[float, TrainedClassifier | None] = (-math.inf, None)
@@ -562,47 +764,80 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
             for method in methods:
                 log(f"[finetune] {run['name']} {method}: train {len(run['train'])}, val {len(run['val'])}, test {len(run['test'])}")
                 if method in CADUCEUS_METHODS:
+                    run_feats = None
+                    if method == "frozen":
+                        run_feats = (feats["train"][run["train_idx"]], feats["train"][run["val_idx"]])
                     trained = train_classifier(model_dir, run["train"], run["val"], cfg, seed=run["seed"], method=method,
-                                               work_dir=tmp / "runs" / f"{run['name']}-{method}")
-                    proba = trained.predict_proba(run["test"], cfg.eval_batch_size, cfg.max_length, cfg.truncate)
+                                               work_dir=tmp / "runs" / f"{run['name']}-{method}", features=run_feats,
+                                               log=lambda m, r=run: log(m.replace("(seed", f"{r['name']} (seed")))
+                    if method == "frozen":
+                        proba = trained.proba_from_features(feats[run["test_pool"]][run["test_idx"]])
+                    else:
+                        proba = trained.predict_proba(run["test"], cfg.eval_batch_size, cfg.max_length, cfg.truncate)
                     info = {"best_val_accuracy": trained.best_val_accuracy, **trained.history}
-                    shutil.rmtree(tmp / "runs" / f"{run['name']}-{method}" / "checkpoints", ignore_errors=True)
-                    if method == primary and (trained.best_val_accuracy or 0.0) > best_primary[0]:
-                        best_primary = (trained.best_val_accuracy or 0.0, trained)
+                    if method == "frozen":
+                        info["feature_cpu_s_shared"] = feature_s / len(runs)
+                        info["cpu_s"] = info["cpu_s"] + feature_s / len(runs)  # its share of the one encoder pass
+                    # the kept run: the best validation accuracy, or for logreg the best inner-CV score
+                    key = trained.best_val_accuracy if trained.best_val_accuracy is not None else info.get("cv_score", 0.0)
+                    if method == primary and key > best_primary[0]:
+                        best_primary = (key, trained)
                 else:
-                    proba, info = _run_baseline(method, run, cfg)
+                    proba, info = _run_baseline(method, run, cfg, feats, log)
                 metrics = classification_metrics(run["test"].labels, proba, train.classes)
-                results[method].append({"run": run["name"], **metrics, **info})
+                chance = chance_level(run["test"].labels, proba, train.classes)
+                results[method].append({"run": run["name"], **metrics, **info, "test_chance": chance})
                 oof[method][0].append(run["test"].labels)
                 oof[method][1].append(proba)
+                if chance["at_chance"] and not any(w.startswith("predicts one class") for w in metrics["warnings"]):
+                    results[method][-1]["warnings"] = metrics["warnings"] + [f"AT CHANCE on the test set: {chance['reason']}"]
                 log(f"[finetune] {run['name']} {method}: test accuracy {metrics['accuracy']:.4f}, AUROC {metrics['auroc']:.4f}"
-                    + "".join(f"; WARNING: {w}" for w in metrics["warnings"]))
+                    + "".join(f"; WARNING: {w}" for w in results[method][-1]["warnings"]))
         summaries = {m: summarize(results[m]) for m in methods}
+        at_chance = {m: sum(r["test_chance"]["at_chance"] for r in results[m]) for m in methods}
         for m in methods:  # every distinct warning, with the runs it came from
             seen: dict[str, list[str]] = {}
             for r in results[m]:
                 for w in r.get("warnings", []):
                     seen.setdefault(w, []).append(r["run"])
             summaries[m]["warnings"] = [f"{w} ({', '.join(runs)})" for w, runs in seen.items()]
+            summaries[m]["runs_at_chance"] = at_chance[m]
         title = f"{task or train.source}: {desc}"
-        table = markdown_table({METHOD_LABELS[m]: summaries[m] for m in methods}, title=None)
+        labels = {m: METHOD_LABELS[m] + (f" (AT CHANCE in {at_chance[m]}/{len(runs)} runs)" if at_chance[m] else "")
+                  for m in methods}
+        table = markdown_table({labels[m]: summaries[m] for m in methods}, title=None)
         report = {"task": task, "data": train.source, "test_data": test.source if test is not None else None,
                   "protocol": desc, "cross_validation": test is None, "classes": train.classes,
                   "class_counts": train.class_counts(), "model": str(model_dir), "primary_method": primary,
                   "config": asdict(cfg), "summary": summaries, "runs": results,
                   "spread": "± is max − min over runs (the Caduceus GB convention), not a standard deviation"}
+        if "kmer_lr" in methods:
+            report["comparison"] = compare_to_baseline(summaries, primary, "kmer_lr")
         (tmp / "metrics.json").write_text(dumps_json(report) + "\n")
         warned = "".join(f"\n**Warning ({METHOD_LABELS[m]})**: {w}\n" for m in methods for w in summaries[m]["warnings"])
         (tmp / "metrics.md").write_text(f"## {title}\n\n{table}\n± = max − min over {len(runs)} runs.\n{warned}")
-        labels = np.concatenate(oof[primary][0])
-        proba = np.concatenate(oof[primary][1])
+        y_all = np.concatenate(oof[primary][0])
+        p_all = np.concatenate(oof[primary][1])
         what = "out-of-fold predictions" if test is None else f"test predictions pooled over {len(runs)} seeds"
-        plot_roc_confusion(labels, proba, train.classes, tmp / "roc_confusion.png",
+        plot_roc_confusion(y_all, p_all, train.classes, tmp / "roc_confusion.png",
                            title=f"{task or 'classifier'} — {METHOD_LABELS[primary]} ({what})")
         save_classifier(best_primary[1], tmp / "model")
     log(f"[finetune] wrote {out_dir}")
     print(table)
     return report
+
+
+def compare_to_baseline(summaries: dict, method: str, baseline: str) -> dict:
+    """{"accuracy": {"model", "baseline", "difference"}, "auroc": {...}, "verdict"} of two summarised methods."""
+    out = {"method": method, "baseline": baseline}
+    for key in ("accuracy", "auroc"):
+        a, b = summaries[method].get(key, {}).get("mean"), summaries[baseline].get(key, {}).get("mean")
+        if a is not None and b is not None:
+            out[key] = {"model": a, "baseline": b, "difference": a - b}
+    diff = out.get("accuracy", {}).get("difference")
+    out["verdict"] = ("no comparison" if diff is None else "model better" if diff > 0 else
+                      "baseline better" if diff < 0 else "tie")
+    return out
 
 
 def save_classifier(trained: TrainedClassifier, path: str | os.PathLike) -> Path:
