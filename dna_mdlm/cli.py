@@ -162,6 +162,8 @@ def add_sample_arguments(p):
     p.epilog = _examples(
         "dna-mdlm sample --model runs/demo/model --num-samples 64 --length 1024 --out samples.fa",
         "dna-mdlm sample --model runs/demo/model --num-samples 8 --length 8192 --steps 256 --out long.fa   # semi-AR",
+        "dna-mdlm sample --model runs/demo/model --num-samples 64 --length 1024 --steps 16 --order dilated --out fast.fa",
+        "dna-mdlm sample --model runs/demo/model --num-samples 8 --length 512 --order entropy-bound --gamma 0.5 --steps 32 --out eb.fa",
         "dna-mdlm sample --model runs/demo/model --num-samples 4 --prefix ACGTTGCA --suffix GGATCC --length 600 --out infill.fa",
         "dna-mdlm sample --model runs/demo/model --num-samples 4 --template ACGTNNNNNNNNNNACGT --out t.fa",
         "dna-mdlm sample --model runs/ar/model --num-samples 64 --length 1024 --prefix ACGT --out ar.fa",
@@ -169,9 +171,16 @@ def add_sample_arguments(p):
     p.add_argument("--model", required=True, help="model directory (MDLM, AR or Markov)")
     p.add_argument("--num-samples", type=int, required=True, help="number of sequences")
     p.add_argument("--length", type=int, help="bases per sequence (prefix and suffix included); implied by --template")
-    p.add_argument("--steps", type=int, help="MDLM reverse steps per window (default 128)")
+    p.add_argument("--steps", type=int, help="MDLM reverse steps per window, at most one network call each (default 128; "
+                   "a distilled student: its own step count)")
     p.add_argument("--sampler", choices=["ddpm", "ddpm_cache"], default="ddpm_cache",
                    help="ddpm_cache (default) reuses the network output while a sequence is unchanged: same samples, fewer calls")
+    p.add_argument("--order", choices=["random", "dilated", "confidence", "margin", "entropy-bound"],
+                   help="MDLM: which masked positions each step fills: random (default, the ancestral sampler), dilated "
+                        "(far-apart positions first, coarse to fine), confidence / margin (most certain first), "
+                        "entropy-bound (lowest entropy first, as many as --gamma allows, never fewer than the schedule)")
+    p.add_argument("--gamma", type=float, help="--order entropy-bound: bits of summed entropy a step may add beyond its "
+                   "most uncertain base (default 0.5; larger = fewer calls)")
     p.add_argument("--prefix", help="fixed start of every sequence (A/C/G/T/N)")
     p.add_argument("--suffix", help="fixed end of every sequence (MDLM only); with --prefix this is infilling")
     p.add_argument("--template", help="MDLM only: A/C/G/T fixed, N at every position to generate, e.g. ACGTNNNNNNACGT")
@@ -193,14 +202,16 @@ def run_sample(args):
     from .generate import generate, write_samples
 
     result = generate(args.model, args.num_samples, args.length, steps=args.steps, sampler=args.sampler,
-                      prefix=args.prefix, suffix=args.suffix, template=args.template, temperature=args.temperature,
+                      order=args.order, gamma=args.gamma, prefix=args.prefix, suffix=args.suffix, template=args.template, temperature=args.temperature,
                       top_p=args.top_p, batch_size=args.batch_size, device=args.device, seed=args.seed,
                       window=args.window, overlap=args.overlap, allow_n=args.allow_n, unknown=args.unknown,
                       progress=not args.no_progress and sys.stderr.isatty())
     write_samples(result, args.out, model_name=str(args.model))
-    s = result.stats
-    print(f"dna-mdlm sample: {len(result.sequences)} x {result.settings['length']} bp ({result.settings['kind']}) "
-          f"written to {args.out}; {s.network_calls} network calls, {s.seconds:.1f} s", file=sys.stderr)
+    s, how = result.stats, result.settings
+    per_window = f" ({s.network_calls / len(s.windows):.1f} per window)" if s.windows else ""
+    order = f", order {how['order']}, {how['steps']} steps" if "order" in how else ""
+    print(f"dna-mdlm sample: {len(result.sequences)} x {how['length']} bp ({how['kind']}{order}) written to {args.out}; "
+          f"{s.network_calls} network calls{per_window}, {s.seconds:.1f} s", file=sys.stderr)
     return 0
 
 
