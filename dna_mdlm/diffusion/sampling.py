@@ -201,7 +201,8 @@ class AncestralUnmasker(Unmasker):
     name = "random"
 
     def step(self, z, probs, where, allowed, generator):
-        q = torch.cat([probs * (where.move_t - where.move_s), torch.full_like(probs[..., :1], where.move_s)], dim=-1)
+        # move_t / move_s are floats here, or (B, 1, 1) tensors when each row has its own time (distillation).
+        q = torch.cat([probs * (where.move_t - where.move_s), torch.ones_like(probs[..., :1]) * where.move_s], dim=-1)
         choice = sample_categorical(q, generator)
         unmask = (z == MASK_ID) & (choice < allowed.numel())
         return torch.where(unmask, allowed[choice.clamp_max(allowed.numel() - 1)], z)

@@ -57,7 +57,7 @@ RESUMABLE = {"trainer.max_steps", "trainer.max_time", "trainer.accelerator", "tr
 
 # Model keys a recipe may set: CaduceusConfig's declared fields, less those the run itself writes.
 MODEL_KEYS = set(inspect.signature(CaduceusConfig.__init__).parameters) - {
-    "self", "kwargs", "objective", "train_window", "schedule"}
+    "self", "kwargs", "objective", "train_window", "schedule", "distillation"}
 MARKOV_MODEL_KEYS = {"order"}
 
 PRECISIONS = {
