@@ -36,12 +36,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dna_mdlm.diffusion.mdlm import MDLM
 from dna_mdlm.diffusion.sampling import DEFAULT_GAMMA, ORDERS
 from dna_mdlm.evaluation.judge import load_judge
 from dna_mdlm.evaluation.sample_quality import cpg_observed_expected, draw_reference_sets, gc_fraction, js_distance
 from dna_mdlm.generate import generate
 from dna_mdlm.io.fasta import read_sequences
 from dna_mdlm.kmers import kmer_counts
+from dna_mdlm.loading import load_model
+from dna_mdlm.tokenizer import MASK_ID
 
 DEFAULT_REFERENCE = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")) \
     / "genomes" / "human_GRCh37_chr20_40000001-41000000.fa"
@@ -92,7 +95,9 @@ def run_row(label: str, kind: str, model_dir: Path, args, scorer: Scorer, **kwar
     cpu = time.process_time() - cpu
     windows = max(1, len(r.stats.windows))
     row = {"generator": label, "kind": kind, **kwargs, "network_calls": r.stats.network_calls,
-           "calls_per_window": r.stats.network_calls / windows if kind != "ar" else r.stats.network_calls,
+           # AR: one recurrent step per base for the whole batch; the Markov LM makes no network calls, but it
+           # too draws one base at a time, so it is placed at one step per base.
+           "calls_per_window": {"ar": r.stats.network_calls, "markov": args.length}.get(kind, r.stats.network_calls / windows),
            "row_evaluations": r.stats.row_evaluations, "seconds": r.stats.seconds, "cpu_seconds": cpu,
            **scorer(r.sequences)}
     steps = kwargs.get("steps")
@@ -110,6 +115,29 @@ def per_call_costs(mdlm: Path, ar: Path, args) -> dict:
     a = generate(ar, args.num, args.length, seed=args.seed, device=args.device, batch_size=args.num)
     return {"mdlm_call_s": m.stats.seconds / m.stats.network_calls, "ar_step_s": a.stats.seconds / a.stats.network_calls,
             "ar_sequence_s": a.stats.seconds}
+
+
+class _Recorder(torch.nn.Module):
+    """The MDLM's network, keeping every input it is given (to see at which step each position was filled)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config, self.inputs = model, model.config, []
+
+    def forward(self, input_ids, **kwargs):
+        self.inputs.append(input_ids.clone())
+        return self.model(input_ids, **kwargs)
+
+
+def same_step_neighbours(mdlm: Path, order: str, steps: int, args, num: int = 8) -> float:
+    """Fraction of adjacent base pairs that one step fills together (so they are drawn independently of each
+    other): 1/T for the random order, 0 for dilated; the plain sampler makes one call per step."""
+    model, _ = load_model(mdlm, args.device)
+    rec = _Recorder(model)
+    generate(MDLM(rec), num, args.length, steps=steps, sampler="ddpm", order=order, seed=args.seed, batch_size=num,
+             device=args.device, **({"gamma": args.gamma} if order == "entropy-bound" else {}))
+    filled_at = torch.stack([z == MASK_ID for z in rec.inputs]).sum(0) - 1  # (B, L): the step that filled it
+    return float((filled_at[:, 1:] == filled_at[:, :-1]).double().mean())
 
 
 def plot(report: dict, png: Path) -> None:
@@ -197,9 +225,11 @@ def main(argv=None) -> int:
     p.add_argument("--region", help="held-out region chr:start-end of --reference (1-based)")
     p.add_argument("--num", type=int, default=32, help="sequences per row (one batch)")
     p.add_argument("--length", type=int, help="bases per sequence (default: the MDLM's window)")
-    p.add_argument("--steps", type=ints, default=[4, 8, 16, 32, 64, 128, 256], help="T for the random order")
+    p.add_argument("--steps", type=ints, default=[4, 8, 16, 32, 64, 128, 256], help="T for the --full-orders")
     p.add_argument("--order-steps", type=ints, default=[4, 8, 16, 32, 64], help="T for the other orders")
     p.add_argument("--orders", type=words, default=list(ORDERS))
+    p.add_argument("--full-orders", type=words, default=["random", "dilated"], help="orders run at every --steps")
+    p.add_argument("--neighbour-steps", type=ints, default=[8, 16], help="T at which to count same-step neighbours")
     p.add_argument("--student-orders", type=words, default=["random", "dilated"])
     p.add_argument("--gamma", type=float, default=DEFAULT_GAMMA, help="entropy-bound's bound (bits)")
     p.add_argument("--replicates", type=int, default=8, help="real sets of --num windows for the floor and its noise")
@@ -240,7 +270,8 @@ def main(argv=None) -> int:
         report["rows"].append(run_row("AR (recurrent stepping)", "ar", ar, args, scorer))
         if args.markov:
             report["rows"].append(run_row("Markov LM", "markov", args.markov, args, scorer))
-        jobs = [(order, steps) for order in args.orders for steps in (args.steps if order == "random" else args.order_steps)]
+        jobs = [(order, steps) for order in args.orders
+                for steps in (args.steps if order in args.full_orders else args.order_steps)]
         for i, (order, steps) in enumerate(jobs):
             extra = {"gamma": args.gamma} if order == "entropy-bound" else {}
             report["rows"].append(run_row("MDLM", "mdlm", mdlm, args, scorer, steps=steps, order=order, **extra))
@@ -254,6 +285,10 @@ def main(argv=None) -> int:
                                               order=order))
         report["rows"].append(run_row("AR (recurrent stepping), again", "ar", ar, args, scorer))
         report["costs"].append(per_call_costs(mdlm, ar, args))
+        report["same_step_neighbours"] = {f"{o} T={t}": same_step_neighbours(mdlm, o, t, args)
+                                          for t in args.neighbour_steps for o in args.orders}
+    print("\nadjacent base pairs filled by the same step (drawn independently of each other), 8 sequences: " +
+          ", ".join(f"{k} {v:.3f}" for k, v in report["same_step_neighbours"].items()))
     costs = report["costs"]
     call = float(np.median([c["mdlm_call_s"] for c in costs]))
     step = float(np.median([c["ar_step_s"] for c in costs]))
