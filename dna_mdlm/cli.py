@@ -219,7 +219,7 @@ def add_distill_arguments(p):
     p.epilog = _examples(
         "dna-mdlm distill --teacher runs/demo/model --out runs/sdtt --rounds 3 --teacher-steps 64   # 64 -> 8 steps",
         "dna-mdlm distill --teacher runs/demo/model --out runs/sdtt --rounds 4 --teacher-steps 64 --resume   # one round more",
-        "dna-mdlm sample --model runs/sdtt/model --num-samples 16 --length 1024 --out fast.fa   # the student's own steps",
+        "dna-mdlm sample --model runs/sdtt/model --num-samples 16 --length 1024 --out student.fa   # its own 4 steps",
     )
     p.add_argument("--teacher", required=True, help="MDLM model directory to distil (its training data, from the "
                    "run_config.json beside it, is used unless --fasta is given)")

@@ -186,3 +186,30 @@ def test_an_existing_run_is_not_overwritten(kit, tmp_path, capsys):
     assert cli(kit, out, "--rounds", "1") == 2
     assert "already holds a run" in capsys.readouterr().err
     assert (out / "model" / "model.safetensors").read_bytes() == before
+
+
+def _epilog_commands(verb: str) -> list[list[str]]:
+    import shlex
+
+    from dna_mdlm.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "verb").choices[verb]
+    lines = [ln.strip() for ln in sub.epilog.splitlines() if ln.strip().startswith("dna-mdlm ")]
+    return [shlex.split(ln.split("#")[0])[1:] for ln in lines]
+
+
+@pytest.mark.slow
+def test_the_help_examples_run(kit, tmp_path, monkeypatch, capsys):
+    # The epilogs of `distill` and the --order examples of `sample`, verbatim, on a tiny teacher placed where they
+    # look for it (runs/demo/model, with its run's run_config.json naming the training FASTA beside it).
+    monkeypatch.chdir(tmp_path)
+    demo = tmp_path / "runs" / "demo"
+    peaked_teacher().save_pretrained(demo / "model")
+    (demo / "run_config.json").write_text(json.dumps({"fasta": [str(kit / "genome.fa")],
+                                                      "val_regions": ["chrT:20001-24000"]}))
+    for argv in [c for c in _epilog_commands("sample") if "--order" in c] + _epilog_commands("distill"):
+        assert main(argv) == 0, argv
+    capsys.readouterr()
+    cfg = json.loads((tmp_path / "runs" / "sdtt" / "model" / "config.json").read_text())
+    assert cfg["distillation"]["rounds"] == 4 and cfg["distillation"]["steps"] == 4
+    assert json.loads((tmp_path / "student.fa.json").read_text())["steps"] == 4  # the student's own steps
