@@ -140,6 +140,29 @@ def same_step_neighbours(mdlm: Path, order: str, steps: int, args, num: int = 8)
     return float((filled_at[:, 1:] == filled_at[:, :-1]).double().mean())
 
 
+def leaf_ops(mdlm: Path, ar: Path, args) -> dict:
+    """Operators a GPU would launch: leaf aten ops in one MDLM call over a window and in one AR recurrent step
+    (torch profiler on CPU, batch --num). Small models on a GPU are launch-bound, so time per call ~ ops x launch
+    latency: the basis of the GPU estimate."""
+    from torch.profiler import ProfilerActivity, profile
+
+    counts = {}
+    model, _ = load_model(mdlm, "cpu")
+    x = torch.full((args.num, args.length), MASK_ID)
+    with torch.no_grad(), profile(activities=[ProfilerActivity.CPU]) as prof:
+        model(x)
+    counts["mdlm_call"] = sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children)
+    model, _ = load_model(ar, "cpu")
+    cache = model.allocate_inference_cache(args.num)
+    token = torch.full((args.num,), 7)
+    with torch.no_grad():
+        model.step(token, cache)  # warm the cache path once
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model.step(token, cache)
+    counts["ar_step"] = sum(1 for e in prof.events() if e.name.startswith("aten::") and not e.cpu_children)
+    return counts
+
+
 def plot(report: dict, png: Path) -> None:
     import matplotlib
 
@@ -285,6 +308,7 @@ def main(argv=None) -> int:
                                               order=order))
         report["rows"].append(run_row("AR (recurrent stepping), again", "ar", ar, args, scorer))
         report["costs"].append(per_call_costs(mdlm, ar, args))
+        report["leaf_ops"] = leaf_ops(mdlm, ar, args)
         report["same_step_neighbours"] = {f"{o} T={t}": same_step_neighbours(mdlm, o, t, args)
                                           for t in args.neighbour_steps for o in args.orders}
     print("\nadjacent base pairs filled by the same step (drawn independently of each other), 8 sequences: " +
@@ -294,9 +318,13 @@ def main(argv=None) -> int:
     step = float(np.median([c["ar_step_s"] for c in costs]))
     report["per_call"] = {"mdlm_call_s": call, "ar_step_s": step, "call_over_step": call / step,
                           "ar_steps_per_window": args.length}
+    ops = report["leaf_ops"]
     print(f"\nper-call costs (median of {len(costs)} measurements, batch {args.num}): MDLM call over a {args.length} bp "
           f"window {call:.3f} s, AR recurrent step {step * 1e3:.2f} ms: one call = {call / step:.0f} AR steps; AR needs "
           f"{args.length} steps per window, so on this CPU MDLM breaks even at T = {args.length * step / call:.1f} calls")
+    print(f"operators launched (leaf aten ops): MDLM call {ops['mdlm_call']}, AR step {ops['ar_step']}; if launch-bound "
+          f"(a GPU with these small models), MDLM breaks even with AR at T = "
+          f"{args.length * ops['ar_step'] / ops['mdlm_call']:.0f} calls per window [estimate]")
     for line in verdict(report):
         print(line)
     report["verdict"] = verdict(report)
