@@ -125,6 +125,9 @@ def test_one_round_end_to_end_and_the_student_works_in_every_verb(kit, tmp_path,
     assert side["stats"]["network_calls"] <= 4 * len(side["stats"]["windows"])
     assert main(["embed", "--model", str(out / "model"), "--fasta", str(kit / "small.fa"), "--out",
                  str(tmp_path / "e.npz")]) == 0
+    assert main(["evaluate-samples", "--samples", str(tmp_path / "s.fa"), "--reference", str(kit / "genome.fa"),
+                 "--model", str(out / "model"), "--judge-samples", "1", "--out", str(tmp_path / "report")]) == 0
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["judge_bits_per_base"]["generated"] > 0
 
 
 def test_resume_adds_a_round_exactly(kit, tmp_path, capsys):
