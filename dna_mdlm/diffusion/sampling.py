@@ -256,7 +256,10 @@ def dilated_rank(width: int) -> torch.Tensor:
 class DilatedUnmasker(RankedUnmasker):
     """`dilated`: a fixed coarse-to-fine order within the window (Luxembourg et al., "Plan for speed: dilated
     scheduling for masked diffusion language models", arXiv 2506.19037): positions far apart first, since
-    adjacent bases are the most dependent; k per step from the schedule."""
+    adjacent bases are the most dependent. DUS fills groups of growing size, one per dilation level (log2 B calls
+    for a block of B); here the same order is cut into the schedule's counts, so any T works. Even positions come
+    before odd ones, so two neighbours share a step only where one step's share straddles that switch (never
+    when the window and T are powers of two)."""
 
     name = "dilated"
 
