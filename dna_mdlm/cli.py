@@ -170,6 +170,8 @@ def add_sample_arguments(p):
     p.epilog = _examples(
         "dna-mdlm sample --model runs/demo/model --num-samples 64 --length 1024 --out samples.fa",
         "dna-mdlm sample --model runs/demo/model --num-samples 8 --length 8192 --steps 256 --out long.fa   # semi-AR",
+        "dna-mdlm sample --model runs/demo/model --num-samples 64 --length 1024 --steps 16 --order dilated --out fast.fa",
+        "dna-mdlm sample --model runs/demo/model --num-samples 8 --length 512 --order entropy-bound --gamma 0.5 --steps 32 --out eb.fa",
         "dna-mdlm sample --model runs/demo/model --num-samples 4 --prefix ACGTTGCA --suffix GGATCC --length 600 --out infill.fa",
         "dna-mdlm sample --model runs/demo/model --num-samples 4 --template ACGTNNNNNNNNNNACGT --out t.fa",
         "dna-mdlm sample --model runs/ar/model --num-samples 64 --length 1024 --prefix ACGT --out ar.fa",
@@ -177,9 +179,16 @@ def add_sample_arguments(p):
     p.add_argument("--model", required=True, help="model directory (MDLM, AR or Markov)")
     p.add_argument("--num-samples", type=int, required=True, help="number of sequences")
     p.add_argument("--length", type=int, help="bases per sequence (prefix and suffix included); implied by --template")
-    p.add_argument("--steps", type=int, help="MDLM reverse steps per window (default 128)")
+    p.add_argument("--steps", type=int, help="MDLM reverse steps per window, at most one network call each (default 128; "
+                   "a distilled student: its own step count)")
     p.add_argument("--sampler", choices=["ddpm", "ddpm_cache"], default="ddpm_cache",
                    help="ddpm_cache (default) reuses the network output while a sequence is unchanged: same samples, fewer calls")
+    p.add_argument("--order", choices=["random", "dilated", "confidence", "margin", "entropy-bound"],
+                   help="MDLM: which masked positions each step fills: random (default, the ancestral sampler), dilated "
+                        "(far-apart positions first, coarse to fine), confidence / margin (most certain first), "
+                        "entropy-bound (lowest entropy first, as many as --gamma allows, never fewer than the schedule)")
+    p.add_argument("--gamma", type=float, help="--order entropy-bound: bits of summed entropy a step may add beyond its "
+                   "most uncertain base (default 0.5; larger = fewer calls)")
     p.add_argument("--prefix", help="fixed start of every sequence (A/C/G/T/N)")
     p.add_argument("--suffix", help="fixed end of every sequence (MDLM only); with --prefix this is infilling")
     p.add_argument("--template", help="MDLM only: A/C/G/T fixed, N at every position to generate, e.g. ACGTNNNNNNACGT")
@@ -201,14 +210,68 @@ def run_sample(args):
     from .generate import generate, write_samples
 
     result = generate(args.model, args.num_samples, args.length, steps=args.steps, sampler=args.sampler,
-                      prefix=args.prefix, suffix=args.suffix, template=args.template, temperature=args.temperature,
+                      order=args.order, gamma=args.gamma, prefix=args.prefix, suffix=args.suffix, template=args.template, temperature=args.temperature,
                       top_p=args.top_p, batch_size=args.batch_size, device=args.device, seed=args.seed,
                       window=args.window, overlap=args.overlap, allow_n=args.allow_n, unknown=args.unknown,
                       progress=not args.no_progress and sys.stderr.isatty())
     write_samples(result, args.out, model_name=str(args.model))
-    s = result.stats
-    print(f"dna-mdlm sample: {len(result.sequences)} x {result.settings['length']} bp ({result.settings['kind']}) "
-          f"written to {args.out}; {s.network_calls} network calls, {s.seconds:.1f} s", file=sys.stderr)
+    s, how = result.stats, result.settings
+    per_window = f" ({s.network_calls / len(s.windows):.1f} per window)" if s.windows else ""
+    order = f", order {how['order']}, {how['steps']} steps" if "order" in how else ""
+    print(f"dna-mdlm sample: {len(result.sequences)} x {how['length']} bp ({how['kind']}{order}) written to {args.out}; "
+          f"{s.network_calls} network calls{per_window}, {s.seconds:.1f} s", file=sys.stderr)
+    return 0
+
+
+def add_distill_arguments(p):
+    p.epilog = _examples(
+        "dna-mdlm distill --teacher runs/demo/model --out runs/sdtt --rounds 3 --teacher-steps 64   # 64 -> 8 steps",
+        "dna-mdlm distill --teacher runs/demo/model --out runs/sdtt --rounds 4 --teacher-steps 64 --resume   # one round more",
+        "dna-mdlm sample --model runs/sdtt/model --num-samples 16 --length 1024 --out student.fa   # its own 4 steps",
+    )
+    p.add_argument("--teacher", required=True, help="MDLM model directory to distil (its training data, from the "
+                   "run_config.json beside it, is used unless --fasta is given)")
+    p.add_argument("--out", required=True, help="run directory: round-R/ (each round's student), model/ (the last), "
+                   "checkpoints/, logs/, summary.json")
+    p.add_argument("--rounds", type=int, help="halvings of the step count: the student samples in "
+                   "teacher-steps / 2^rounds steps (default 1)")
+    p.add_argument("--teacher-steps", type=int, help="the teacher's reverse steps per window (default: its own if it "
+                   "is a student, else 128)")
+    p.add_argument("--config", help="YAML recipe file or a recipe name (tiny, cpu)")
+    p.add_argument("--fasta", action="append", help="training FASTA (repeatable; default: the teacher run's)")
+    p.add_argument("--val-region", action="append", default=None, help="held-out region chr:start-end (1-based) for "
+                   "the validation KL, repeatable (default: the teacher run's)")
+    p.add_argument("--steps-per-round", type=int, help="optimiser steps per round")
+    p.add_argument("--batch-size", type=int, help="windows per optimiser step")
+    p.add_argument("--lr", type=float, help="learning rate (constant after warm-up)")
+    p.add_argument("--max-time", help="wall-clock budget DD:HH:MM:SS (stops cleanly; --resume continues)")
+    p.add_argument("--accelerator", help="cpu | gpu | auto")
+    p.add_argument("--precision", help="32 | bf16 | auto")
+    p.add_argument("--seed", type=int, help="seed of the data stream and the noise")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (more --rounds, a new --max-time "
+                   "or other hardware may be given)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe key, e.g. optim.ema_decay=0.999")
+
+
+def run_distill(args):
+    from .io.writers import dumps_json
+    from .training.distill import distill, distill_settings
+
+    flags = {"teacher": args.teacher, "rounds": args.rounds, "teacher_steps": args.teacher_steps, "fasta": args.fasta,
+             "val_regions": args.val_region, "seed": args.seed,
+             "data": {"batch_size": args.batch_size}, "optim": {"lr": args.lr},
+             "trainer": {"steps_per_round": args.steps_per_round, "max_time": args.max_time,
+                         "accelerator": args.accelerator, "precision": args.precision}}
+    summary = distill(distill_settings(args.config, flags, args.set), args.out, resume=args.resume)
+    print(dumps_json(summary))
+    rows = "; ".join(f"round {r['round']} ({r['teacher_steps']}->{r['student_steps']} steps): student "
+                     f"{r['val_kl']:.4f} vs teacher in one step {r['val_kl_teacher_one_step']:.4f}"
+                     for r in summary["per_round"] if "val_kl" in r)
+    held = f"; held-out KL to the teacher's two-step distribution per masked base: {rows}" if rows else ""
+    where = f"student written to {summary['model_dir']}" if summary["model_dir"] else \
+        f"stopped at step {summary['steps']} ({summary['status']}; --resume continues)"
+    print(f"dna-mdlm distill: {summary['teacher_steps']} -> {summary['student_steps']} steps per window; {where}{held}",
+          file=sys.stderr)
     return 0
 
 
@@ -494,6 +557,7 @@ VERBS = {
     "pretrain": ("train an MDLM (or AR / Markov baseline) on FASTA files", "add_pretrain_arguments", "run_pretrain"),
     "likelihood": ("bits per base of a FASTA under a model (MDLM: an upper bound)", "add_likelihood_arguments", "run_likelihood"),
     "sample": ("generate DNA: unconditional, any length, infilling", "add_sample_arguments", "run_sample"),
+    "distill": ("few-step MDLM student by self-distillation through time (SDTT)", "add_distill_arguments", "run_distill"),
     "finetune": ("fine-tune a classifier on labelled sequences or a Genomic Benchmark", "add_finetune_arguments", "run_finetune"),
     "predict": ("class probabilities per FASTA record from a fine-tuned model", "add_predict_arguments", "run_predict"),
     "embed": ("embeddings of FASTA records (mean-pooled or per base)", "add_embed_arguments", "run_embed"),

@@ -22,7 +22,7 @@ from Bio.Seq import Seq
 from Bio.SeqIO import write as write_fasta
 from Bio.SeqRecord import SeqRecord
 
-from .diffusion.sampling import SAMPLERS, GenerationSettings, SamplingStats
+from .diffusion.sampling import DEFAULT_GAMMA, DEFAULT_ORDER, ORDERS, SAMPLERS, GenerationSettings, SamplingStats
 from .errors import InputError
 from .io.writers import atomic_path, atomic_write_text
 from .loading import as_language_model, load_language_model, resolve_device
@@ -73,7 +73,8 @@ def build_canvas(length: int | None, prefix: str | None = None, suffix: str | No
 
 
 def generate(model, num_samples: int, length: int | None = None, *, steps: int | None = None,
-             sampler: str = "ddpm_cache", prefix: str | None = None, suffix: str | None = None,
+             sampler: str = "ddpm_cache", order: str | None = None, gamma: float | None = None,
+             prefix: str | None = None, suffix: str | None = None,
              template: str | None = None, temperature: float = 1.0, top_p: float = 1.0,
              batch_size: int | None = None, device: str | None = "auto", seed: int = 0,
              window: int | None = None, overlap: int | None = None, allow_n: bool = False,
@@ -82,6 +83,9 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
 
     model: a model directory or a loaded language model (CaduceusForMaskedLM, MDLM, AR or MarkovLM). Every
     argument is checked before the model is loaded or anything runs; bad ones raise a one-line InputError.
+    MDLM only: steps (reverse steps per window, at most that many network calls per window; default 128, or a
+    distilled student's own count), sampler, order (which masked positions each step fills, one of
+    `diffusion.sampling.ORDERS`, default random) and gamma (the entropy-bound order's bound, bits).
     Same seed, same samples."""
     if num_samples is None or num_samples <= 0:
         raise InputError(f"--num-samples: expected a positive count, got {num_samples}")
@@ -89,6 +93,13 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
         raise InputError(f"--sampler {sampler!r}: expected one of {', '.join(SAMPLERS)}")
     if steps is not None and steps <= 0:
         raise InputError(f"--steps: expected a positive number of reverse steps, got {steps}")
+    if order is not None and order not in ORDERS:
+        raise InputError(f"--order {order!r}: expected one of {', '.join(ORDERS)}")
+    if gamma is not None:
+        if not (isinstance(gamma, (int, float)) and 0 < gamma < float("inf")):
+            raise InputError(f"--gamma {gamma}: expected a positive, finite entropy bound in bits")
+        if order != "entropy-bound":
+            raise InputError(f"--gamma applies to --order entropy-bound only (got --order {order or DEFAULT_ORDER})")
     if not temperature >= 0:
         raise InputError(f"--temperature: expected >= 0 (0 = greedy), got {temperature}")
     if not 0 < top_p <= 1:
@@ -104,7 +115,9 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
           else as_language_model(model, verb="sample"))
     if isinstance(lm, torch.nn.Module):
         lm = lm.to(dev).eval()
-    settings = GenerationSettings(steps=steps or GenerationSettings.steps, sampler=sampler, temperature=temperature,
+    settings = GenerationSettings(steps=steps or getattr(lm, "default_steps", GenerationSettings.steps),
+                                  sampler=sampler, order=order or DEFAULT_ORDER,
+                                  gamma=DEFAULT_GAMMA if gamma is None else float(gamma), temperature=temperature,
                                   top_p=top_p, allow_n=allow_n, seed=seed)
     record = {"kind": lm.kind, "num_samples": num_samples, "length": length, "seed": seed,
               "temperature": temperature, "top_p": top_p, "prefix": prefix, "suffix": suffix, "template": template,
@@ -114,6 +127,8 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
         if fixed.size and fixed[-1] != fixed.size - 1:
             raise InputError(f"a {lm.kind} model generates left to right: only --prefix is supported "
                              f"(not --suffix/--template)")
+        if order not in (None, DEFAULT_ORDER):
+            raise InputError(f"--order {order}: a {lm.kind} model generates left to right; orders are for MDLM models")
         if getattr(lm, "decoding", None):
             record["decoding"] = lm.decoding
     else:
@@ -121,8 +136,13 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
         settings.overlap = settings.window // 2 if overlap is None else overlap
         if not 0 <= settings.overlap < settings.window:
             raise InputError(f"--overlap: expected 0 <= overlap < window ({settings.window}), got {settings.overlap}")
-        record.update({"steps": settings.steps, "sampler": sampler, "window": settings.window,
+        record.update({"steps": settings.steps, "sampler": sampler, "order": settings.order, "window": settings.window,
                        "overlap": settings.overlap})
+        if settings.order == "entropy-bound":
+            record["gamma"] = settings.gamma
+        distilled = getattr(getattr(getattr(lm, "model", None), "config", None), "distillation", None)
+        if distilled:
+            record["distilled"] = distilled
     batch_size = batch_size or min(num_samples, 64)
     stats = SamplingStats()
     generator = torch.Generator().manual_seed(int(seed))
@@ -155,7 +175,8 @@ def sample(model, num_samples: int, length: int | None = None, **kwargs) -> list
 def write_samples(result: SamplingResult, out: str | os.PathLike, model_name: str = "") -> None:
     """FASTA (one record per sample, settings in each header) + `<out>.json` sidecar, both atomic."""
     s = result.settings
-    desc = " ".join(f"{k}={s[k]}" for k in ("kind", "sampler", "steps", "seed", "temperature", "top_p") if k in s)
+    desc = " ".join(f"{k}={s[k]}" for k in ("kind", "sampler", "order", "gamma", "steps", "seed", "temperature",
+                                             "top_p") if k in s)
     records = [SeqRecord(Seq(seq), id=f"sample_{i}", description=f"model={model_name} {desc}".strip())
                for i, seq in enumerate(result.sequences)]
     sidecar = {"model": model_name, **s, "stats": asdict(result.stats), "fasta": Path(out).name}

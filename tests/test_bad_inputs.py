@@ -159,6 +159,7 @@ def _cases(kit: Path, t: Path) -> dict:
     smp = ["sample", "--model", str(kit / "mdlm"), "--num-samples", "2", "--out", str(t / "s.fa")]
     ev = ["evaluate-samples", "--samples", good, "--reference", ref, "--out", str(t / "rep")]
     ft = ["finetune", "--model", str(kit / "mdlm"), "--out", str(t / "ft"), "--folds", "2", "--epochs", "1"]
+    dst = ["distill", "--teacher", str(kit / "mdlm"), "--out", str(t / "sdtt"), "--fasta", ref, "--config", "tiny"]
     (t / "past_end.bed").write_text("r0\t0\t50\nr0\t10\t500\n")
     (t / "words.bed").write_text("r0\tone\tten\n")
     (t / "noseq.csv").write_text("sequence_x,label\nACGT,1\n")
@@ -207,9 +208,18 @@ def _cases(kit: Path, t: Path) -> dict:
         "sample_template_iupac": (smp + ["--template", "ACGTNNNNRNNACGT"], ["--template", "'R'", "--unknown N"]),
         "sample_steps_zero": (smp + ["--length", "20", "--steps", "0"], ["--steps"]),
         "sample_top_p_zero": (smp + ["--length", "20", "--top-p", "0"], ["--top-p"]),
+        "sample_unknown_order": (smp + ["--length", "20", "--order", "zigzag"], ["--order", "'zigzag'"]),
+        "sample_gamma_zero": (smp + ["--length", "20", "--order", "entropy-bound", "--gamma", "0"], ["--gamma 0"]),
+        "sample_gamma_negative": (smp + ["--length", "20", "--order", "entropy-bound", "--gamma", "-1"], ["--gamma -1"]),
+        "sample_gamma_without_entropy_bound": (smp + ["--length", "20", "--gamma", "1"], ["--gamma", "entropy-bound"]),
+        "sample_order_with_ar": (["sample", "--model", str(kit / "ar"), "--num-samples", "1", "--length", "20",
+                                  "--order", "dilated", "--out", str(t / "s.fa")], ["--order dilated", "MDLM"]),
         "sample_suffix_with_ar": (["sample", "--model", str(kit / "ar"), "--num-samples", "1", "--length", "20",
                                    "--suffix", "ACGT", "--out", str(t / "s.fa")], ["left to right"]),
         "sample_prefix_longer_than_length": (smp + ["--length", "3", "--prefix", "ACGTACGT"], ["--prefix", "--length 3"]),
+        "distill_rounds_zero": (dst + ["--rounds", "0"], ["--rounds 0", "positive integer"]),
+        "distill_ar_teacher": (["distill", "--teacher", str(kit / "ar")] + dst[3:], ["--teacher", "MDLM teacher"]),
+        "distill_nan_teacher": (["distill", "--teacher", str(kit / "nan")] + dst[3:], ["--teacher", "not finite"]),
         "likelihood_max_windows_zero": (lik + ["--max-windows", "0"], ["--max-windows 0"]),
         "likelihood_mc_samples_zero": (lik + ["--mc-samples", "0"], ["--mc-samples 0"]),
         "likelihood_not_an_int": (lik + ["--window", "big"], ["--window", "invalid int value"]),
@@ -232,6 +242,8 @@ CASE_NAMES = [
     "model_no_weights", "nan_model_likelihood", "nan_model_sample", "nan_model_embed", "nan_model_judge",
     "nan_model_finetune", "classifier_to_likelihood", "classifier_to_sample", "mdlm_to_predict", "predict_too_long",
     "sample_prefix_bad_char", "sample_template_iupac", "sample_steps_zero", "sample_top_p_zero",
+    "sample_unknown_order", "sample_gamma_zero", "sample_gamma_negative", "sample_gamma_without_entropy_bound",
+    "sample_order_with_ar", "distill_rounds_zero", "distill_ar_teacher", "distill_nan_teacher",
     "sample_suffix_with_ar", "sample_prefix_longer_than_length", "likelihood_max_windows_zero",
     "likelihood_mc_samples_zero", "likelihood_not_an_int", "pretrain_precision", "pretrain_lr_text",
     "pretrain_model_typo", "pretrain_resume_nothing", "pretrain_unknown_recipe", "evaluate_copy_fraction",

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from ..tokenizer import A_ID, MASK_ID, T_ID
-from .sampling import GenerationSettings, SamplingStats, _Denoiser, allowed_ids, fill_canvas, window_starts
+from .sampling import (DEFAULT_STEPS, GenerationSettings, SamplingStats, _Denoiser, allowed_ids, fill_canvas,
+                       make_unmasker, window_starts)
 from .schedules import Schedule, get_schedule
 
 NEG_INF = -1e6  # the reference's "-infinity" for SUBS; fine in fp32/bf16 (logits are cast to fp32)
@@ -145,6 +146,13 @@ class MDLM(nn.Module):
     # --- generation -------------------------------------------------------------------------------
     infills = True  # generates any [MASK] pattern: prefixes, suffixes, templates
 
+    @property
+    def default_steps(self) -> int:
+        """Reverse steps per window when none are asked for: a distilled student's own step count
+        (`config.distillation["steps"]`, written by `training.distill`), else the reference default (128)."""
+        distilled = getattr(self.model.config, "distillation", None) or {}
+        return int(distilled.get("steps") or DEFAULT_STEPS)
+
     def progress_total(self, length: int, settings: GenerationSettings) -> int:
         return settings.steps * len(window_starts(length, settings.window, settings.overlap))
 
@@ -152,7 +160,8 @@ class MDLM(nn.Module):
     def infill(self, canvas: torch.Tensor, settings: GenerationSettings, generator: torch.Generator,
                stats: SamplingStats, progress=None) -> torch.Tensor:
         """Fill every [MASK] of canvas (B, L) with the reverse chain (`diffusion.sampling.fill_canvas`): windows of
-        `settings.window` slide left to right keeping `settings.overlap` bases of context; fixed bases stay."""
+        `settings.window` slide left to right keeping `settings.overlap` bases of context; fixed bases stay; each
+        step fills positions in `settings.order` (`diffusion.sampling.ORDERS`)."""
         denoiser = _Denoiser(self, allowed_ids(settings.allow_n), settings.temperature, settings.top_p, stats)
         return fill_canvas(self, canvas, settings.steps, settings.sampler, settings.window, settings.overlap,
-                           generator, denoiser, progress)
+                           generator, denoiser, progress, make_unmasker(settings.order, settings.gamma))

@@ -25,19 +25,34 @@ templates and writes FASTA is `dna_mdlm.generate`; AR decoding is `baselines.ar.
   the model window (config `train_window`) are generated semi-autoregressively: windows of the training length slide left to
   right, each keeping at least `overlap` already-generated bases as context; the last window is
   aligned to the end so a right flank (suffix) is in view when the gap before it is closed.
+- Orders (`--order`): which [MASK] positions a step fills is one separate strategy, an `Unmasker` chosen by
+  name (`make_unmasker`); the denoiser call and the cache rule do not depend on it. `random` is the ancestral
+  step above (every masked position independently, with the posterior's probability). The others draw a base
+  for every masked position from p_theta and keep it at the positions they rank first: `dilated` (a fixed
+  coarse-to-fine order, Luxembourg et al., arXiv 2506.19037), `confidence` / `margin` (MaskGIT, Chang et al.
+  2022, arXiv 2202.04200), each filling as many positions as the schedule unmasks on average
+  (masked x (m_t - m_s) / m_t), and `entropy-bound` (EB-sampler, Ben-Hamu et al., arXiv 2505.24857), which
+  adds positions while their summed entropy stays under a bound. The ranking uses only the predicted
+  distributions, never the drawn base, so an order changes which bases are drawn together, not the
+  distribution each base is drawn from. The last step of every order ends at clean data (m_s = 0): no
+  position is left masked and no extra network call is needed, so a window costs at most `steps` calls.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 from ..tokenizer import BASE_IDS, MASK_ID, N_ID
 
 SAMPLERS = ("ddpm", "ddpm_cache")
+ORDERS = ("random", "dilated", "confidence", "margin", "entropy-bound")
 SAMPLING_EPS = 1e-5  # last time of the reverse grid (the reference's sampling eps)
 DEFAULT_STEPS = 128  # the reference config's sampling.steps
+DEFAULT_ORDER = "random"
+DEFAULT_GAMMA = 0.5  # entropy-bound: bits of summed entropy allowed beyond the most uncertain chosen base
 
 
 @dataclass
@@ -56,11 +71,14 @@ class GenerationSettings:
     """How to generate, for any language model's `infill` (each reads the fields it uses).
 
     steps / sampler / window / overlap: the MDLM reverse chain (steps per window, `ddpm` or `ddpm_cache`, window
-    length and the context kept between semi-AR windows); temperature / top_p / allow_n: the distribution over
+    length and the context kept between semi-AR windows); order / gamma: which masked positions each step fills
+    (`ORDERS`; gamma is the entropy-bound's bound in bits); temperature / top_p / allow_n: the distribution over
     bases every model draws from; seed: numpy-based samplers (the Markov LM) seed from it."""
 
     steps: int = DEFAULT_STEPS
     sampler: str = "ddpm_cache"
+    order: str = DEFAULT_ORDER
+    gamma: float = DEFAULT_GAMMA
     window: int | None = None
     overlap: int | None = None
     temperature: float = 1.0
@@ -142,20 +160,201 @@ def _refresh(denoiser, z, t, probs, stale, cache_ok):
     return probs
 
 
+# ---------------------------------------------------------------------------------------------------
+# orders: which masked positions one reverse step fills
+# ---------------------------------------------------------------------------------------------------
+
+
+class ReverseStep(NamedTuple):
+    """Where one reverse step t -> s stands: mask probabilities m_t > m_s (m_s = 0 on the last step), m_1 at
+    t = 1, and the number of masked positions each row of the window had before its first step (B,)."""
+
+    t: float
+    move_t: float
+    move_s: float
+    move_1: float
+    start_masked: torch.Tensor
+
+
+class Unmasker:
+    """One reverse step's choice of which [MASK] positions to fill, and with which bases.
+
+    `step(z, probs, where, allowed, generator)` gets the window z (B, W), the shaped denoiser output probs
+    (B, W, V) over the allowed bases (V = allowed.numel()) and the `ReverseStep`, and returns the new z: fixed
+    bases and earlier choices unchanged, some [MASK] positions replaced by allowed bases. Every random number
+    comes from `generator` and is drawn whether or not the network ran, so `ddpm` and `ddpm_cache` give the same
+    samples for a seed."""
+
+    name = "base"
+
+    def step(self, z, probs, where: ReverseStep, allowed, generator):
+        raise NotImplementedError
+
+
+class AncestralUnmasker(Unmasker):
+    """`random`: the MDLM ancestral step. Each masked position independently draws from the posterior
+    q(z_s | z_t, x0 = p_theta): a base with total probability (m_t - m_s) / m_t, else it stays masked.
+
+    The draw is one exponential race over the unnormalised [p_theta (m_t - m_s), m_s] (the reference's
+    `_ddpm_update` drops the 1/m_t normaliser the same way)."""
+
+    name = "random"
+
+    def step(self, z, probs, where, allowed, generator):
+        # move_t / move_s are floats here, or (B, 1, 1) tensors when each row has its own time (distillation).
+        q = torch.cat([probs * (where.move_t - where.move_s), torch.ones_like(probs[..., :1]) * where.move_s], dim=-1)
+        choice = sample_categorical(q, generator)
+        unmask = (z == MASK_ID) & (choice < allowed.numel())
+        return torch.where(unmask, allowed[choice.clamp_max(allowed.numel() - 1)], z)
+
+
+class RankedUnmasker(Unmasker):
+    """Orders that fill the k masked positions they rank first with a base drawn from p_theta.
+
+    k per row follows the schedule: after the step, floor(start_masked x m_s / m_1) positions stay masked (the
+    expected count of the ancestral chain, made exact), so a window finishes in `steps` calls. A base is drawn
+    at every masked position; the ranking (`priority`, higher first, ties broken by a uniform draw) reads only
+    the distributions, never the drawn base, so no base is favoured by being chosen."""
+
+    def priority(self, probs: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def count(self, probs, masked, where: ReverseStep) -> torch.Tensor:
+        """(B,) positions to fill this step: the schedule's count."""
+        keep = torch.floor(where.start_masked.double() * (where.move_s / where.move_1)).long()
+        return (masked.sum(1) - keep).clamp_min(0)
+
+    def step(self, z, probs, where, allowed, generator):
+        masked = z == MASK_ID
+        tokens = allowed[sample_categorical(probs, generator)]
+        tie = torch.rand(z.shape, dtype=torch.float64, generator=generator).to(z.device)
+        prio = self.priority(probs, masked).double()
+        prio = torch.where(masked, prio, torch.full_like(prio, -torch.inf))
+        # Rank by (priority, tie-break) descending: sort by the tie-break, then stably by the priority.
+        by_tie = tie.argsort(dim=1, descending=True)
+        order = by_tie.gather(1, prio.gather(1, by_tie).argsort(dim=1, descending=True, stable=True))
+        rank = torch.empty_like(order).scatter_(1, order, torch.arange(z.shape[1], device=z.device).expand_as(order))
+        k = self.count(probs, masked, where)
+        chosen = masked & (rank < k[:, None])
+        return torch.where(chosen, tokens, z)
+
+
+def dilated_rank(width: int) -> torch.Tensor:
+    """(width,) rank of each position in the coarse-to-fine order: positions sorted by their bit-reversed index
+    in the next power of two (0, W/2, W/4, 3W/4, W/8, ...), so every prefix of the order is spread evenly and
+    each further group falls halfway between earlier ones (the stride halves)."""
+    bits = max(1, (width - 1).bit_length())
+    idx = torch.arange(width)
+    rev = torch.zeros_like(idx)
+    for b in range(bits):
+        rev |= ((idx >> b) & 1) << (bits - 1 - b)
+    rank = torch.empty_like(idx)
+    rank[rev.argsort()] = torch.arange(width)
+    return rank
+
+
+class DilatedUnmasker(RankedUnmasker):
+    """`dilated`: a fixed coarse-to-fine order within the window (Luxembourg et al., "Plan for speed: dilated
+    scheduling for masked diffusion language models", arXiv 2506.19037): positions far apart first, since
+    adjacent bases are the most dependent. DUS fills groups of growing size, one per dilation level (log2 B calls
+    for a block of B); here the same order is cut into the schedule's counts, so any T works. Even positions come
+    before odd ones, so two neighbours share a step only where one step's share straddles that switch (never
+    when the window and T are powers of two)."""
+
+    name = "dilated"
+
+    def priority(self, probs, masked):
+        return -dilated_rank(masked.shape[1]).to(masked.device).expand(masked.shape).double()
+
+
+class ConfidenceUnmasker(RankedUnmasker):
+    """`confidence`: the positions whose most likely base is most likely (MaskGIT, arXiv 2202.04200; LLaDA's
+    `low_confidence` remasking), k per step from the schedule."""
+
+    name = "confidence"
+
+    def priority(self, probs, masked):
+        return probs.max(dim=-1).values
+
+
+class MarginUnmasker(RankedUnmasker):
+    """`margin`: the positions with the largest gap between their two most likely bases (top-1 minus top-2
+    probability), k per step from the schedule."""
+
+    name = "margin"
+
+    def priority(self, probs, masked):
+        top = probs.topk(2, dim=-1).values
+        return top[..., 0] - top[..., 1]
+
+
+def entropy_bits(probs: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in bits over the last axis (0 log 0 = 0)."""
+    p = probs.double()
+    return -(torch.where(p > 0, p * torch.log2(p), torch.zeros_like(p))).sum(-1)
+
+
+class EntropyBoundUnmasker(RankedUnmasker):
+    """`entropy-bound`: lowest-entropy positions first, as many as keep sum(H) - max(H) <= gamma over the chosen
+    set (bits; the EB-sampler of Ben-Hamu et al., arXiv 2505.24857, where the left side bounds the mutual
+    information the factorised draw ignores), and never fewer than the schedule's count, so easy regions go
+    faster than the schedule and a window still finishes in `steps` calls."""
+
+    name = "entropy-bound"
+
+    def __init__(self, gamma: float = DEFAULT_GAMMA):
+        self.gamma = gamma
+
+    def priority(self, probs, masked):
+        return -entropy_bits(probs)
+
+    def count(self, probs, masked, where):
+        h = torch.where(masked, entropy_bits(probs), torch.full(masked.shape, torch.inf, dtype=torch.float64,
+                                                                device=masked.device))
+        h = h.sort(dim=1).values
+        before = torch.cumsum(torch.nan_to_num(h, posinf=0.0), dim=1) - torch.nan_to_num(h, posinf=0.0)
+        # sum(H) - max(H) of the first j sorted positions is the sum of the j - 1 before the last one.
+        bound = ((before <= self.gamma) & torch.isfinite(h)).sum(1)
+        return torch.maximum(bound, super().count(probs, masked, where))
+
+
+UNMASKERS = {"random": AncestralUnmasker, "dilated": DilatedUnmasker, "confidence": ConfidenceUnmasker,
+             "margin": MarginUnmasker, "entropy-bound": EntropyBoundUnmasker}
+assert tuple(UNMASKERS) == ORDERS
+
+
+def make_unmasker(order: str = DEFAULT_ORDER, gamma: float = DEFAULT_GAMMA) -> Unmasker:
+    """The `Unmasker` named `order` (one of `ORDERS`; gamma in bits for `entropy-bound`); ValueError otherwise."""
+    if order not in UNMASKERS:
+        raise ValueError(f"unknown order {order!r}; expected one of {', '.join(ORDERS)}")
+    if not gamma > 0:
+        raise ValueError(f"gamma must be > 0 bits, got {gamma}")
+    return EntropyBoundUnmasker(gamma) if order == "entropy-bound" else UNMASKERS[order]()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the reverse chain over one window
+# ---------------------------------------------------------------------------------------------------
+
+
 @torch.no_grad()
 def denoise_window(denoiser: _Denoiser, z: torch.Tensor, steps: int, sampler: str, generator: torch.Generator,
-                   progress=None) -> torch.Tensor:
-    """Run the reverse chain on z (B, W): [MASK] positions are generated, all others are kept as they are."""
+                   progress=None, unmasker: Unmasker | None = None) -> torch.Tensor:
+    """Run the reverse chain on z (B, W): [MASK] positions are generated, all others are kept as they are.
+
+    steps: reverse steps on t_k = linspace(1, 1e-5, steps + 1), the last one ending at clean data (m_s = 0);
+    at most `steps` network calls. unmasker: the order (default `random`, the ancestral sampler)."""
     schedule = denoiser.mdlm.schedule
+    unmasker = unmasker or AncestralUnmasker()
     cache_ok = sampler == "ddpm_cache" and not denoiser.mdlm.time_conditioning
     allowed = denoiser.allowed.to(z.device)
     times = torch.linspace(1.0, SAMPLING_EPS, steps + 1, dtype=torch.float64)
-    dt = (1.0 - SAMPLING_EPS) / steps
+    start_masked = (z == MASK_ID).sum(1)
+    move_1 = float(1 - schedule.alpha(times[0]))
     probs = None
     stale = torch.ones(z.shape[0], dtype=torch.bool, device=z.device)  # rows whose cached output is out of date
     for k in range(steps):
         t = float(times[k])
-        s = t - dt
         if not (z == MASK_ID).any():
             # Nothing left to generate (both samplers stop calling the network here alike).
             if progress is not None:
@@ -163,21 +362,12 @@ def denoise_window(denoiser: _Denoiser, z: torch.Tensor, steps: int, sampler: st
             continue
         probs = _refresh(denoiser, z, t, probs, stale, cache_ok)
         move_t = float(1 - schedule.alpha(torch.tensor(t, dtype=torch.float64)))
-        move_s = float(1 - schedule.alpha(torch.tensor(s, dtype=torch.float64)))
-        # Unnormalised q(z_s | z_t, x0): p_theta * (m_t - m_s) on the bases, m_s on staying masked.
-        q = torch.cat([probs * (move_t - move_s), torch.full_like(probs[..., :1], move_s)], dim=-1)
-        choice = sample_categorical(q, generator)
-        unmask = (z == MASK_ID) & (choice < allowed.numel())
-        new_z = torch.where(unmask, allowed[choice.clamp_max(allowed.numel() - 1)], z)
+        move_s = 0.0 if k == steps - 1 else float(1 - schedule.alpha(times[k + 1]))
+        new_z = unmasker.step(z, probs, ReverseStep(t, move_t, move_s, move_1, start_masked), allowed, generator)
         stale = (new_z != z).any(dim=1)
         z = new_z
         if progress is not None:
             progress.update(1)
-    still_masked = z == MASK_ID
-    if still_masked.any():
-        # Final noise removal: one more (cached if unchanged) evaluation at t = eps, greedy fill.
-        probs = _refresh(denoiser, z, SAMPLING_EPS, probs, stale, cache_ok)
-        z = torch.where(still_masked, allowed[probs.argmax(-1)], z)
     return z
 
 
@@ -193,8 +383,10 @@ def window_starts(length: int, window: int, overlap: int) -> list[int]:
 
 @torch.no_grad()
 def fill_canvas(mdlm, canvas: torch.Tensor, steps: int, sampler: str, window: int, overlap: int,
-                generator: torch.Generator, denoiser: _Denoiser, progress=None) -> torch.Tensor:
-    """Generate every [MASK] of canvas (B, L), window by window; already fixed bases are context."""
+                generator: torch.Generator, denoiser: _Denoiser, progress=None,
+                unmasker: Unmasker | None = None) -> torch.Tensor:
+    """Generate every [MASK] of canvas (B, L), window by window, in the order of `unmasker` (default random);
+    already fixed bases are context."""
     canvas = canvas.clone()
     for start in window_starts(canvas.shape[1], window, overlap):
         end = min(start + window, canvas.shape[1])
@@ -203,5 +395,6 @@ def fill_canvas(mdlm, canvas: torch.Tensor, steps: int, sampler: str, window: in
             if progress is not None:
                 progress.update(steps)
             continue
-        canvas[:, start:end] = denoise_window(denoiser, canvas[:, start:end], steps, sampler, generator, progress)
+        canvas[:, start:end] = denoise_window(denoiser, canvas[:, start:end], steps, sampler, generator, progress,
+                                              unmasker)
     return canvas

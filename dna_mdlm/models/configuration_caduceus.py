@@ -73,6 +73,8 @@ class CaduceusConfig(PretrainedConfig):
         head_dropout: dropout inside the MLP head.
         conjoin_train / conjoin_eval: for non-PS classifiers, also run the reverse complement and average the logits
             in training / at evaluation (post-hoc conjoining of Caduceus-Ph).
+        distillation: None, or what `dna-mdlm distill` made of this model (`method`, `teacher`, `teacher_steps`,
+            `rounds`, `steps`): a student that samples in `steps` reverse steps per window (the default of `sample`).
     """
 
     model_type = "caduceus"
@@ -105,6 +107,7 @@ class CaduceusConfig(PretrainedConfig):
         conjoin_train: bool = False,
         conjoin_eval: bool = False,
         feature_layers: str | None = None,
+        distillation: dict | None = None,
         pad_token_id: int = 4,
         **kwargs,
     ):
@@ -159,6 +162,7 @@ class CaduceusConfig(PretrainedConfig):
         self.conjoin_train = conjoin_train
         self.conjoin_eval = conjoin_eval
         self.feature_layers = feature_layers
+        self.distillation = distillation
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 

@@ -58,7 +58,7 @@ RESUMABLE = {"trainer.max_steps", "trainer.max_time", "trainer.accelerator", "tr
 
 # Model keys a recipe may set: CaduceusConfig's declared fields, less those the run itself writes.
 MODEL_KEYS = set(inspect.signature(CaduceusConfig.__init__).parameters) - {
-    "self", "kwargs", "objective", "train_window", "schedule"}
+    "self", "kwargs", "objective", "train_window", "schedule", "distillation"}
 MARKOV_MODEL_KEYS = {"order"}
 # The fields that make an architecture: `--init` takes them from the init model, and a recipe may not change them.
 ARCHITECTURE_KEYS = ("d_model", "n_layer", "vocab_size", "ssm_cfg", "rms_norm", "residual_in_fp32", "fused_add_norm",
