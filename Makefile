@@ -22,6 +22,7 @@ demo: venv
 	$(BIN)/dna-mdlm pretrain --config demo --out runs/demo
 
 test: venv
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
 .PHONY: venv demo test

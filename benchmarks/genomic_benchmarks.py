@@ -82,8 +82,8 @@ def main(argv=None) -> int:
     lines = ["| task | frozen probe | standardised LR, same features | k-mer LR | probe − LR | probe − k-mer LR |",
              "|---|---|---|---|---|---|"]
     for t in targets:
-        f = lambda k: "—" if t.get(k) is None else f"{t[k]:.3f}"  # noqa: E731
-        d = lambda k: "—" if t.get(k) is None else f"{t[k]:+.3f}"  # noqa: E731
+        f = lambda k, t=t: "—" if t.get(k) is None else f"{t[k]:.3f}"  # noqa: E731
+        d = lambda k, t=t: "—" if t.get(k) is None else f"{t[k]:+.3f}"  # noqa: E731
         lines.append(f"| {t['task']} | {f('frozen_accuracy')} | {f('linear_probe_accuracy')} | {f('kmer_lr_accuracy')} | "
                      f"{d('frozen_minus_linear_probe')} | {d('frozen_minus_kmer_lr')} |")
     n_lp = sum(t["frozen_minus_linear_probe"] is not None and t["frozen_minus_linear_probe"] >= 0 for t in targets)

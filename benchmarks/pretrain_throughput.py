@@ -31,7 +31,6 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch
 
 import torch
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", ROOT.parent / "shared" / "data"))

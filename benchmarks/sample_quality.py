@@ -36,15 +36,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dna_mdlm.errors import InputError
-from dna_mdlm.io.writers import atomic_write_text
 from dna_mdlm.evaluation.judge import load_judge
-from dna_mdlm.evaluation.sample_quality import (
-    dinucleotide_shuffle, draw_reference_sets, evaluate_samples,
-)
 from dna_mdlm.evaluation.memorisation import TrainIndex
+from dna_mdlm.evaluation.sample_quality import (
+    dinucleotide_shuffle,
+    draw_reference_sets,
+    evaluate_samples,
+)
 from dna_mdlm.io.fasta import iter_fasta
 from dna_mdlm.io.regions import parse_region
+from dna_mdlm.io.writers import atomic_write_text
 
 SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 DEFAULT_FASTA = SHARED_DATA / "genomes" / "human_GRCh37_chr20.fa.gz"

@@ -25,15 +25,14 @@ import os
 import platform
 import sys
 import tempfile
-import time
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from dna_mdlm.generate import generate
 from dna_mdlm.evaluation.sample_quality import draw_reference_sets, gc_fraction, js_distance
+from dna_mdlm.generate import generate
 from dna_mdlm.io.fasta import read_sequences
 from dna_mdlm.kmers import kmer_counts
 
@@ -44,10 +43,10 @@ K = 6
 
 def tiny_models(root: Path) -> tuple[Path, Path]:
     """Untrained d_model 32, 2-layer MDLM (RC-PS) and AR models: for timings when no trained ones exist."""
+    from transformers.utils import logging as hf_logging
+
     from dna_mdlm.models import CaduceusForMaskedLM
     from dna_mdlm.models.configuration_caduceus import CaduceusConfig
-
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     torch.manual_seed(0)

@@ -9,7 +9,6 @@ diverged training run raises `TrainingDiverged`: one line, exit 1. Library modul
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 

@@ -9,7 +9,7 @@ k-mer touching a non-base is marked invalid, never counted.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 

@@ -4,7 +4,6 @@ to end on a tiny teacher, the student as an ordinary model directory, exact resu
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CTCF_JASPAR, SLICE, write_fasta
 import torch
+from conftest import CTCF_JASPAR, SLICE, write_fasta
 
 from dna_mdlm.baselines.markov import MarkovLM
 from dna_mdlm.cli import main
@@ -19,9 +19,6 @@ from dna_mdlm.errors import InputError
 from dna_mdlm.evaluation.judge import load_judge
 from dna_mdlm.models import CaduceusConfig, CaduceusForMaskedLM
 from dna_mdlm.tokenizer import encode_dna
-
-
-
 
 
 @pytest.fixture(scope="module")

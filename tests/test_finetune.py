@@ -184,7 +184,7 @@ def test_gradient_accumulation_equals_the_full_batch(mlm_dirs):
         chunks = [{"input_ids": batch["input_ids"][r, :w], "attention_mask": batch["attention_mask"][r, :w],
                    "labels": batch["labels"][r]} for r, w in micro_batches(batch["attention_mask"], max_tokens)]
         loss = accumulate_backward(lambda c: clf(c["input_ids"], attention_mask=c["attention_mask"]).logits,
-                                   chunks, batch["labels"], weight, lambda l: l.backward())
+                                   chunks, batch["labels"], weight, lambda loss: loss.backward())
         return loss, len(chunks), {n: p.grad.clone() for n, p in clf.named_parameters() if p.grad is not None}
 
     full_loss, n_full, full = grads(10**6)

@@ -302,7 +302,7 @@ def test_bed_errors_name_the_line(tmp_path):
     bed.write_text(f"{SLICE_NAME}\t0\t100\n{SLICE_NAME}\t999900\t1000100\n")
     with pytest.raises(InputError, match=r"bad.bed:2: .*past the end of record"):
         GenomeWindows(SLICE, bed=bed, window=100)
-    bed.write_text(f"chr1\t0\t100\n")
+    bed.write_text("chr1\t0\t100\n")
     with pytest.raises(InputError, match=r"bad.bed:1: unknown record 'chr1'"):
         GenomeWindows(SLICE, bed=bed, window=100)
     bed.write_text(f"{SLICE_NAME}\t100\t50\n")

@@ -14,9 +14,6 @@ from dna_mdlm.evaluation.report import verdicts, write_report
 from dna_mdlm.evaluation.sample_quality import dinucleotide_shuffle, evaluate_samples_files
 
 
-
-
-
 def test_report_end_to_end_with_train_judge_and_motifs(tmp_path, chr20):
     rng = np.random.default_rng(0)
     train = chr20[:400_000]

@@ -3,25 +3,31 @@ memorisation detection, dinucleotide shuffle, motif scanning, reference drawing 
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
-from conftest import CTCF_JASPAR, write_fasta
+from conftest import CTCF_JASPAR
 
 from dna_mdlm.errors import InputError
+from dna_mdlm.evaluation.memorisation import memorisation
 from dna_mdlm.evaluation.motifs import count_occurrences, load_motifs, motif_name
 from dna_mdlm.evaluation.sample_quality import (
-    TrainIndex, cpg_observed_expected, dinucleotide_shuffle, draw_reference_sets, dust_scores, evaluate_samples,
-    gc_fraction, homopolymer_runs, js_distance, kmer_counts, low_complexity_fraction, mean_pairwise_identity,
+    TrainIndex,
+    cpg_observed_expected,
+    dinucleotide_shuffle,
+    draw_reference_sets,
+    dust_scores,
+    evaluate_samples,
+    gc_fraction,
+    homopolymer_runs,
+    js_distance,
+    kmer_counts,
+    low_complexity_fraction,
+    mean_pairwise_identity,
     validate_sequences,
 )
-from dna_mdlm.evaluation.memorisation import memorisation
 from dna_mdlm.io.fasta import read_sequences
 from dna_mdlm.io.regions import parse_region
 from dna_mdlm.tokenizer import rc_string
-
-
-
 
 
 @pytest.fixture(scope="module")

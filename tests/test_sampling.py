@@ -13,10 +13,20 @@ from Bio import SeqIO
 
 from dna_mdlm.cli import main
 from dna_mdlm.diffusion.mdlm import MDLM
-from dna_mdlm.diffusion.sampling import (ORDERS, SamplingStats, _Denoiser, allowed_ids, denoise_window, dilated_rank,
-                                         make_unmasker, sample_categorical, shape_distribution, window_starts)
-from dna_mdlm.generate import generate, sample
+from dna_mdlm.diffusion.sampling import (
+    ORDERS,
+    SamplingStats,
+    _Denoiser,
+    allowed_ids,
+    denoise_window,
+    dilated_rank,
+    make_unmasker,
+    sample_categorical,
+    shape_distribution,
+    window_starts,
+)
 from dna_mdlm.errors import InputError
+from dna_mdlm.generate import generate, sample
 from dna_mdlm.models import CaduceusForMaskedLM
 from dna_mdlm.models.configuration_caduceus import CaduceusConfig
 from dna_mdlm.tokenizer import BOS_ID, MASK_ID, encode_dna

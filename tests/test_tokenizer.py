@@ -1,11 +1,18 @@
 """DNATokenizer: vocabulary, soft-masking, rc(), errors, save/load."""
 
-import numpy as np
 import pytest
 import torch
 
 from dna_mdlm.tokenizer import (
-    MASK_ID, N_ID, PAD_ID, DNATokenizer, InvalidSequenceError, complement_map, decode_dna, encode_dna, rc_ids,
+    MASK_ID,
+    N_ID,
+    PAD_ID,
+    DNATokenizer,
+    InvalidSequenceError,
+    complement_map,
+    decode_dna,
+    encode_dna,
+    rc_ids,
     rc_string,
 )
 

@@ -313,7 +313,7 @@ def _exact_nelbo(model, ids: np.ndarray, eps: float) -> float:
     for m, lp in zip(masks, logp):
         g = -sum(lp[i, ids[i]] for i in np.flatnonzero(m))
         k = int(m.sum())
-        c = quad(lambda t: t ** (k - 1) * (1 - t) ** (W - k), eps, 1.0)[0] / (1 - eps)
+        c = quad(lambda t, k=k: t ** (k - 1) * (1 - t) ** (W - k), eps, 1.0)[0] / (1 - eps)
         total += g * c
     return total
 
@@ -424,12 +424,12 @@ def _bad_cases(seq):
     ok = f"chr1\t100\tok\t{b}\t{other(b)}\t.\tPASS\t."
     return {
         "ref_mismatch": (["--vcf", [ok, f"chr1\t101\tbad\t{other(seq[100])}\tA\t.\tPASS\t."]], "v.vcf:4: REF"),
-        "unknown_contig": (["--vcf", [ok, f"chrZ\t10\t.\tA\tC\t.\tPASS\t."]], "v.vcf:4: contig 'chrZ' is not in the FASTA"),
+        "unknown_contig": (["--vcf", [ok, "chrZ\t10\t.\tA\tC\t.\tPASS\t."]], "v.vcf:4: contig 'chrZ' is not in the FASTA"),
         "past_end": (["--vcf", [f"chr1\t{L + 5}\t.\tA\tC\t.\tPASS\t."]], "v.vcf:3: position 245 is past the end"),
         "columns": (["--vcf", [ok, "chr1\t100\t.\tA"]], "v.vcf:4: malformed VCF record"),
         "pos_not_int": (["--vcf", [ok, ok, f"chr1\tx100\t.\t{b}\tC\t.\tPASS\t."]], "v.vcf:5: malformed VCF record"),
         "blank_line": (["--vcf", [ok, "", ok]], "v.vcf:4: blank line"),
-        "bad_ref": (["--vcf", [f"chr1\t100\t.\tX\tC\t.\tPASS\t."]], "v.vcf:3: REF 'X'"),
+        "bad_ref": (["--vcf", ["chr1\t100\t.\tX\tC\t.\tPASS\t."]], "v.vcf:3: REF 'X'"),
         "tsv_header": (["--variants", "Chrom\tPosition\tRef\n1\t100\tA\n"], "v.tsv:1: the header has no alt column"),
         "tsv_pos": (["--variants", f"chrom\tpos\tref\talt\n1\t100\t{b}\tC\n1\t1e3\tA\tC\n"], "v.tsv:3: pos '1e3'"),
         "tsv_allele": (["--variants", f"chrom\tpos\tref\talt\n1\t100\t{b}\tZ\n"], "v.tsv:2: allele 'Z'"),

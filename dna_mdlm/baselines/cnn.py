@@ -21,18 +21,16 @@ micro-batches of at most `max_tokens` padded bases), Adam with linear warm-up, c
 
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..data.labelled import (LabelledSequences, LengthBucketSampler, collate_labelled, length_sorted_batches,
-                             micro_batches)
+from ..data.labelled import LabelledSequences, LengthBucketSampler, collate_labelled, length_sorted_batches, micro_batches
 from ..errors import InputError
 from ..evaluation.classification import ValLossStopping, chance_level
 from ..tokenizer import PAD_ID, PADDED_VOCAB_SIZE, encode_dna

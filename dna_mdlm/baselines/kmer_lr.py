@@ -15,10 +15,9 @@ Counting is one numpy pass per k over all sequences concatenated, then a sparse 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
-
 import inspect
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp

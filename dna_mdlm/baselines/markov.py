@@ -28,8 +28,8 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -123,7 +123,7 @@ class MarkovLM:
         return keys, counts, int(is_base.sum())
 
     @classmethod
-    def fit(cls, sequences, k: int | None = None, val=None, k_range: Iterable[int] = range(0, 13)) -> "MarkovLM":
+    def fit(cls, sequences, k: int | None = None, val=None, k_range: Iterable[int] = range(0, 13)) -> MarkovLM:
         """Fit on DNA strings or token-id arrays. With k=None, pick the order in k_range that gives
         the lowest bits/base on `val` (required then); the per-order curve is kept in
         `validation_bits_per_base`."""
@@ -340,7 +340,7 @@ class MarkovLM:
             save_file(tensors, str(tmp / "model.safetensors"), metadata={"model_type": MODEL_TYPE})
 
     @classmethod
-    def from_pretrained(cls, directory) -> "MarkovLM":
+    def from_pretrained(cls, directory) -> MarkovLM:
         directory = Path(directory)
         config_path, weights_path = directory / "config.json", directory / "model.safetensors"
         if not config_path.is_file() or not weights_path.is_file():

@@ -4,6 +4,8 @@ DataModules that feed training (`datamodules`).
 `GenomeDataModule` is imported lazily so that reading genome windows never pulls in Lightning.
 """
 
+from ..io.fasta import FastaFile
+from ..io.regions import read_bed
 from .genome import (
     EpochSampler,
     GenomeWindows,
@@ -12,8 +14,6 @@ from .genome import (
     TiledWindows,
     parse_region,
 )
-from ..io.fasta import FastaFile
-from ..io.regions import read_bed
 
 __all__ = [
     "EpochSampler",

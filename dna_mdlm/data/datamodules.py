@@ -10,7 +10,8 @@ mid-epoch continues at the same step with exactly the batches the uninterrupted 
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader

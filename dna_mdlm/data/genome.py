@@ -25,7 +25,7 @@ Items are dicts:
 from __future__ import annotations
 
 import os
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -170,10 +170,10 @@ class GenomeWindows:
         return np.count_nonzero(ids == N_ID) <= self.max_n_frac * len(ids)
 
     # --- datasets ---------------------------------------------------------------------------------------
-    def train_dataset(self, num_samples: int, seed: int = 0, rc_aug: bool = True) -> "RandomWindows":
+    def train_dataset(self, num_samples: int, seed: int = 0, rc_aug: bool = True) -> RandomWindows:
         return RandomWindows(self, self.train_intervals, num_samples=num_samples, seed=seed, rc_aug=rc_aug)
 
-    def eval_dataset(self, split: str = "val", max_windows: int | None = None) -> "TiledWindows":
+    def eval_dataset(self, split: str = "val", max_windows: int | None = None) -> TiledWindows:
         return TiledWindows(self, self.intervals(split), max_windows=max_windows)
 
 

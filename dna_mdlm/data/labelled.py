@@ -25,9 +25,9 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -88,7 +88,7 @@ class LabelledSequences:
         counts = np.bincount(self.labels, minlength=self.n_classes)
         return {name: int(c) for name, c in zip(self.classes, counts)}
 
-    def subset(self, indices, source: str | None = None) -> "LabelledSequences":
+    def subset(self, indices, source: str | None = None) -> LabelledSequences:
         idx = np.asarray(indices, dtype=np.int64)
         return LabelledSequences(
             seqs=[self.seqs[i] for i in idx],
@@ -98,11 +98,11 @@ class LabelledSequences:
             ids=None if self.ids is None else [self.ids[i] for i in idx],
         )
 
-    def shuffled(self, seed: int = 0) -> "LabelledSequences":
+    def shuffled(self, seed: int = 0) -> LabelledSequences:
         """A seeded permutation; needed because some GB files are sorted by class."""
         return self.subset(np.random.default_rng(seed).permutation(len(self)), f"{self.source} [shuffled, seed {seed}]")
 
-    def with_class_order(self, classes: Sequence[str]) -> "LabelledSequences":
+    def with_class_order(self, classes: Sequence[str]) -> LabelledSequences:
         """Same data, labels renumbered so that `classes[i]` gets id i (every current class must appear)."""
         missing = [c for c in self.classes if c not in classes]
         if missing:
@@ -111,7 +111,7 @@ class LabelledSequences:
         return LabelledSequences(list(self.seqs), remap[self.labels], list(classes), self.source,
                                  None if self.ids is None else list(self.ids))
 
-    def stratified_split(self, test_size: float | int = 0.1, seed: int = 0) -> tuple["LabelledSequences", "LabelledSequences"]:
+    def stratified_split(self, test_size: float | int = 0.1, seed: int = 0) -> tuple[LabelledSequences, LabelledSequences]:
         """One seeded stratified (train, held-out) split — the Caduceus GB protocol's 90/10 train/val split.
 
         A fraction is rounded up to at least one sequence per class present on the held-out side; a set too small
@@ -126,7 +126,7 @@ class LabelledSequences:
         return (self.subset(train_idx, f"{self.source} [split seed {seed}, train {len(train_idx)}]"),
                 self.subset(test_idx, f"{self.source} [split seed {seed}, held-out {len(test_idx)}]"))
 
-    def stratified_folds(self, n_splits: int = 5, seed: int = 0) -> Iterator[tuple["LabelledSequences", "LabelledSequences"]]:
+    def stratified_folds(self, n_splits: int = 5, seed: int = 0) -> Iterator[tuple[LabelledSequences, LabelledSequences]]:
         """Shuffled stratified K-fold: yields (train, held-out) per fold."""
         folds = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
         for k, (train_idx, test_idx) in enumerate(folds.split(np.zeros(len(self)), self.labels)):

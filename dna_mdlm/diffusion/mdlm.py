@@ -16,8 +16,16 @@ import torch
 import torch.nn as nn
 
 from ..tokenizer import A_ID, MASK_ID, T_ID
-from .sampling import (DEFAULT_STEPS, GenerationSettings, SamplingStats, _Denoiser, allowed_ids, fill_canvas,
-                       make_unmasker, window_starts)
+from .sampling import (
+    DEFAULT_STEPS,
+    GenerationSettings,
+    SamplingStats,
+    _Denoiser,
+    allowed_ids,
+    fill_canvas,
+    make_unmasker,
+    window_starts,
+)
 from .schedules import Schedule, get_schedule
 
 NEG_INF = -1e6  # the reference's "-infinity" for SUBS; fine in fp32/bf16 (logits are cast to fp32)

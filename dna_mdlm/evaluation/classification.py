@@ -9,8 +9,8 @@ the mean over runs and the spread `±(max − min)`, not a standard deviation.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 

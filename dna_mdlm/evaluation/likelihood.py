@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections import OrderedDict, defaultdict
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch

@@ -9,7 +9,7 @@ the fraction of samples that count as copies. The same check is what DNA-Diffusi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class TrainIndex:
 
     @classmethod
     def from_fasta(cls, path, k: int = DEFAULT_INDEX_K, region: str | None = None, unknown: str = "error",
-                   **kwargs) -> "TrainIndex":
+                   **kwargs) -> TrainIndex:
         """Index every record (or one region) of a training FASTA (`io.fasta` rules; errors name `--train`)."""
         return cls(read_sequences(path, "--train", region=region, unknown=unknown), k=k, **kwargs)
 

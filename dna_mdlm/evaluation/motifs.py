@@ -14,8 +14,8 @@ zero count never gives an infinite penalty and sparse matrices are smoothed more
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 from Bio import motifs as bio_motifs

@@ -40,9 +40,9 @@ import hashlib
 import math
 import os
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -53,8 +53,7 @@ from ..data.genome import GenomeWindows
 from ..diffusion.mdlm import MDLM, scorable
 from ..errors import InputError
 from ..io.regions import ContigResolver
-from ..io.variants import (PROBLEM_NO_ALT, PROBLEM_SAME, PROBLEM_UNSUPPORTED, ScoreColumn, Variant, VariantFile,
-                           open_score_writer)
+from ..io.variants import PROBLEM_NO_ALT, PROBLEM_SAME, PROBLEM_UNSUPPORTED, ScoreColumn, Variant, VariantFile, open_score_writer
 from ..loading import as_language_model, load_model, resolve_device
 from ..models.configuration_caduceus import DEFAULT_WINDOW
 from ..models.modeling_caduceus import masked_pool
@@ -178,7 +177,7 @@ class _Allele:
     start: int  # 0-based start of the trimmed REF
     ref: str
     alt: str
-    site: "_Site | None" = None
+    site: _Site | None = None
     alt_ids: np.ndarray | None = None  # (W,)
     alt_src: np.ndarray | None = None  # (W,) index into the site's random numbers, per alt-window position
     padded: int = 0

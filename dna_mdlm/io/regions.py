@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 import re
-from typing import Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple
 
 from ..errors import InputError
 from .text import read_lines

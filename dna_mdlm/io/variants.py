@@ -20,9 +20,10 @@ import gzip
 import os
 import re
 import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import vcfpy
 
@@ -109,7 +110,7 @@ def _is_gzip(path: Path) -> bool:
 
 
 def _open_text(path: Path):
-    return gzip.open(path, "rt", newline="") if _is_gzip(path) else open(path, "rt", newline="")
+    return gzip.open(path, "rt", newline="") if _is_gzip(path) else open(path, newline="")
 
 
 def sniff_format(path: str | os.PathLike) -> str:

@@ -703,7 +703,7 @@ def feature_width(config: CaduceusConfig, layers: str = "last", pooling: str = "
     return states * len(feature_pools(pooling)) * config.d_model
 
 
-def _pooled_states(encoder: "CaduceusModel", input_ids, attention_mask, timesteps, layers: str,
+def _pooled_states(encoder: CaduceusModel, input_ids, attention_mask, timesteps, layers: str,
                    pools: tuple[str, ...]) -> list[torch.Tensor]:
     """Masked pools (B, hidden_size) of each captured state, in order: embeddings, the residual stream after
     blocks 1..n_layer-1, the final normed output (layers="all"); only the final output for "last"."""
@@ -730,7 +730,7 @@ def _pooled_states(encoder: "CaduceusModel", input_ids, attention_mask, timestep
     return out
 
 
-def rc_invariant_features(encoder: "CaduceusModel", input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+def rc_invariant_features(encoder: CaduceusModel, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                           timesteps: torch.Tensor | None = None, layers: str = "all", pooling: str = "mean") -> torch.Tensor:
     """Pooled, reverse-complement-invariant sequence features of a Caduceus encoder: (B, feature_width) float32.
 

@@ -37,16 +37,15 @@ A sequence longer than `max_length` is an error unless `truncate` is set.
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
-from typing import Sequence
 
 import lightning.pytorch as pl
 import numpy as np
@@ -55,8 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.genome import iter_fasta_batches
-from ..data.labelled import (LabelledSequences, LengthBucketSampler, collate_labelled, length_sorted_batches,
-                             micro_batches)
+from ..data.labelled import LabelledSequences, LengthBucketSampler, collate_labelled, length_sorted_batches, micro_batches
 from ..embedding import pooled_features
 from ..errors import InputError
 from ..evaluation.classification import ValLossStopping, chance_level
@@ -107,7 +105,7 @@ class FinetuneConfig:
     device: str = "cpu"
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "config") -> "FinetuneConfig":
+    def from_dict(cls, values: dict, where: str = "config") -> FinetuneConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
