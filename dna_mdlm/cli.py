@@ -198,6 +198,11 @@ def add_sample_arguments(p):
                    "sequences are generated semi-autoregressively")
     p.add_argument("--overlap", type=int, help="MDLM semi-AR: bases of context kept from the previous window (default window/2)")
     p.add_argument("--allow-n", action="store_true", help="let N be generated too (default: only A/C/G/T)")
+    p.add_argument("--class", dest="class_name", metavar="NAME", help="class-conditional MDLM (pretrain --labels): "
+                   "generate sequences of this class (written in each FASTA header and the sidecar)")
+    p.add_argument("--guidance", type=float, metavar="G", help="with --class: classifier-free guidance weight, "
+                   "log p = G log p(x|class) + (1-G) log p(x|no class), renormalised (default 1 = conditional; "
+                   "0 = unconditional; > 1 = stronger class signal, two network passes per step)")
     _unknown_arg(p, "--prefix/--suffix/--template (with N they are generated)")
     _device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="same seed, same samples")
@@ -212,11 +217,14 @@ def run_sample(args):
                       order=args.order, gamma=args.gamma, prefix=args.prefix, suffix=args.suffix, template=args.template, temperature=args.temperature,
                       top_p=args.top_p, batch_size=args.batch_size, device=args.device, seed=args.seed,
                       window=args.window, overlap=args.overlap, allow_n=args.allow_n, unknown=args.unknown,
-                      progress=not args.no_progress and sys.stderr.isatty())
+                      progress=not args.no_progress and sys.stderr.isatty(), class_name=args.class_name,
+                      guidance=args.guidance)
     write_samples(result, args.out, model_name=str(args.model))
     s, how = result.stats, result.settings
     per_window = f" ({s.network_calls / len(s.windows):.1f} per window)" if s.windows else ""
     order = f", order {how['order']}, {how['steps']} steps" if "order" in how else ""
+    if "class" in how:
+        order += f", class {how['class']}, guidance {how['guidance']:g}"
     print(f"dna-mdlm sample: {len(result.sequences)} x {how['length']} bp ({how['kind']}{order}) written to {args.out}; "
           f"{s.network_calls} network calls{per_window}, {s.seconds:.1f} s", file=sys.stderr)
     return 0

@@ -78,7 +78,8 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
              template: str | None = None, temperature: float = 1.0, top_p: float = 1.0,
              batch_size: int | None = None, device: str | None = "auto", seed: int = 0,
              window: int | None = None, overlap: int | None = None, allow_n: bool = False,
-             unknown: str = "error", progress: bool = False) -> SamplingResult:
+             unknown: str = "error", progress: bool = False, class_name: str | None = None,
+             guidance: float | None = None) -> SamplingResult:
     """Generate `num_samples` DNA strings of `length` bases (or the template's length), with their costs.
 
     model: a model directory or a loaded language model (CaduceusForMaskedLM, MDLM, AR or MarkovLM). Every
@@ -86,6 +87,9 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
     MDLM only: steps (reverse steps per window, at most that many network calls per window; default 128, or a
     distilled student's own count), sampler, order (which masked positions each step fills, one of
     `diffusion.sampling.ORDERS`, default random) and gamma (the entropy-bound order's bound, bits).
+    Class-conditional MDLM only (`pretrain --labels`): class_name (one of `config.class_names`) and guidance, the
+    classifier-free guidance weight g >= 0 (default 1: the conditional model; 0: the unconditional one; > 1:
+    stronger class signal), combined in log-probability space (Schiff et al., arXiv 2412.10193).
     Same seed, same samples."""
     if num_samples is None or num_samples <= 0:
         raise InputError(f"--num-samples: expected a positive count, got {num_samples}")
@@ -108,6 +112,11 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
         raise InputError(f"--batch-size: expected a positive number, got {batch_size}")
     if window is not None and window <= 1:
         raise InputError(f"--window: expected at least 2 bases, got {window}")
+    if guidance is not None:
+        if class_name is None:
+            raise InputError("--guidance needs --class (classifier-free guidance towards a class)")
+        if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0 <= guidance < float("inf"):
+            raise InputError(f"--guidance {guidance}: expected a finite weight >= 0 (0 = unconditional, 1 = conditional)")
     canvas = build_canvas(length, prefix, suffix, template, unknown)
     length = canvas.size
     dev = resolve_device(device)
@@ -115,13 +124,18 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
           else as_language_model(model, verb="sample"))
     if isinstance(lm, torch.nn.Module):
         lm = lm.to(dev).eval()
+    class_id = None if class_name is None else resolve_class(lm, class_name, str(model) if isinstance(
+        model, (str, os.PathLike)) else "the model")
     settings = GenerationSettings(steps=steps or getattr(lm, "default_steps", GenerationSettings.steps),
                                   sampler=sampler, order=order or DEFAULT_ORDER,
                                   gamma=DEFAULT_GAMMA if gamma is None else float(gamma), temperature=temperature,
-                                  top_p=top_p, allow_n=allow_n, seed=seed)
+                                  top_p=top_p, allow_n=allow_n, seed=seed, class_id=class_id,
+                                  guidance=1.0 if guidance is None else float(guidance))
     record = {"kind": lm.kind, "num_samples": num_samples, "length": length, "seed": seed,
               "temperature": temperature, "top_p": top_p, "prefix": prefix, "suffix": suffix, "template": template,
               "allow_n": allow_n}
+    if class_id is not None:
+        record.update({"class": str(class_name), "guidance": settings.guidance})
     if not lm.infills:
         fixed = np.flatnonzero(canvas != MASK_ID)
         if fixed.size and fixed[-1] != fixed.size - 1:
@@ -167,6 +181,19 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
     return SamplingResult(out, stats, record)
 
 
+def resolve_class(lm, class_name: str, where: str) -> int:
+    """The class id of `class_name` in a class-conditional MDLM; InputError (naming --class and listing the known
+    classes) for an unknown name or a model trained without classes."""
+    config = getattr(getattr(lm, "model", None), "config", None)
+    names = getattr(config, "class_names", None) if getattr(lm, "kind", None) == "mdlm" else None
+    if not names:
+        raise InputError(f"--class {class_name}: {where} is an unconditional {getattr(lm, 'kind', '')} model (train a "
+                         f"class-conditional one with dna-mdlm pretrain --labels)")
+    if str(class_name) not in names:
+        raise InputError(f"--class {class_name}: not a class of {where} (known: {', '.join(names)})")
+    return names.index(str(class_name))
+
+
 def sample(model, num_samples: int, length: int | None = None, **kwargs) -> list[str]:
     """`num_samples` generated DNA strings; see `generate` for every option (steps, sampler, prefix, ...)."""
     return generate(model, num_samples, length, **kwargs).sequences
@@ -175,8 +202,8 @@ def sample(model, num_samples: int, length: int | None = None, **kwargs) -> list
 def write_samples(result: SamplingResult, out: str | os.PathLike, model_name: str = "") -> None:
     """FASTA (one record per sample, settings in each header) + `<out>.json` sidecar, both atomic."""
     s = result.settings
-    desc = " ".join(f"{k}={s[k]}" for k in ("kind", "sampler", "order", "gamma", "steps", "seed", "temperature",
-                                             "top_p") if k in s)
+    desc = " ".join(f"{k}={s[k]}" for k in ("kind", "class", "guidance", "sampler", "order", "gamma", "steps", "seed",
+                                             "temperature", "top_p") if k in s)
     records = [SeqRecord(Seq(seq), id=f"sample_{i}", description=f"model={model_name} {desc}".strip())
                for i, seq in enumerate(result.sequences)]
     sidecar = {"model": model_name, **s, "stats": asdict(result.stats), "fasta": Path(out).name}

@@ -98,16 +98,25 @@ class MDLM(nn.Module):
     def time_conditioning(self) -> bool:
         return bool(getattr(self.model.config, "time_conditioning", False))
 
-    def denoise(self, z_t: torch.Tensor, t: torch.Tensor | None = None, attention_mask=None) -> torch.Tensor:
-        """log p_theta(x0 | z_t) under SUBS, (B, L, V) float32."""
+    @property
+    def conditional(self) -> bool:
+        """True for a class-conditional denoiser (`config.num_classes`); its calls accept `class_labels`."""
+        return bool(getattr(self.model.config, "num_classes", None))
+
+    def denoise(self, z_t: torch.Tensor, t: torch.Tensor | None = None, attention_mask=None,
+                class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """log p_theta(x0 | z_t[, c]) under SUBS, (B, L, V) float32. class_labels (B,): a conditional model's class
+        ids (None or `config.null_class`: the unconditional distribution)."""
         timesteps = self.schedule.sigma(t) if (self.time_conditioning and t is not None) else None
-        logits = self.model(z_t, timesteps=timesteps, attention_mask=attention_mask).logits
+        extra = {} if class_labels is None else {"class_labels": class_labels}
+        logits = self.model(z_t, timesteps=timesteps, attention_mask=attention_mask, **extra).logits
         return subs_log_probs(logits, z_t)
 
-    def token_nelbo(self, x: torch.Tensor, t: torch.Tensor, attention_mask=None, generator=None):
-        """Per-token weighted NELBO (B, L) at times t (B,), and the scored-position mask (B, L)."""
+    def token_nelbo(self, x: torch.Tensor, t: torch.Tensor, attention_mask=None, generator=None, class_labels=None):
+        """Per-token weighted NELBO (B, L) at times t (B,), and the scored-position mask (B, L); class_labels (B,)
+        for a conditional model (the NELBO of x given its class)."""
         z_t = mask_tokens(x, self.schedule.mask_prob(t), generator)
-        logp = self.denoise(z_t, t, attention_mask)
+        logp = self.denoise(z_t, t, attention_mask, class_labels)
         nll = -logp.gather(-1, x[..., None]).squeeze(-1)
         score = scorable(x)
         if attention_mask is not None:
@@ -118,15 +127,16 @@ class MDLM(nn.Module):
         return torch.where(score, nll * w, torch.zeros_like(nll)), score
 
     def loss(self, x: torch.Tensor, score_mask=None, attention_mask=None, t: torch.Tensor | None = None,
-             generator=None, offset: int = 0, total: int | None = None):
+             generator=None, offset: int = 0, total: int | None = None, class_labels=None):
         """(mean NELBO per scored base in nats, number of scored bases) for x (B, L).
 
         Scored: A/C/G/T positions inside `attention_mask` and `score_mask` (both (B, L) bool, optional). `t` (B,)
-        defaults to stratified times over a global batch of `total` starting at `offset` (DDP ranks). A batch with
-        nothing to score gives exactly 0 with a gradient path, never NaN."""
+        defaults to stratified times over a global batch of `total` starting at `offset` (DDP ranks). class_labels
+        (B,): a conditional model's classes (null class rows: the unconditional NELBO). A batch with nothing to score
+        gives exactly 0 with a gradient path, never NaN."""
         if t is None:
             t = stratified_times(x.shape[0], self.sampling_eps, x.device, generator, offset, total)
-        tok, score = self.token_nelbo(x, t, attention_mask, generator)
+        tok, score = self.token_nelbo(x, t, attention_mask, generator, class_labels)
         if score_mask is not None:
             score = score & score_mask.bool()
             tok = torch.where(score, tok, torch.zeros_like(tok))
@@ -135,17 +145,17 @@ class MDLM(nn.Module):
 
     @torch.no_grad()
     def nats_per_window(self, x: torch.Tensor, score_mask=None, attention_mask=None, num_samples: int = 1,
-                        generator=None):
+                        generator=None, class_labels=None):
         """Monte-Carlo NELBO sums per window: (B, K) float64 nats, K time samples stratified over [eps, 1].
 
         The mean over K is an unbiased estimate of the window's NELBO (an upper bound on its NLL); the spread
-        over K gives the Monte-Carlo standard error."""
+        over K gives the Monte-Carlo standard error. class_labels (B,): condition a conditional model on them."""
         sums = []
         for k in range(num_samples):
             u = stratified_times(x.shape[0], 0.0, None, generator)  # in [0, 1)
             u = (u + k) / num_samples  # the K draws of each window cover [0, 1) too
             t = (self.sampling_eps + (1 - self.sampling_eps) * u).to(x.device)
-            tok, score = self.token_nelbo(x, t, attention_mask, generator)
+            tok, score = self.token_nelbo(x, t, attention_mask, generator, class_labels)
             if score_mask is not None:
                 tok = torch.where(score_mask.bool(), tok, torch.zeros_like(tok))
             sums.append(tok.double().sum(1))
@@ -169,7 +179,9 @@ class MDLM(nn.Module):
                stats: SamplingStats, progress=None) -> torch.Tensor:
         """Fill every [MASK] of canvas (B, L) with the reverse chain (`diffusion.sampling.fill_canvas`): windows of
         `settings.window` slide left to right keeping `settings.overlap` bases of context; fixed bases stay; each
-        step fills positions in `settings.order` (`diffusion.sampling.ORDERS`)."""
-        denoiser = _Denoiser(self, allowed_ids(settings.allow_n), settings.temperature, settings.top_p, stats)
+        step fills positions in `settings.order` (`diffusion.sampling.ORDERS`); `settings.class_id` / `guidance`:
+        a conditional model's class and classifier-free guidance weight."""
+        denoiser = _Denoiser(self, allowed_ids(settings.allow_n), settings.temperature, settings.top_p, stats,
+                             settings.class_id, settings.guidance)
         return fill_canvas(self, canvas, settings.steps, settings.sampler, settings.window, settings.overlap,
                            generator, denoiser, progress, make_unmasker(settings.order, settings.gamma))

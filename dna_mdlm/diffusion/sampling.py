@@ -36,6 +36,13 @@ templates and writes FASTA is `dna_mdlm.generate`; AR decoding is `baselines.ar.
   distributions, never the drawn base, so an order changes which bases are drawn together, not the
   distribution each base is drawn from. The last step of every order ends at clean data (m_s = 0): no
   position is left masked and no extra network call is needed, so a window costs at most `steps` calls.
+- Classifier-free guidance (class-conditional models, `GenerationSettings.class_id` / `guidance`): each call runs
+  the conditional and the null-class pass and combines them in log-probability space,
+  log p~ = g log p(x0 | z_t, c) + (1 - g) log p(x0 | z_t, null), renormalised over the allowed bases before
+  temperature, top-p and the posterior (Schiff et al., "Simple guidance mechanisms for discrete diffusion",
+  arXiv 2412.10193, §3; renormalising before the update as Rojas et al., arXiv 2507.08965, recommend). Both passes
+  live in the one cached output, so `ddpm_cache` skips them together. g = 1 is the conditional model and g = 0 the
+  unconditional one, each a single pass (exactly what a run without guidance computes).
 """
 
 from __future__ import annotations
@@ -73,7 +80,8 @@ class GenerationSettings:
     steps / sampler / window / overlap: the MDLM reverse chain (steps per window, `ddpm` or `ddpm_cache`, window
     length and the context kept between semi-AR windows); order / gamma: which masked positions each step fills
     (`ORDERS`; gamma is the entropy-bound's bound in bits); temperature / top_p / allow_n: the distribution over
-    bases every model draws from; seed: numpy-based samplers (the Markov LM) seed from it."""
+    bases every model draws from; seed: numpy-based samplers (the Markov LM) seed from it; class_id / guidance: a
+    class-conditional MDLM's class and classifier-free guidance weight (None: the unconditional model)."""
 
     steps: int = DEFAULT_STEPS
     sampler: str = "ddpm_cache"
@@ -85,6 +93,8 @@ class GenerationSettings:
     top_p: float = 1.0
     allow_n: bool = False
     seed: int = 0
+    class_id: int | None = None
+    guidance: float = 1.0
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -132,19 +142,37 @@ def allowed_ids(allow_n: bool = False) -> torch.Tensor:
 
 
 class _Denoiser:
-    """p_theta(x0 | z_t) restricted to the allowed bases and reshaped, with per-row caching and counting."""
+    """p_theta(x0 | z_t) restricted to the allowed bases and reshaped, with per-row caching and counting.
 
-    def __init__(self, mdlm, allowed: torch.Tensor, temperature: float, top_p: float, stats: SamplingStats):
+    class_id / guidance: a class-conditional model's class and classifier-free guidance weight (see the module
+    doc); a guided call (guidance not 0 or 1) runs both passes as one doubled batch and counts two network calls."""
+
+    def __init__(self, mdlm, allowed: torch.Tensor, temperature: float, top_p: float, stats: SamplingStats,
+                 class_id: int | None = None, guidance: float = 1.0):
         self.mdlm, self.allowed, self.temperature, self.top_p, self.stats = mdlm, allowed, temperature, top_p, stats
+        self.class_id, self.guidance = class_id, float(guidance)
+
+    def _log_probs(self, z: torch.Tensor, t: float, labels: torch.Tensor | None) -> torch.Tensor:
+        self.stats.network_calls += 1 if labels is None else int(labels.unique().numel())
+        self.stats.row_evaluations += z.shape[0]
+        tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.float32)
+        logp = self.mdlm.denoise(z, tt, class_labels=labels)[..., self.allowed.to(z.device)]
+        # SUBS puts no mass on [MASK]; removing specials/N/padding as well needs a renormalisation.
+        return torch.log_softmax(logp.double(), dim=-1)
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, t: float) -> torch.Tensor:
-        self.stats.network_calls += 1
-        self.stats.row_evaluations += z.shape[0]
-        tt = torch.full((z.shape[0],), t, device=z.device, dtype=torch.float32)
-        logp = self.mdlm.denoise(z, tt)[..., self.allowed.to(z.device)]
-        # SUBS puts no mass on [MASK]; removing specials/N/padding as well needs a renormalisation.
-        logp = torch.log_softmax(logp.double(), dim=-1)
+        if self.class_id is None:
+            logp = self._log_probs(z, t, None)
+        else:
+            n, null = z.shape[0], self.mdlm.model.config.null_class
+            if self.guidance in (0.0, 1.0):
+                label = self.class_id if self.guidance == 1.0 else null
+                logp = self._log_probs(z, t, torch.full((n,), label, dtype=torch.long, device=z.device))
+            else:
+                labels = torch.tensor([self.class_id] * n + [null] * n, dtype=torch.long, device=z.device)
+                both = self._log_probs(torch.cat([z, z]), t, labels)
+                logp = torch.log_softmax(self.guidance * both[:n] + (1.0 - self.guidance) * both[n:], dim=-1)
         return shape_distribution(logp, self.temperature, self.top_p)
 
 

@@ -75,6 +75,13 @@ class CaduceusConfig(PretrainedConfig):
             in training / at evaluation (post-hoc conjoining of Caduceus-Ph).
         distillation: None, or what `dna-mdlm distill` made of this model (`method`, `teacher`, `teacher_steps`,
             `rounds`, `steps`): a student that samples in `steps` reverse steps per window (the default of `sample`).
+        num_classes: class-conditional MDLM: the number of classes (0 or None: an unconditional model, with no class
+            embedding and the state-dict keys of every released model). A conditional model adds a learned class
+            vector (a table of `num_classes + 1` rows, the last one the null class) to the input embeddings; a call
+            without labels uses the null class, so one model is both conditional and unconditional (classifier-free
+            guidance; Ho & Salimans 2022, arXiv 2207.12598; for masked diffusion Schiff et al., arXiv 2412.10193).
+        class_names: the name of each class id (`num_classes` strings), as the labels table spelled them.
+        cond_dropout: training probability of replacing a label by the null class (0.1, as in Schiff et al.).
     """
 
     model_type = "caduceus"
@@ -108,6 +115,9 @@ class CaduceusConfig(PretrainedConfig):
         conjoin_eval: bool = False,
         feature_layers: str | None = None,
         distillation: dict | None = None,
+        num_classes: int | None = None,
+        class_names: list | None = None,
+        cond_dropout: float = 0.1,
         pad_token_id: int = 4,
         **kwargs,
     ):
@@ -133,6 +143,15 @@ class CaduceusConfig(PretrainedConfig):
             raise ValueError(f"train_window must be a positive number of bases, got {train_window!r}")
         self.d_model = d_model
         self.n_layer = n_layer
+        num_classes = int(num_classes or 0)
+        if num_classes < 0 or num_classes == 1:
+            raise ValueError(f"num_classes must be 0 (unconditional) or at least 2, got {num_classes}")
+        if num_classes and objective != "mdlm":
+            raise ValueError("class conditioning is implemented for the MDLM objective only")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} names for num_classes={num_classes}")
+        if not (isinstance(cond_dropout, (int, float)) and 0.0 <= cond_dropout < 1.0):
+            raise ValueError(f"cond_dropout must be a probability in [0, 1), got {cond_dropout!r}")
         self.vocab_size = vocab_size
         self.ssm_cfg = {**DEFAULT_SSM_CFG, **(ssm_cfg or {})}
         self.rms_norm = rms_norm
@@ -163,6 +182,10 @@ class CaduceusConfig(PretrainedConfig):
         self.conjoin_eval = conjoin_eval
         self.feature_layers = feature_layers
         self.distillation = distillation
+        self.num_classes = num_classes or None
+        self.class_names = ([str(c) for c in class_names] if class_names is not None
+                            else ([str(i) for i in range(num_classes)] if num_classes else None))
+        self.cond_dropout = float(cond_dropout)
         kwargs.setdefault("tie_word_embeddings", True)
         super().__init__(pad_token_id=pad_token_id, **kwargs)
 
@@ -175,6 +198,16 @@ class CaduceusConfig(PretrainedConfig):
     def window(self) -> int:
         """The window the model works in: `train_window`, else the released configs' `max_length`, else 1024."""
         return int(self.train_window or getattr(self, "max_length", None) or DEFAULT_WINDOW)
+
+    @property
+    def conditional(self) -> bool:
+        """True for a class-conditional model (`num_classes` >= 2)."""
+        return bool(self.num_classes)
+
+    @property
+    def null_class(self) -> int:
+        """Row of the class table that means "no class" (the unconditional model inside a conditional one)."""
+        return int(self.num_classes or 0)
 
     def complement_list(self) -> list[int]:
         return [self.complement_map[str(i)] for i in range(self.vocab_size)]

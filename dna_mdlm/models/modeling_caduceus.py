@@ -491,10 +491,35 @@ class CaduceusMixerModel(nn.Module):
         norm_f = _make_norm(config)
         self.norm_f = RCPSAddNormWrapper(norm_f) if (config.rcps and not config.fused_add_norm) else norm_f
         self.time_embed = TimestepEmbedding(config.d_model) if config.time_conditioning else None
+        # Class-conditional models only (an unconditional model has no such parameter, so its state-dict keys are
+        # those of the released checkpoints): num_classes + 1 rows, the last one the null class.
+        self.class_embed = nn.Embedding(config.num_classes + 1, config.d_model) if config.conditional else None
         self.gradient_checkpointing = False
 
-    def forward(self, input_ids, timesteps=None, attention_mask=None, output_hidden_states=False):
+    def class_vector(self, class_labels: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
+        """(B, 1, hidden) class vector added at every position, or None for an unconditional model.
+
+        class_labels: (B,) class ids in [0, num_classes], num_classes being the null class; None = the null class
+        for every row. For Caduceus-PS the second strand gets the channel-reversed copy, so the added vector v
+        satisfies flip_C(v) = v: it commutes with the reverse complement and RC equivariance holds for every
+        class (the same construction as the time embedding)."""
+        if self.class_embed is None:
+            if class_labels is not None:
+                raise ValueError("class_labels given to an unconditional model (config.num_classes is 0)")
+            return None
+        if class_labels is None:
+            class_labels = torch.full((batch,), self.config.null_class, dtype=torch.long, device=device)
+        class_labels = class_labels.reshape(-1).to(device=device, dtype=torch.long).expand(batch)
+        if bool(((class_labels < 0) | (class_labels > self.config.null_class)).any()):
+            raise ValueError(f"class_labels must lie in [0, {self.config.null_class}] (the last is the null class)")
+        c = self.class_embed(class_labels)[:, None, :]
+        return torch.cat([c, c.flip(-1)], dim=-1) if self.rcps else c
+
+    def forward(self, input_ids, timesteps=None, attention_mask=None, output_hidden_states=False, class_labels=None):
         hidden = self.embeddings(input_ids)
+        c = self.class_vector(class_labels, hidden.shape[0], hidden.device)
+        if c is not None:
+            hidden = hidden + c.to(hidden.dtype)
         if self.time_embed is not None:
             if timesteps is None:
                 raise ValueError("this model was built with time_conditioning=True: pass timesteps (sigma) per sequence")
@@ -587,8 +612,8 @@ class CaduceusModel(CaduceusPreTrainedModel):
         self.post_init()
 
     def forward(self, input_ids, timesteps=None, attention_mask=None, output_hidden_states=False,
-                return_dict=True, **kwargs):
-        hidden, all_hidden = self.backbone(input_ids, timesteps, attention_mask, output_hidden_states)
+                return_dict=True, class_labels=None, **kwargs):
+        hidden, all_hidden = self.backbone(input_ids, timesteps, attention_mask, output_hidden_states, class_labels)
         if not return_dict:
             return (hidden, all_hidden) if output_hidden_states else (hidden,)
         return BaseModelOutput(last_hidden_state=hidden, hidden_states=tuple(all_hidden) if output_hidden_states else None)
@@ -622,9 +647,11 @@ class CaduceusForMaskedLM(CaduceusPreTrainedModel):
         return self.lm_head
 
     def forward(self, input_ids, timesteps=None, attention_mask=None, labels=None, loss_weights=None,
-                output_hidden_states=False, return_dict=True, **kwargs):
+                output_hidden_states=False, return_dict=True, class_labels=None, **kwargs):
+        """class_labels: (B,) class ids of a class-conditional model (`config.num_classes`; the id num_classes or
+        None is the null class, i.e. the unconditional model); must be None for an unconditional model."""
         out = self.caduceus(input_ids, timesteps=timesteps, attention_mask=attention_mask,
-                            output_hidden_states=output_hidden_states)
+                            output_hidden_states=output_hidden_states, class_labels=class_labels)
         logits = self.lm_head(out.last_hidden_state).float()
         loss = None
         if labels is not None:
