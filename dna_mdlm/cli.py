@@ -43,10 +43,14 @@ def add_pretrain_arguments(p):
         "dna-mdlm pretrain --fasta hg38.fa --val-region chr20:1000001-2000000 --objective ar --config tiny --out runs/ar",
         "dna-mdlm pretrain --fasta hg38.fa --val-region chr20:1000001-2000000 --objective markov --out runs/markov",
         "dna-mdlm pretrain --init runs/demo/model --fasta ecoli.fa.gz --val-region K-12-MG1655:4000001-4639675 --out runs/ecoli",
+        "dna-mdlm pretrain --init runs/demo/model --labels promoters.csv --window 256 --out runs/cond   # class-conditional",
     )
     p.add_argument("--fasta", action="append", help="FASTA file (plain, bgzip or gzip); repeat for several. "
                    "Default: the bundled chr20 excerpt with its last 250 kb held out")
     p.add_argument("--bed", help="BED of intervals to draw training windows from (0-based, half-open)")
+    p.add_argument("--labels", metavar="TABLE", help="class-conditional MDLM: train on these labelled sequences instead "
+                   "of FASTA (CSV/TSV with seq,label columns, FASTA with label=... headers, or a Genomic Benchmarks "
+                   "task, as finetune reads them; >= 2 classes; 10%% held out, stratified); with --init, continue a model")
     p.add_argument("--config", help="YAML recipe file or a recipe name (tiny, demo, cpu-small, gb-118, long-131k)")
     p.add_argument("--out", required=True, help="run directory: checkpoints/, model/ (what other verbs use), logs/")
     p.add_argument("--objective", choices=["mdlm", "ar", "markov"], help="MDLM (default), the AR baseline, or the k-mer Markov LM")
@@ -78,7 +82,7 @@ def add_pretrain_arguments(p):
 def pretrain_flags(args) -> dict:
     """The pretraining settings the user typed (None = not given); `training.recipes` resolves the rest."""
     return {
-        "fasta": args.fasta, "bed": args.bed, "val_regions": args.val_region, "val_records": args.val_records,
+        "fasta": args.fasta, "bed": args.bed, "labels": args.labels, "val_regions": args.val_region, "val_records": args.val_records,
         "init": args.init,
         "test_regions": args.test_region, "objective": args.objective, "seed": args.seed,
         "data": {"window": args.window, "batch_size": args.batch_size, "num_workers": args.num_workers,

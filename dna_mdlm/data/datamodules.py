@@ -5,6 +5,7 @@
 `ResumableDataLoader`: Lightning saves its `state_dict` (epoch and batches consumed) in every checkpoint and
 restores it on resume, and because item `g` of the stream is a pure function of `(seed, g)`, a run resumed
 mid-epoch continues at the same step with exactly the batches the uninterrupted run would have seen.
+`LabelledDataModule` does the same for class-labelled sequences (a class-conditional MDLM, `pretrain --labels`).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
-from torch.utils.data import DataLoader
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from ..errors import InputError
+from ..tokenizer import PAD_ID, rc_ids
 from .genome import DEFAULT_MAX_N_FRAC, DEFAULT_WINDOW, EpochSampler, GenomeWindows, RandomWindows, TiledWindows
+from .labelled import LabelledSequences, read_labelled
 
 
 class ResumableDataLoader(DataLoader):
@@ -166,3 +171,99 @@ class GenomeDataModule(pl.LightningDataModule):
         if len(dataset) == 0:
             return []
         return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, **self._loader_kwargs())
+
+
+class LabelledWindows(Dataset):
+    """Labelled sequences as MDLM training items: `input_ids` (L,) right-padded to the longest sequence of the set,
+    `loss_mask` / `attention_mask` (L,) True on real bases, `class_labels` () the class id.
+
+    `stream=True` (training): item `g` is a pure function of `(seed, g)`, a sequence drawn uniformly with
+    replacement and reverse-complemented with probability 1/2 when `rc_aug`, so any `g >= 0` is valid and the
+    `EpochSampler` / `ResumableDataLoader` resume rules of genome windows hold unchanged. `stream=False`
+    (validation): item i is sequence i as it is."""
+
+    def __init__(self, data: LabelledSequences, length: int, num_samples: int | None = None, seed: int = 0,
+                 rc_aug: bool = False, stream: bool = False):
+        self.ids = data.encoded()
+        self.labels = data.labels
+        self.length = int(length)
+        self.num_samples = int(num_samples or len(self.ids))
+        self.seed, self.rc_aug, self.stream = int(seed), bool(rc_aug), bool(stream)
+
+    def __len__(self) -> int:
+        return self.num_samples if self.stream else len(self.ids)
+
+    def __getitem__(self, g: int) -> dict:
+        if self.stream:
+            rng = np.random.default_rng([self.seed, int(g)])
+            i = int(rng.integers(len(self.ids)))
+            ids = rc_ids(torch.from_numpy(self.ids[i])).numpy() if self.rc_aug and rng.random() < 0.5 else self.ids[i]
+        else:
+            i = int(g)
+            ids = self.ids[i]
+        x = np.full(self.length, PAD_ID, dtype=np.int64)
+        x[: len(ids)] = ids
+        real = np.zeros(self.length, dtype=bool)
+        real[: len(ids)] = True
+        return {"input_ids": torch.from_numpy(x), "loss_mask": torch.from_numpy(real),
+                "attention_mask": torch.from_numpy(real.copy()), "class_labels": torch.tensor(int(self.labels[i]))}
+
+
+class LabelledDataModule(pl.LightningDataModule):
+    """Class-labelled sequences for a class-conditional MDLM (`pretrain --labels`): what `GenomeDataModule` is for
+    genome windows, with the same resumable training stream (`LabelledWindows`).
+
+    Args:
+        labels: a labels table (CSV/TSV, labelled FASTA or a Genomic Benchmarks task), read by
+            `data.labelled.read_labelled` exactly as `finetune` reads it (at least two classes).
+        window: the longest sequence allowed (bases); a longer one is an InputError naming `--labels` (never
+            truncated). Batches are padded to the longest sequence of the table, not to the window.
+        val_fraction: a seeded stratified share of the table held out for validation (0: none).
+        batch_size, num_workers, seed, train_samples_per_epoch, rc_aug, unknown: as `GenomeDataModule`.
+    Batches: `input_ids` (B, L) int64, `loss_mask` and `attention_mask` (B, L) bool, `class_labels` (B,) int64.
+    `classes` lists the class names in id order."""
+
+    def __init__(self, labels: str | os.PathLike, window: int, batch_size: int = 16, num_workers: int = 0,
+                 val_fraction: float = 0.1, seed: int = 0, train_samples_per_epoch: int = 10_000,
+                 rc_aug: bool = False, unknown: str = "error", max_val: int | None = None):
+        super().__init__()
+        data = read_labelled(labels, unknown=unknown, what="--labels")
+        longest = int(data.lengths.max())
+        if longest > window:
+            i = int(data.lengths.argmax())
+            name = data.ids[i] if data.ids else f"row {i + 1}"
+            raise InputError(f"--labels {labels}: sequence {name} is {longest} bp, longer than --window {window} "
+                             f"(raise --window; sequences are never truncated)")
+        if not 0 <= val_fraction < 1:
+            raise InputError(f"data.val_fraction {val_fraction}: expected a fraction in [0, 1)")
+        train, val = (data.stratified_split(val_fraction, seed) if val_fraction > 0 else (data, None))
+        if val is not None and max_val is not None and len(val) > max_val:
+            val = val.subset(np.linspace(0, len(val) - 1, max_val).round().astype(np.int64))
+        self.data, self.train, self.val, self.classes, self.length = data, train, val, list(data.classes), longest
+        self.batch_size, self.num_workers, self.seed, self.rc_aug = batch_size, num_workers, seed, rc_aug
+        self.train_samples_per_epoch = train_samples_per_epoch
+        self.train_set = LabelledWindows(train, longest, train_samples_per_epoch, seed, rc_aug, stream=True)
+        self.eval_sets = {"val": LabelledWindows(val, longest) if val is not None else [], "test": []}
+
+    def setup(self, stage: str | None = None) -> None:
+        return None
+
+    def _eval_set(self, split: str):
+        return self.eval_sets[split]
+
+    def _consumed_batches(self) -> int | None:
+        trainer = getattr(self, "trainer", None)
+        return None if trainer is None else trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def train_dataloader(self) -> ResumableDataLoader:
+        trainer = getattr(self, "trainer", None)
+        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        return ResumableDataLoader(self.train_set, batch_size=self.batch_size, consumed_batches=self._consumed_batches,
+                                   num_replicas=world, rank=rank, num_workers=self.num_workers,
+                                   persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        dataset = self.eval_sets["val"]
+        if len(dataset) == 0:
+            return []
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)

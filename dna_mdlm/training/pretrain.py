@@ -1,7 +1,10 @@
 """Pretraining with Lightning: the MDLM (or AR) LightningModule, EMA, optimizer groups, checkpoints, export.
 
 `PretrainModule` trains a `CaduceusForMaskedLM` with the MDLM NELBO (dna_mdlm/diffusion/mdlm.py) or, for
-the AR baseline, next-base cross-entropy on the same backbone made causal. Validation runs with the EMA
+the AR baseline, next-base cross-entropy on the same backbone made causal. With a labels table (`--labels`) it
+trains a class-conditional MDLM on labelled sequences (`data.datamodules.LabelledDataModule`): each label is
+replaced by the null class with probability `cond_dropout` (classifier-free guidance training, Ho & Salimans,
+arXiv 2207.12598; Schiff et al., arXiv 2412.10193), and validation reports the conditional NELBO. Validation runs with the EMA
 weights and reports nats, bits and perplexity per scored base. `pretrain()` wires a `GenomeDataModule`,
 a Trainer (devices / nodes / DDP / FSDP from Lightning), atomic checkpoints (`last.ckpt`, best by
 validation), the exported model directory (EMA weights, written at each new best and at the end), CSV logs
@@ -18,6 +21,7 @@ import time
 from pathlib import Path
 
 import lightning.pytorch as pl
+import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
@@ -25,13 +29,13 @@ from lightning.pytorch.strategies import DDPStrategy
 
 from .._quiet import quiet_libraries
 from ..baselines.ar import AR
-from ..baselines.markov import markov_yardstick
-from ..data.datamodules import GenomeDataModule
+from ..baselines.markov import MarkovLM, markov_yardstick
+from ..data.datamodules import GenomeDataModule, LabelledDataModule
 from ..diffusion.mdlm import MDLM, stratified_times
 from ..errors import InputError, TrainingDiverged
 from ..evaluation.likelihood import score_windows
 from ..io.writers import atomic_path, atomic_write_text, write_json
-from ..loading import load_language_model, load_model
+from ..loading import load_language_model, load_model, read_model_config
 from ..models import CaduceusConfig, CaduceusForMaskedLM
 from ..units import LN2
 from .common import (
@@ -47,6 +51,7 @@ from .common import (
 from .recipes import reconcile_resume, resolve_pretrain
 
 RUN_CONFIG = "run_config.json"
+CLASS_EMBED_KEY = "caduceus.backbone.class_embed.weight"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -62,12 +67,14 @@ class PretrainModule(pl.LightningModule):
     def __init__(self, model_cfg: dict, objective: str = "mdlm", schedule: str = "loglinear", lr: float = 1e-3,
                  weight_decay: float = 0.0, betas=(0.9, 0.95), warmup_steps: int = 100, lr_schedule: str = "cosine",
                  min_lr_ratio: float = 0.1, max_steps: int = 1000, ema_decay: float = 0.999, seed: int = 0,
-                 window: int = 1024):
+                 window: int = 1024, classes: list | None = None):
         super().__init__()
         self.save_hyperparameters()
         if objective not in ("mdlm", "ar"):
             raise InputError(f"objective: expected mdlm or ar for a neural model, got {objective!r}")
         cfg = dict(model_cfg)
+        if classes:
+            cfg.update(num_classes=len(classes), class_names=list(classes))
         if objective == "ar":
             cfg.update(bidirectional=False, rcps=False)
         try:
@@ -83,6 +90,11 @@ class PretrainModule(pl.LightningModule):
     def load_weights(self, model: torch.nn.Module) -> None:
         """Start from another model's weights (`--init`): same architecture; the EMA starts there too."""
         missing, unexpected = self.model.load_state_dict(model.state_dict(), strict=False)
+        if CLASS_EMBED_KEY in missing:
+            # An unconditional init model gains a class table: zeros, so training starts exactly at the init model
+            # (for every class) and the class vectors grow from there.
+            self.model.caduceus.backbone.class_embed.weight.zero_()
+            missing = [k for k in missing if k != CLASS_EMBED_KEY]
         tied = set(getattr(self.model, "_tied_weights_keys", None) or {})
         if unexpected or set(missing) - tied - {k for k in missing if "mamba_rev" in k and "_proj" in k}:
             raise InputError(f"--init: weights do not fit the architecture (missing {missing[:3]}, unexpected "
@@ -104,10 +116,26 @@ class PretrainModule(pl.LightningModule):
         g_mask = torch.Generator().manual_seed((self.hparams.seed * 1_000_003 + step) * 64 + self.global_rank + 1)
         return t.to(self.device), g_mask
 
+    def _class_labels(self, batch, stage: str):
+        """A labelled batch's classes; in training each is replaced by the null class with probability
+        `cond_dropout`, drawn from a generator seeded by (seed, step, rank) like the masks (resumable)."""
+        labels = batch.get("class_labels")
+        if labels is None or stage != "train" or not self.config.cond_dropout:
+            return labels
+        g = torch.Generator().manual_seed((self.hparams.seed * 1_000_003 + self.global_step) * 64 + self.global_rank + 33)
+        drop = (torch.rand(labels.shape, generator=g) < self.config.cond_dropout).to(labels.device)
+        return torch.where(drop, torch.full_like(labels, self.config.null_class), labels)
+
     def batch_loss(self, batch, stage: str, batch_idx: int = 0):
-        """(mean nats per scored base, scored bases) of a batch: the language model's own loss."""
+        """(mean nats per scored base, scored bases) of a batch: the language model's own loss (for a labelled
+        batch the NELBO given each sequence's class)."""
         t, g = self._noise(batch["input_ids"].shape[0], stage, batch_idx)
-        return self.lm.loss(batch["input_ids"], score_mask=batch["loss_mask"], t=t, generator=g)
+        labels = self._class_labels(batch, stage)
+        extra = {} if labels is None else {"class_labels": labels}
+        mask = batch.get("attention_mask")
+        if mask is not None and not bool(mask.all()):
+            extra["attention_mask"] = mask
+        return self.lm.loss(batch["input_ids"], score_mask=batch["loss_mask"], t=t, generator=g, **extra)
 
     def training_step(self, batch, batch_idx):
         loss, n = self.batch_loss(batch, "train")
@@ -301,19 +329,28 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
     d, o, tr = cfg["data"], cfg["optim"], cfg["trainer"]
     pl.seed_everything(cfg["seed"], workers=True, verbose=False)
     rc_aug = d["rc_aug"] if d["rc_aug"] is not None else not cfg["model"].get("rcps", True)
-    dm = GenomeDataModule(
-        fasta=cfg["fasta"], bed=cfg.get("bed"), window=d["window"], batch_size=d["batch_size"],
-        num_workers=d["num_workers"], val_records=cfg.get("val_records") or (), val_regions=cfg.get("val_regions") or (),
-        test_records=cfg.get("test_records") or (), test_regions=cfg.get("test_regions") or (),
-        max_n_frac=d["max_n_frac"], rc_aug=rc_aug, seed=cfg["seed"], train_samples_per_epoch=d["train_samples_per_epoch"],
-        max_val_windows=d["max_val_windows"], max_test_windows=d["max_test_windows"], unknown=d["unknown"],
-    )
-    dm.setup()  # validate every input before anything is written
-    check_sequence(dm.genome, dm.genome.train_intervals)
+    classes = None
+    if cfg.get("labels"):
+        dm = LabelledDataModule(cfg["labels"], d["window"], d["batch_size"], d["num_workers"], d.get("val_fraction", 0.1),
+                                cfg["seed"], d["train_samples_per_epoch"], rc_aug, d["unknown"], d["max_val_windows"])
+        classes = dm.classes
+        check_init_classes(cfg.get("init"), classes)
+    else:
+        check_init_classes(cfg.get("init"), None)
+        dm = GenomeDataModule(
+            fasta=cfg["fasta"], bed=cfg.get("bed"), window=d["window"], batch_size=d["batch_size"],
+            num_workers=d["num_workers"], val_records=cfg.get("val_records") or (),
+            val_regions=cfg.get("val_regions") or (), test_records=cfg.get("test_records") or (),
+            test_regions=cfg.get("test_regions") or (), max_n_frac=d["max_n_frac"], rc_aug=rc_aug, seed=cfg["seed"],
+            train_samples_per_epoch=d["train_samples_per_epoch"], max_val_windows=d["max_val_windows"],
+            max_test_windows=d["max_test_windows"], unknown=d["unknown"],
+        )
+        dm.setup()  # validate every input before anything is written
+        check_sequence(dm.genome, dm.genome.train_intervals)
     module = PretrainModule(
         cfg["model"], cfg["objective"], cfg["schedule"], lr=o["lr"], weight_decay=o["weight_decay"], betas=o["betas"],
         warmup_steps=o["warmup_steps"], lr_schedule=o["lr_schedule"], min_lr_ratio=o["min_lr_ratio"],
-        max_steps=tr["max_steps"], ema_decay=o["ema_decay"], seed=cfg["seed"], window=d["window"],
+        max_steps=tr["max_steps"], ema_decay=o["ema_decay"], seed=cfg["seed"], window=d["window"], classes=classes,
     )
     if cfg.get("init") and not resume:
         module.load_weights(load_model(cfg["init"])[0])
@@ -338,7 +375,11 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
                "steps": int(trainer.global_step), "seconds": round(time.time() - start, 1),
                "parameters": sum(p.numel() for p in module.model.parameters()), "model_dir": str(out / "model"),
                "world_size": int(trainer.world_size),
-               "train_bases": int(trainer.global_step * d["batch_size"] * d["window"] * trainer.world_size)}
+               "train_bases": int(trainer.global_step * d["batch_size"] * (dm.length if classes else d["window"])
+                                  * trainer.world_size)}
+    if classes:
+        summary["classes"] = dm.data.class_counts()
+        summary["cond_dropout"] = module.config.cond_dropout
     if cfg.get("init"):
         summary["init"] = cfg["init"]
         if init_val is not None:
@@ -347,7 +388,10 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
         for key in ("val/nll", "val/bpd", "val/ppl"):
             if key in trainer.callback_metrics:
                 summary[key.replace("/", "_")] = round(float(trainer.callback_metrics[key]), 5)
-        if error is None and has_val and (out / "model" / "config.json").is_file():
+        if error is None and has_val and (out / "model" / "config.json").is_file() and classes:
+            summary["heldout"] = heldout_bound_labelled(out / "model", dm._eval_set("val"))
+            summary["markov_yardstick"] = per_class_markov_yardstick(dm.train, dm.val)
+        elif error is None and has_val and (out / "model" / "config.json").is_file():
             summary["heldout"] = heldout_bound(out / "model", dm._eval_set("val"))
             summary["markov_yardstick"] = markov_yardstick(dm.genome, dm._eval_set("val"))
         if error is not None:
@@ -360,7 +404,8 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
         if error is None:
             for directory in (out / "model", out / "final_model"):
                 if (directory / "config.json").is_file():
-                    write_model_card(directory, cfg, summary, dm.genome)
+                    write_model_card(directory, cfg, summary, None if classes else dm.genome,
+                                     dm.data if classes else None)
     if error is not None:
         where = f"; the last finite checkpoint is {last}" if last.is_file() else "; no checkpoint had been written"
         raise TrainingDiverged(f"{error}{where}")
@@ -417,11 +462,79 @@ def heldout_bound(model_dir: Path, val_windows, num_samples: int = 4) -> dict:
     return out
 
 
+def check_init_classes(init: str | None, classes: list | None) -> None:
+    """`--init` with `--labels`: a class-conditional init model must have the labels' classes, in the same order; a
+    class-conditional init model needs `--labels` (its class table would have nothing to train on)."""
+    if not init:
+        return
+    config = read_model_config(init)
+    names = config.get("class_names") if config.get("num_classes") else None
+    if names and classes is None:
+        raise InputError(f"--init {init}: a class-conditional model ({', '.join(names)}); continue it with --labels")
+    if names and classes is not None and list(names) != list(classes):
+        raise InputError(f"--labels: classes {', '.join(classes)} differ from those of the --init model {init} "
+                         f"({', '.join(names)})")
+
+
+@torch.no_grad()
+def heldout_bound_labelled(model_dir: Path, val_set, num_samples: int = 4, batch_size: int = 16) -> dict:
+    """A class-conditional model's held-out NELBO in bits/base on the validation sequences: given each sequence's
+    class (`bits_per_base`, what validation reports) and with the null class (`null_bits_per_base`, the same
+    model unconditionally), `num_samples` Monte-Carlo time samples per sequence with standard errors."""
+    lm = load_language_model(model_dir, "cpu", "pretrain")
+    null = lm.model.config.null_class
+    g = torch.Generator().manual_seed(0)
+    sums = {"class": [], "null": []}
+    n = 0
+    for lo in range(0, len(val_set), batch_size):
+        items = [val_set[i] for i in range(lo, min(len(val_set), lo + batch_size))]
+        x = torch.stack([it["input_ids"] for it in items])
+        mask = torch.stack([it["loss_mask"] for it in items])
+        am = torch.stack([it["attention_mask"] for it in items])
+        am = None if bool(am.all()) else am
+        labels = torch.stack([it["class_labels"] for it in items])
+        n += int(mask.sum())
+        for key, lab in (("class", labels), ("null", torch.full_like(labels, null))):
+            sums[key].append(lm.nats_per_window(x, score_mask=mask, attention_mask=am, num_samples=num_samples,
+                                                generator=g, class_labels=lab))
+    out = {"upper_bound": True, "bases": n, "windows": len(val_set), "mc_samples_per_window": num_samples,
+           "conditional": True}
+    for key, name in (("class", "bits_per_base"), ("null", "null_bits_per_base")):
+        s = torch.cat(sums[key]).numpy()
+        if not np.isfinite(s).all():
+            raise TrainingDiverged("the exported model gives a non-finite held-out NELBO")
+        var = (s.var(axis=1, ddof=1) / s.shape[1]).sum() if s.shape[1] > 1 else 0.0
+        out[name] = round(float(s.mean(axis=1).sum()) / max(n, 1) / LN2, 5)
+        out[name.replace("bits", "stderr_bits")] = round(math.sqrt(float(var)) / max(n, 1) / LN2, 5)
+    return out
+
+
+def per_class_markov_yardstick(train, val) -> dict:
+    """The simple conditional baseline beside a class-conditional model: one k-mer Markov LM per class, fitted on
+    that class's training sequences (order chosen on its validation sequences, the yardstick's best case), each
+    validation sequence scored by its own class's model. Bits/base over all validation bases."""
+    nats = bases = 0.0
+    orders = {}
+    for c, name in enumerate(train.classes):
+        tr = [s for s, y in zip(train.seqs, train.labels) if y == c]
+        va = [s for s, y in zip(val.seqs, val.labels) if y == c]
+        if not tr or not va:
+            continue
+        model = MarkovLM.fit(tr, val=va)
+        n = sum(len(s) for s in va)
+        nats += model.bits_per_base(va) * LN2 * n
+        bases += n
+        orders[name] = int(model.order)
+    return {"order": max(orders.values()) if orders else 0, "orders": orders,
+            "bits_per_base": round(nats / max(bases, 1) / LN2, 5),
+            "note": "one k-mer Markov LM per class, order chosen on the same validation sequences"}
+
+
 ARCHITECTURES = {(True, True): "Caduceus-PS (RC-equivariant BiMamba)", (True, False): "Caduceus-Ph / BiMamba",
                  (False, False): "causal Mamba (the AR baseline)"}
 
 
-def write_model_card(directory: Path, cfg: dict, summary: dict, genome) -> None:
+def write_model_card(directory: Path, cfg: dict, summary: dict, genome, labelled=None) -> None:
     """README.md of an exported model directory: architecture, objective, data, training, held-out bits/base with its
     standard error next to the Markov yardstick, init source, data licence, and how to load it."""
     m, d, o = cfg["model"], cfg["data"], cfg["optim"]
@@ -435,7 +548,7 @@ def write_model_card(directory: Path, cfg: dict, summary: dict, genome) -> None:
                f"({held['bases']:,} bases)" if held else "no validation split")
     holdouts = ", ".join(cfg.get("val_regions") or []) + " ".join(cfg.get("val_records") or [])
     tests = ", ".join((cfg.get("test_regions") or []) + (cfg.get("test_records") or []))
-    files = ", ".join(Path(f).name for f in cfg["fasta"])
+    files = ", ".join(Path(f).name for f in cfg["fasta"]) or Path(str(cfg.get("labels"))).name
     bundled = any("chr20_demo" in Path(f).name for f in cfg["fasta"])
     objective = {"mdlm": f"MDLM (masked diffusion, {cfg['schedule']} schedule); likelihoods are NELBO upper bounds",
                  "ar": "next-base prediction (autoregressive); likelihoods are exact"}[cfg["objective"]]
@@ -444,7 +557,10 @@ def write_model_card(directory: Path, cfg: dict, summary: dict, genome) -> None:
                          f"{summary.get('parameters', 0):,} parameters"),
         ("objective", objective),
         ("initialised from", cfg.get("init") or "random initialisation"),
-        ("training data", f"{files}: {len(genome.lengths)} record(s), {sum(genome.lengths.values()):,} bp"),
+        ("training data", f"{files}: {len(genome.lengths)} record(s), {sum(genome.lengths.values()):,} bp" if genome
+         else f"{files}: {len(labelled)} labelled sequences, classes "
+              f"{', '.join(f'{k} ({v})' for k, v in labelled.class_counts().items())}; class-conditional, label "
+              f"dropout {summary.get('cond_dropout')}"),
         ("held out", f"validation {holdouts or 'none'}; test {tests or 'none'}"),
         ("training", f"{summary.get('steps', 0):,} steps x {d['batch_size']} windows x {d['window']} bp "
                      f"({summary.get('train_bases', 0):,} bases seen), lr {o['lr']}, seed {cfg['seed']}, "
@@ -473,7 +589,6 @@ Hugging Face `save_pretrained` directory (config.json + model.safetensors); load
 
 def pretrain_markov(cfg: dict, out: Path) -> dict:
     """The k-mer Markov baseline through the same verb: counts on the training split, order chosen on val."""
-    from ..baselines.markov import MarkovLM
     from ..data.genome import GenomeWindows
 
     genome = GenomeWindows(cfg["fasta"], bed=cfg.get("bed"), window=1, val_records=cfg.get("val_records") or (),

@@ -42,6 +42,7 @@ PRETRAIN_DEFAULTS = {
         "train_samples_per_epoch": 100_000,
         "max_val_windows": 256,   # validation windows, spread evenly over the held-out intervals
         "max_test_windows": 256,
+        "val_fraction": 0.1,      # --labels: seeded stratified share of the labels table held out for validation
     },
     "optim": {"lr": 1e-3, "weight_decay": 0.0, "betas": [0.9, 0.95], "warmup_steps": 100, "lr_schedule": "cosine",
               "min_lr_ratio": 0.1, "grad_clip": 1.0, "ema_decay": 0.999},
@@ -49,7 +50,8 @@ PRETRAIN_DEFAULTS = {
                 "num_nodes": 1, "strategy": "auto", "precision": "auto", "log_every": 10, "progress_bar": True},
 }
 # Top-level keys that name the data rather than how to train on it.
-DATA_KEYS = ("fasta", "bed", "val_regions", "val_records", "test_regions", "test_records")
+# `labels`: a class-labelled table (CSV/TSV, labelled FASTA or a GB task) instead of FASTA: a class-conditional MDLM.
+DATA_KEYS = ("fasta", "bed", "val_regions", "val_records", "test_regions", "test_records", "labels")
 OTHER_KEYS = ("description", "init")
 # What a resumed run may change: its budget and the hardware it runs on.
 RESUMABLE = {"trainer.max_steps", "trainer.max_time", "trainer.accelerator", "trainer.devices", "trainer.num_nodes",
@@ -58,7 +60,7 @@ RESUMABLE = {"trainer.max_steps", "trainer.max_time", "trainer.accelerator", "tr
 
 # Model keys a recipe may set: CaduceusConfig's declared fields, less those the run itself writes.
 MODEL_KEYS = set(inspect.signature(CaduceusConfig.__init__).parameters) - {
-    "self", "kwargs", "objective", "train_window", "schedule", "distillation"}
+    "self", "kwargs", "objective", "train_window", "schedule", "distillation", "num_classes", "class_names"}
 MARKOV_MODEL_KEYS = {"order"}
 # The fields that make an architecture: `--init` takes them from the init model, and a recipe may not change them.
 ARCHITECTURE_KEYS = ("d_model", "n_layer", "vocab_size", "ssm_cfg", "rms_norm", "residual_in_fp32", "fused_add_norm",
@@ -186,6 +188,10 @@ def check_pretrain(cfg: dict) -> dict:
                              f"{sorted(PRETRAIN_DEFAULTS[section])}")
     if cfg["objective"] not in ("mdlm", "ar", "markov"):
         raise InputError(f"--objective {cfg['objective']}: expected mdlm, ar or markov")
+    if cfg.get("labels") and cfg["objective"] != "mdlm":
+        raise InputError(f"--labels: class-conditional training is implemented for the MDLM objective, not "
+                         f"{cfg['objective']}" + (f" (the --init model {cfg['init']} is {cfg['objective']})"
+                                                   if cfg.get("init") else "; leave --objective out"))
     if cfg.get("init") and cfg["objective"] == "markov":
         raise InputError("--init: a Markov LM is counted from scratch; leave --init out")
     if not isinstance(cfg["model"], dict):
@@ -257,7 +263,12 @@ def resolve_pretrain(settings: dict) -> dict:
     cfg = merge(PRETRAIN_DEFAULTS, settings)
     if cfg.get("init"):
         cfg = apply_init(cfg, settings)
-    if not cfg.get("fasta"):
+    if cfg.get("labels"):
+        if cfg.get("fasta"):
+            raise InputError("--labels: a class-conditional model trains on the labelled sequences; leave --fasta out")
+        cfg["labels"] = str(Path(cfg["labels"]).resolve()) if Path(cfg["labels"]).exists() else str(cfg["labels"])
+        cfg["fasta"] = []
+    elif not cfg.get("fasta"):
         cfg["fasta"] = [str(BUNDLED_DEMO_FASTA)]
         if not any(cfg.get(k) for k in ("val_regions", "val_records", "test_regions", "test_records")):
             cfg["val_regions"] = [BUNDLED_DEMO_VAL_REGION]
@@ -302,6 +313,8 @@ def reconcile_resume(saved: dict, settings: dict, run_dir: Path) -> dict:
 
 def resolve_paths(settings: dict) -> dict:
     out = copy.deepcopy(settings)
+    if out.get("labels") and Path(out["labels"]).exists():
+        out["labels"] = str(Path(out["labels"]).resolve())
     if out.get("fasta"):
         files = [out["fasta"]] if isinstance(out["fasta"], (str, os.PathLike)) else out["fasta"]
         out["fasta"] = [str(Path(f).resolve()) if Path(f).exists() else str(f) for f in files]
