@@ -456,6 +456,8 @@ def add_evaluate_samples_arguments(p):
         "dna-mdlm evaluate-samples --samples samples.fa --reference heldout.fa --train train.fa --model runs/ar/model "
         "--motifs JASPAR_core.txt --out report/",
         "dna-mdlm evaluate-samples --samples designed.fa --reference real_promoters.fa --out report/   # a set of real ones",
+        "dna-mdlm evaluate-samples --samples designed.fa --reference real_promoters.fa --oracle runs/ft/model "
+        "--target-class 1 --out report/",
     )
     p.add_argument("--samples", required=True, help="FASTA of generated sequences (each >= 6 bp)")
     p.add_argument("--reference", required=True, help="real sequence: a genome (windows of the samples' lengths are "
@@ -479,6 +481,10 @@ def add_evaluate_samples_arguments(p):
     p.add_argument("--copy-fraction", type=float, default=0.5, help="... or >= this fraction of its length")
     p.add_argument("--motif-threshold", type=float, default=0.8, help="relative PSSM score threshold for a motif hit")
     p.add_argument("--judge-samples", type=int, default=4, help="MDLM judge: Monte-Carlo time samples per window")
+    p.add_argument("--oracle", metavar="MODEL", help="classifier directory from dna-mdlm finetune: its class "
+                   "probabilities of the samples and of the real sets")
+    p.add_argument("--target-class", metavar="NAME", help="with --oracle: the class the samples were designed for "
+                   "(the report gives the fraction of samples and of real sequences called it)")
     _unknown_arg(p, "the samples, reference and training FASTA")
     _device_arg(p)
 
@@ -487,6 +493,13 @@ def run_evaluate_samples(args):
     from .evaluation.report import verdicts
     from .evaluation.sample_quality import evaluate_samples_files
 
+    oracle = None
+    if args.target_class is not None and args.oracle is None:
+        raise InputError("--target-class needs --oracle (the classifier that calls the class)")
+    if args.oracle is not None:
+        from .evaluation.oracle import Oracle
+
+        oracle = Oracle(args.oracle, args.target_class, device=args.device)
     judge = None
     if args.model is not None:
         from .evaluation.judge import load_judge
@@ -497,7 +510,7 @@ def run_evaluate_samples(args):
                                     copy_min_bp=args.copy_min_bp, copy_fraction=args.copy_fraction,
                                     motif_threshold=args.motif_threshold, unknown=args.unknown,
                                     reference_mode=args.reference_mode, reference2_fa=args.reference2,
-                                    jaspar_taxon=None if args.no_motifs else args.jaspar_taxon)
+                                    jaspar_taxon=None if args.no_motifs else args.jaspar_taxon, oracle=oracle)
     rows = verdicts(result)
     warned = [r["metric"] for r in rows if r["verdict"] == "warn"]
     passed = sum(r["verdict"] == "pass" for r in rows)
@@ -512,6 +525,11 @@ def run_evaluate_samples(args):
         bound = "<= " if judge.upper_bound else ""
         print(f"dna-mdlm evaluate-samples: judge ({judge.describe()}): samples {bound}{j['generated']:.4f}, "
               f"real {bound}{j['reference']:.4f} bits/base", file=sys.stderr)
+    if oracle is not None and oracle.target_class is not None:
+        o = result["oracle"]
+        print(f"dna-mdlm evaluate-samples: oracle calls {o['generated']['target_rate']:.3f} of the samples "
+              f"{oracle.target_class} (real set A {o['reference']['target_rate']:.3f}, set B "
+              f"{o['reference_b']['target_rate']:.3f})", file=sys.stderr)
     print(f"dna-mdlm evaluate-samples: report written to {Path(args.out) / 'report.html'}", file=sys.stderr)
     return 0
 

@@ -110,6 +110,13 @@ def verdicts(result: dict) -> list[dict]:
         ok = c["generated"] >= c["real_vs_real"] - 0.1 if _finite(c["generated"], c["real_vs_real"]) else None
         add("motif frequency correlation (Pearson)", c["generated"], c["real_vs_real"], None, ok,
             "generated >= real-vs-real - 0.1 (needs >= 2 motifs)")
+    oracle = result.get("oracle")
+    if oracle and oracle.get("target_class") is not None:
+        gen, ref = oracle["generated"]["target_rate"], oracle["reference"]["target_rate"]
+        rr = oracle["reference_b"]["target_rate"]
+        add(f"oracle rate of class {oracle['target_class']}", gen, rr, gen / ref if ref else None,
+            gen >= ref - 0.05 if _finite(gen, ref) else None,
+            f"generated >= real set A's rate ({_fmt(ref)}) - 0.05")
     return rows
 
 
