@@ -108,8 +108,12 @@ def run_pretrain(args):
         bound = "<= " if held["upper_bound"] else ""
         se = f" ± {held['stderr_bits_per_base']:.4f}" if "stderr_bits_per_base" in held else ""
         extra = f", held-out {bound}{held['bits_per_base']:.4f}{se} bits/base"
+        if held.get("conditional"):
+            extra += f" given the class ({bound}{held['null_bits_per_base']:.4f} with the null class)"
         yard = summary.get("markov_yardstick")
-        if yard:
+        if yard and held.get("conditional"):
+            extra += f" (one k-mer Markov LM per class on the same sequences: {yard['bits_per_base']:.4f})"
+        elif yard:
             extra += f" (k-mer Markov LM, order {yard['order']}, on the same windows: {yard['bits_per_base']:.4f})"
     print(f"dna-mdlm pretrain: {summary['objective']} model written to {summary['model_dir']}{extra}", file=sys.stderr)
     return 0
@@ -178,6 +182,8 @@ def add_sample_arguments(p):
         "dna-mdlm sample --model runs/demo/model --num-samples 4 --prefix ACGTTGCA --suffix GGATCC --length 600 --out infill.fa",
         "dna-mdlm sample --model runs/demo/model --num-samples 4 --template ACGTNNNNNNNNNNACGT --out t.fa",
         "dna-mdlm sample --model runs/ar/model --num-samples 64 --length 1024 --prefix ACGT --out ar.fa",
+        "dna-mdlm sample --model runs/cond/model --class promoter --guidance 2 --num-samples 8 --length 200 --out cond.fa"
+        "   # runs/cond: pretrain --labels",
     )
     p.add_argument("--model", required=True, help="model directory (MDLM, AR or Markov)")
     p.add_argument("--num-samples", type=int, required=True, help="number of sequences")

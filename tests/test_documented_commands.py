@@ -86,6 +86,9 @@ def _inputs(root: Path) -> None:
     rows = "".join(f"{_dna(120 + i)}\t{i % 2}\n" for i in range(80))
     (root / "labelled.tsv").write_text("seq\tlabel\n" + rows)
     (root / "train.csv").write_text("seq,label\n" + rows.replace("\t", ","))
+    # Two kinds of 100-bp sequence (fits the budget's 128-bp window) for the class-conditional examples.
+    (root / "promoters.csv").write_text("seq,label\n" + "".join(
+        f"{_dna(100)},{'promoter' if i % 2 else 'background'}\n" for i in range(40)))
     (root / "test.csv").write_text("seq,label\n" + "".join(f"{_dna(120)},{i % 2}\n" for i in range(20)))
     (root / "JASPAR_core.txt").write_text((ROOT / "tests" / "data" / "MA0139.1_CTCF.jaspar").read_text())
     (root / "calls.vcf.gz").write_bytes(gzip.compress(
