@@ -589,9 +589,9 @@ def run_score_variants(args):
 
 
 VERBS = {
-    "pretrain": ("train an MDLM (or AR / Markov baseline) on FASTA files", "add_pretrain_arguments", "run_pretrain"),
+    "pretrain": ("train an MDLM (or AR / Markov baseline) on FASTA files, or a class-conditional MDLM on labelled sequences", "add_pretrain_arguments", "run_pretrain"),
     "likelihood": ("bits per base of a FASTA under a model (MDLM: an upper bound)", "add_likelihood_arguments", "run_likelihood"),
-    "sample": ("generate DNA: unconditional, any length, infilling", "add_sample_arguments", "run_sample"),
+    "sample": ("generate DNA: unconditional or of a class (classifier-free guidance), any length, infilling", "add_sample_arguments", "run_sample"),
     "distill": ("few-step MDLM student by self-distillation through time (SDTT)", "add_distill_arguments", "run_distill"),
     "finetune": ("fine-tune a classifier on labelled sequences or a Genomic Benchmark", "add_finetune_arguments", "run_finetune"),
     "predict": ("class probabilities per FASTA record from a fine-tuned model", "add_predict_arguments", "run_predict"),

@@ -352,3 +352,28 @@ def test_evaluate_samples_oracle_reports_target_rate(cond_run, labels, tmp_path,
                      "--out", str(bad), *extra]) == 2
         assert message in capsys.readouterr().err
         assert not bad.exists()
+
+
+# --- the benchmark's smoke mode ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_conditional_generation_benchmark_smoke(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "conditional_generation.py"
+    spec = importlib.util.spec_from_file_location("conditional_generation", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    md = tmp_path / "table.md"
+    assert bench.main(["--smoke", "--out", str(tmp_path / "run"), "--md", str(md), "--png", str(tmp_path / "p.png")]) == 0
+    report = json.loads((tmp_path / "run" / "results.json").read_text())
+    methods = {r["method"] for r in report["rows"]}
+    assert methods == {"MDLM guidance 0 (unconditional)", "MDLM guidance 1", "MDLM guidance 2", "MDLM guidance 4",
+                       "per-class Markov LM", "real held-out"}
+    assert len(report["rows"]) == 12 and md.read_text().count("\n") == 14 and (tmp_path / "p.png").stat().st_size
+    rate = {(r["method"], r["class"]): r["oracle_target_rate"] for r in report["rows"]}
+    # Guidance moves samples towards the asked-for class (averaged over the two classes).
+    assert sum(rate[("MDLM guidance 4", c)] for c in report["classes"]) > \
+        sum(rate[("MDLM guidance 0 (unconditional)", c)] for c in report["classes"])
+    assert set(report["verdicts"]) == {"MDLM guidance 1", "MDLM guidance 2", "MDLM guidance 4"}
