@@ -334,9 +334,9 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
         dm = LabelledDataModule(cfg["labels"], d["window"], d["batch_size"], d["num_workers"], d.get("val_fraction", 0.1),
                                 cfg["seed"], d["train_samples_per_epoch"], rc_aug, d["unknown"], d["max_val_windows"])
         classes = dm.classes
-        check_init_classes(cfg.get("init"), classes)
+        check_init_classes(None if resume else cfg.get("init"), classes)
     else:
-        check_init_classes(cfg.get("init"), None)
+        check_init_classes(None if resume else cfg.get("init"), None)
         dm = GenomeDataModule(
             fasta=cfg["fasta"], bed=cfg.get("bed"), window=d["window"], batch_size=d["batch_size"],
             num_workers=d["num_workers"], val_records=cfg.get("val_records") or (),
