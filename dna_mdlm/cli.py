@@ -419,7 +419,7 @@ def add_predict_arguments(p):
 
 
 def run_predict(args):
-    from .training.finetune import predict_fasta
+    from .prediction import predict_fasta
 
     summary = predict_fasta(args.model, args.fasta, args.out, args.batch_size, args.device, args.max_length,
                             args.truncate, args.unknown)

@@ -27,9 +27,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.genome import iter_fasta_batches
 from .data.labelled import length_sorted_batches
 from .errors import InputError
 from .io.writers import atomic_path
+from .loading import load_encoder_model
 from .models.modeling_caduceus import FEATURE_LAYERS, FEATURE_POOLS, feature_width, rc_invariant_features
 from .tokenizer import encode_dna
 
@@ -39,11 +41,7 @@ POOLS = FEATURE_POOLS + ("none",)
 def _load_encoder(model_or_dir, device: str):
     """(model with a `.caduceus` encoder, in eval mode) from a model or a model directory."""
     if isinstance(model_or_dir, (str, os.PathLike)):
-        from .loading import load_model
-
-        model, kind = load_model(model_or_dir, device)
-        if kind == "markov":
-            raise InputError(f"--model {model_or_dir}: a Markov baseline has no embeddings; pass a Caduceus model directory")
+        model = load_encoder_model(model_or_dir, device, verb="embed")
     else:
         model = model_or_dir
     if not hasattr(model, "caduceus"):
@@ -60,8 +58,9 @@ def _check(pool: str, layers: str) -> None:
         raise InputError("--pool none gives per-base hidden states of the last layer; use --layers last (or pool them)")
 
 
-def _timesteps(model, n: int, device):
-    # A time-conditioned MDLM encoder sees clean inputs here: noise level 0.
+def clean_timesteps(model, n: int, device) -> torch.Tensor | None:
+    """(n,) zeros for a time-conditioned MDLM encoder (features and predictions are of clean inputs: noise
+    level 0), None for a model without time conditioning."""
     return torch.zeros(n, device=device) if model.config.time_conditioning else None
 
 
@@ -81,7 +80,7 @@ def pooled_features(model, ids: Sequence[np.ndarray], layers: str = "last", pool
     try:
         for rows, x, mask in length_sorted_batches(ids, batch_size, max_tokens):
             feats = rc_invariant_features(model.caduceus, x.to(device), mask.to(device),
-                                          _timesteps(model, len(rows), device), layers, pool)
+                                          clean_timesteps(model, len(rows), device), layers, pool)
             out[rows] = feats.float().cpu().numpy()
     finally:
         model.train(was_training)
@@ -96,7 +95,7 @@ def _per_base(model, ids: Sequence[np.ndarray], batch_size: int, max_tokens: int
     out: list[np.ndarray | None] = [None] * len(ids)
     for rows, x, mask in length_sorted_batches(ids, batch_size, max_tokens):
         x, mask = x.to(device), mask.to(device)
-        h = model.caduceus(x, timesteps=_timesteps(model, len(rows), device), attention_mask=mask).last_hidden_state
+        h = model.caduceus(x, timesteps=clean_timesteps(model, len(rows), device), attention_mask=mask).last_hidden_state
         h = h.float().cpu().numpy()
         for j, i in enumerate(rows):
             out[i] = h[j, : len(ids[i])].astype(np.float32)
@@ -141,7 +140,6 @@ def embed_fasta(model_or_dir, fasta: str | os.PathLike, out: str | os.PathLike, 
     """Stream FASTA records into an .npz at `out` (see the module doc for its layout); returns a summary.
 
     Records follow the `dna_mdlm.io.fasta` rules (unique names, no empty records; errors name file and line)."""
-    from .data.genome import iter_fasta_batches
 
     _check(pool, layers)
     model = _load_encoder(model_or_dir, device)

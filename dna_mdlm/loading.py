@@ -168,6 +168,16 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu"):
     return model.to(device).eval(), kind
 
 
+def load_encoder_model(spec: str | os.PathLike, device: str | torch.device = "cpu", flag: str = "--model",
+                       verb: str = "this verb"):
+    """A Caduceus model (masked LM, AR or classifier: anything with a `.caduceus` encoder) from `spec`, in eval mode.
+
+    Raises InputError naming `flag` for a Markov baseline (it has no encoder) and for every `load_model` error."""
+    if model_kind(model_dir(spec)) == "markov":
+        raise InputError(f"{flag} {spec}: a Markov baseline has no encoder; {verb} needs a Caduceus model directory")
+    return load_model(spec, device)[0]
+
+
 def load_language_model(path: str | os.PathLike, device: str | torch.device = "cpu", verb: str = "this verb"):
     """The language model in `path`: an `MDLM`, `AR` or `MarkovLM` (see the module docstring). A fine-tuned
     classifier is a one-line error naming `verb`."""

@@ -3,19 +3,16 @@ real training that learns, variable-length three-class data, stopping rules and 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA as SHARED  # the one definition (tests/conftest.py)
 
 from dna_mdlm.baselines.cnn import GBCNN, MaskedBatchNorm1d, train_cnn
 from dna_mdlm.data.labelled import LabelledSequences, collate_labelled, load_local_gb
 from dna_mdlm.errors import InputError
 from dna_mdlm.tokenizer import PAD_ID, encode_dna, rc_string
 
-SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 needs_shared = pytest.mark.skipif(not (SHARED / "genomic_benchmarks" / "sequences").is_dir(),
                                   reason=f"shared Genomic Benchmarks data not found at {SHARED} (set DNA_MDLM_SHARED_DATA)")
 

@@ -6,12 +6,11 @@ accumulation, early stopping that cannot stop at chance, loud chance flags, long
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA as SHARED  # the one definition (tests/conftest.py)
 from sklearn.model_selection import StratifiedKFold
 
 from dna_mdlm.cli import main
@@ -19,21 +18,19 @@ from dna_mdlm.data.labelled import LabelledSequences, collate_labelled, load_loc
 from dna_mdlm.embedding import embed
 from dna_mdlm.evaluation.classification import ValLossStopping, chance_level, classification_metrics, summarize
 from dna_mdlm.models import CaduceusConfig, CaduceusForMaskedLM
+from dna_mdlm.prediction import encode_sequences, predict_proba
 from dna_mdlm.tokenizer import rc_string
 from dna_mdlm.training.finetune import (
     FinetuneConfig,
-    _encode_all,
     accumulate_backward,
     build_classifier,
     fit_linear_probe,
     fit_logreg_probe,
     fit_probe,
-    predict_proba,
     probe_features,
     train_classifier,
 )
 
-SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA") or Path(__file__).resolve().parents[1].parent / "shared" / "data")
 NONTATA = SHARED / "genomic_benchmarks" / "sequences" / "human_nontata_promoters" / "test.csv"
 needs_data = pytest.mark.skipif(not NONTATA.is_file(), reason=f"shared GB data not found at {NONTATA} (set DNA_MDLM_SHARED_DATA)")
 MOTIF = "GATTACAGTCCGTATGCAAC"  # 20 bp, planted on either strand
@@ -88,11 +85,11 @@ def test_probe_features_ignore_padding_and_strand(mlm_dirs, pooling, rcps):
     seqs = [_random_dna(rng, n) for n in (40, 17, 63, 5)]
     model = CaduceusForMaskedLM.from_pretrained(str(mlm_dirs[rcps]))
     cfg = FinetuneConfig(pooling=pooling, eval_batch_size=4)
-    ids = _encode_all(seqs, None, False, "test")
+    ids = encode_sequences(seqs, None, False, "test")
     batched = probe_features(model, ids, cfg)
     assert batched.shape == (4, 3 * 16 * len(pooling.split("+")))  # embeddings + 2 blocks, d_model 16 per pool
     alone = np.concatenate([probe_features(model, [a], cfg) for a in ids])
-    rc = probe_features(model, _encode_all([rc_string(s) for s in seqs], None, False, "t"), cfg)
+    rc = probe_features(model, encode_sequences([rc_string(s) for s in seqs], None, False, "t"), cfg)
     np.testing.assert_allclose(batched, alone, atol=1e-5)
     np.testing.assert_allclose(batched, rc, atol=1e-5)
     assert np.abs(batched[0] - batched[2]).max() > 1e-3  # the features do depend on the sequence
@@ -133,7 +130,7 @@ def test_stored_probe_reproduces_sklearn_exactly(mlm_dirs, n_classes, features, 
     labels = np.arange(60) % n_classes
     cfg = FinetuneConfig(features=features)
     clf = build_classifier(mlm_dirs[True], [str(i) for i in range(n_classes)], cfg, method="frozen")
-    feats = probe_features(clf, _encode_all(seqs, None, False, "t"), cfg)
+    feats = probe_features(clf, encode_sequences(seqs, None, False, "t"), cfg)
     info = fit_probe(clf, feats, labels, FinetuneConfig(probe_folds=3))
     assert info["C"] > 0 and info["n_features"] == width
     ref = fit_logreg_probe(feats, labels, FinetuneConfig(probe_folds=3))
@@ -258,7 +255,7 @@ def test_frozen_mlp_head_trains_on_standardised_features(mlm_dirs):
     trained = train_classifier(mlm_dirs[True], train, val, cfg, seed=0, method="frozen")
     model = trained.model
     assert model.config.feature_layers == "all" and isinstance(model.score, torch.nn.Sequential)
-    feats = probe_features(model, _encode_all(train.seqs, None, False, "t"), cfg)
+    feats = probe_features(model, encode_sequences(train.seqs, None, False, "t"), cfg)
     np.testing.assert_allclose(model.feature_mean.numpy(), feats.mean(0), rtol=1e-4, atol=1e-6)  # the scaler is stored
     assert trained.history["cached_features"] and trained.history["val_curve"]
     best = min(trained.history["val_curve"], key=lambda r: r["val_loss"])

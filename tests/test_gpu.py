@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATA as SHARED  # the one definition (tests/conftest.py)
 
 from dna_mdlm.diffusion.mdlm import MDLM
 from dna_mdlm.generate import generate
@@ -32,7 +33,6 @@ from dna_mdlm.training.pretrain import PretrainModule
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_FASTA = ROOT / "dna_mdlm" / "resources" / "chr20_demo.fa.gz"  # in the repository: it travels to the GPU machine
 DEMO_RECORD = "20:32000001-34500000"
-SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device: run `pytest -m gpu` on a GPU machine")

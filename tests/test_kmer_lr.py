@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA as SHARED  # the one definition (tests/conftest.py)
 
 from dna_mdlm.baselines.kmer_lr import KmerFeaturizer, fit_kmer_lr, kmer_frequencies, make_kmer_lr_pipeline
 from dna_mdlm.data.labelled import LabelledSequences, load_local_gb
 from dna_mdlm.errors import InputError
 from dna_mdlm.tokenizer import rc_string
 
-SHARED = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 needs_shared = pytest.mark.skipif(not (SHARED / "genomic_benchmarks" / "sequences").is_dir(),
                                   reason=f"shared Genomic Benchmarks data not found at {SHARED} (set DNA_MDLM_SHARED_DATA)")
 

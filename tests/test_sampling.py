@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from Bio import SeqIO
+from conftest import SHARED_DATA  # the one definition (tests/conftest.py)
 
 from dna_mdlm.cli import main
 from dna_mdlm.diffusion.mdlm import MDLM
@@ -31,7 +30,6 @@ from dna_mdlm.models import CaduceusForMaskedLM
 from dna_mdlm.models.configuration_caduceus import CaduceusConfig
 from dna_mdlm.tokenizer import BOS_ID, MASK_ID, encode_dna
 
-SHARED_DATA = Path(os.environ.get("DNA_MDLM_SHARED_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 WINDOW = 32
 
 

@@ -30,65 +30,37 @@ from sklearn.preprocessing import StandardScaler
 
 from ..data.labelled import LabelledSequences
 from ..errors import InputError
+from ..kmers import canonical_columns, iter_kmer_codes, joined_codes, kmer_labels
 
-_BASE_CODE = np.full(256, 4, dtype=np.int64)  # 4 = not a base (N); such k-mers are skipped
-for _i, _b in enumerate("ACGT"):
-    _BASE_CODE[ord(_b)] = _i
-    _BASE_CODE[ord(_b.lower())] = _i
 MAX_K = 8  # 4**8 columns per block; beyond this the features are mostly singletons
 
 
-def _rc_codes(k: int) -> np.ndarray:
-    """rc[code] for every k-mer code (base-4, first base most significant; A=0 C=1 G=2 T=3)."""
-    codes = np.arange(4**k, dtype=np.int64)
-    rc = np.zeros_like(codes)
-    rest = codes.copy()
-    for _ in range(k):
-        rc = rc * 4 + (3 - rest % 4)  # the last base, complemented, becomes the first
-        rest //= 4
-    return rc
-
-
 def _column_map(k: int, canonical: bool) -> tuple[np.ndarray, list[str]]:
-    """code -> column index, and the column names (the canonical k-mer, lexicographically smallest)."""
-    codes = np.arange(4**k, dtype=np.int64)
-    names_all = ["".join("ACGT"[(c >> (2 * (k - 1 - j))) & 3] for j in range(k)) for c in codes]
-    if not canonical:
-        return codes, names_all
-    rep = np.minimum(codes, _rc_codes(k))
-    keep = np.unique(rep)
-    col_of_rep = np.full(4**k, -1, dtype=np.int64)
-    col_of_rep[keep] = np.arange(keep.size)
-    return col_of_rep[rep], [names_all[c] for c in keep]
+    """code -> column index, and the column names (with `canonical`, both strands share the column of the
+    lexicographically smaller k-mer; `kmers.canonical_columns`)."""
+    if canonical:
+        return canonical_columns(k)
+    return np.arange(4**k, dtype=np.int64), kmer_labels(k)
 
 
 def kmer_frequencies(seqs: Sequence[str], k_values: Sequence[int] = (1, 2, 3, 4, 5, 6),
                      canonical: bool = True) -> tuple[sp.csr_matrix, list[str]]:
-    """(n, n_features) CSR float32 matrix of per-k normalised k-mer counts, and the feature names."""
+    """(n, n_features) CSR float32 matrix of per-k normalised k-mer counts, and the feature names.
+
+    k-mers touching N (or any non-ACGT character) are skipped; each row's k-block sums to 1 (or 0 when the
+    sequence has no valid k-mer). Codes come from `dna_mdlm.kmers` (the project's one k-mer encoding)."""
     n = len(seqs)
-    lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=n)
-    codes = _BASE_CODE[np.frombuffer("".join(seqs).encode("ascii", "replace"), dtype=np.uint8)]
-    owner = np.repeat(np.arange(n, dtype=np.int64), lengths)
-    not_base = np.concatenate([[0], np.cumsum(codes == 4)])
+    codes = joined_codes(seqs)  # sequence i occupies len(seqs[i]) codes followed by one -1 separator
+    owner = np.repeat(np.arange(n, dtype=np.int64), [len(s) + 1 for s in seqs]) if n else np.zeros(0, dtype=np.int64)
     blocks, names = [], []
-    kmer = np.zeros(codes.size, dtype=np.int64)  # kmer[i] = code of the k-mer starting at i (rolled per k)
-    for k in range(1, max(k_values) + 1):
-        m = codes.size - k + 1
-        if m <= 0:
-            kmer = kmer[:0]
-        else:
-            kmer = kmer[:m] * 4 + np.minimum(codes[k - 1:], 3)
+    for k, packed, valid in iter_kmer_codes(codes, max(k_values)):
         if k not in k_values:
             continue
-        if m > 0:
-            valid = (owner[:m] == owner[k - 1:]) & (not_base[k:] - not_base[:m] == 0)
-            rows, kcodes = owner[:m][valid], kmer[valid]
-        else:
-            rows = kcodes = np.zeros(0, dtype=np.int64)
+        rows = owner[:packed.size][valid]  # a valid k-mer never spans a separator, so its start row owns it
         col_map, col_names = _column_map(k, canonical)
         totals = np.bincount(rows, minlength=n).astype(np.float32)
         weights = 1.0 / np.maximum(totals, 1.0)[rows]
-        block = sp.coo_matrix((weights.astype(np.float32), (rows, col_map[kcodes])),
+        block = sp.coo_matrix((weights.astype(np.float32), (rows, col_map[packed[valid].astype(np.int64)])),
                               shape=(n, len(col_names))).tocsr()
         blocks.append(block)
         names += col_names

@@ -47,7 +47,7 @@ from ..diffusion.mdlm import MDLM, mask_tokens, stratified_times
 from ..diffusion.sampling import AncestralUnmasker, ReverseStep
 from ..errors import InputError, TrainingDiverged
 from ..io.writers import write_json
-from ..loading import load_model
+from ..loading import as_language_model, load_model
 from ..tokenizer import MASK_ID
 from .common import EMA, AtomicCheckpointIO, NonFiniteGuard, export_model_dir, optimizer_groups, read_json, warmup_cosine
 from .pretrain import _precision, _segment_number
@@ -371,9 +371,10 @@ class Rounds(Callback):
 def _teacher(path) -> torch.nn.Module:
     try:
         model, kind = load_model(path, "cpu")
+        lm = as_language_model(model, kind, path, "distill")
     except InputError as exc:  # the same checks as every verb, named by this verb's flag
         raise InputError(str(exc).replace("--model", "--teacher", 1)) from None
-    if kind != "mdlm":
+    if not isinstance(lm, MDLM):
         raise InputError(f"--teacher {path}: a {kind} model; distillation needs an MDLM teacher")
     return model
 

@@ -1,5 +1,5 @@
-"""Fine-tuning Caduceus classifiers on labelled DNA, the frozen-encoder probe, the Genomic Benchmarks protocol,
-and prediction.
+"""Fine-tuning Caduceus classifiers on labelled DNA, the frozen-encoder probe and the Genomic Benchmarks
+protocol (prediction with a trained classifier is `dna_mdlm.prediction`).
 
 Owns:
 
@@ -23,7 +23,6 @@ Owns:
   identical splits; writes metrics JSON, a Markdown table, a ROC/confusion PNG and the model directory,
   atomically. A run whose test predictions are indistinguishable from chance is flagged in the log, the
   JSON and the table (`evaluation.classification.chance_level`).
-* `predict_proba` / `predict_fasta` — class probabilities from a fine-tuned model directory.
 
 RC handling follows the backbone. Probe features are RC-invariant by construction. For full fine-tuning a
 Caduceus-PS encoder pools each strand's stream separately and averages the head's logits over the two, so the
@@ -51,17 +50,34 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
+from sklearn.pipeline import Pipeline, make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.class_weight import compute_class_weight
 from torch import nn
+from transformers.utils import logging as hf_logging
 
-from ..data.genome import iter_fasta_batches
-from ..data.labelled import LabelledSequences, LengthBucketSampler, collate_labelled, length_sorted_batches, micro_batches
-from ..embedding import pooled_features
+from ..baselines.cnn import train_cnn
+from ..baselines.kmer_lr import DEFAULT_CS, cv_summary, fit_kmer_lr, logistic_regression_cv
+from ..data.labelled import LabelledSequences, LengthBucketSampler, collate_labelled, micro_batches
+from ..embedding import clean_timesteps, pooled_features
 from ..errors import InputError
-from ..evaluation.classification import ValLossStopping, chance_level
+from ..evaluation.classification import (
+    ValLossStopping,
+    chance_level,
+    classification_metrics,
+    markdown_table,
+    plot_roc_confusion,
+    summarize,
+)
 from ..io.writers import atomic_path, dumps_json
+from ..loading import load_encoder_model, load_model
 from ..models import CaduceusConfig, CaduceusForSequenceClassification
 from ..models.modeling_caduceus import rc_padded
-from ..tokenizer import DNATokenizer, encode_dna
+from ..prediction import encode_sequences, predict_proba
+from .common import EMA, export_model_dir, optimizer_groups, render_model_card, warmup_cosine
 
 CADUCEUS_METHODS = ("frozen", "finetuned", "scratch")
 BASELINE_METHODS = ("kmer_lr", "cnn", "linear_probe")
@@ -156,8 +172,6 @@ class FinetuneConfig:
 
 
 def _quiet_transformers():
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
 
@@ -169,13 +183,9 @@ def build_classifier(model_dir: str | os.PathLike, classes: Sequence[str], cfg: 
     `method` "frozen" builds the probe layout (RC-invariant features of `cfg.features` layers, standardised,
     then the head); anything else the upstream per-strand-view head on the last layer.
     """
-    from ..loading import model_kind
-
     method = method or ("scratch" if from_scratch else ("finetuned" if cfg.unfreeze else "frozen"))
     cfg.check_pooling(method)
-    kind = model_kind(model_dir)
-    if kind == "markov":
-        raise InputError(f"--model {model_dir}: a Markov baseline has no encoder to fine-tune; pass a Caduceus model directory")
+    load_encoder_model(model_dir, verb="fine-tuning")  # a Markov, missing or non-finite --model fails here, in one line
     _quiet_transformers()
     torch.manual_seed(seed)
     head = cfg.head_for(method)
@@ -197,47 +207,10 @@ def build_classifier(model_dir: str | os.PathLike, classes: Sequence[str], cfg: 
     return model.to(cfg.device)
 
 
-def _timesteps(model, n: int, device) -> torch.Tensor | None:
-    # A time-conditioned MDLM encoder sees clean inputs here: noise level 0.
-    return torch.zeros(n, device=device) if model.config.time_conditioning else None
-
-
-def _encode_all(seqs: Sequence[str], cfg_max_length: int | None, truncate: bool, where: str) -> list[np.ndarray]:
-    out = []
-    for i, s in enumerate(seqs):
-        if len(s) == 0:
-            raise InputError(f"{where}: sequence {i + 1} is empty")
-        ids = encode_dna(s)  # IUPAC codes other than N are an error (DESIGN contract)
-        if cfg_max_length is not None and len(ids) > cfg_max_length:
-            if not truncate:
-                raise InputError(f"{where}: sequence {i + 1} has {len(ids)} bases > max_length={cfg_max_length} "
-                                 f"(raise max_length or set truncate)")
-            ids = ids[:cfg_max_length]
-        out.append(ids)
-    return out
-
-
 def probe_features(model, ids: Sequence[np.ndarray], cfg: FinetuneConfig) -> np.ndarray:
     """(N, F) frozen-probe features of token-id arrays: `embedding.pooled_features` with the run's layers/pooling
     (the numbers `dna-mdlm embed --layers ... --pool ...` writes)."""
     return pooled_features(model, ids, cfg.features, cfg.pooling, cfg.eval_batch_size, cfg.max_tokens)
-
-
-@torch.no_grad()
-def predict_proba(model: CaduceusForSequenceClassification, seqs: Sequence[str] | Sequence[np.ndarray],
-                  batch_size: int = 64, max_length: int | None = None, truncate: bool = False,
-                  max_tokens: int = 65536) -> np.ndarray:
-    """(N, n_classes) softmax probabilities, column j = class id j (`model.config.id2label[j]`)."""
-    ids = [s if isinstance(s, np.ndarray) else None for s in seqs]
-    if any(a is None for a in ids):
-        ids = _encode_all(seqs, max_length, truncate, "predict")
-    model.eval()
-    device = next(model.parameters()).device
-    out = np.zeros((len(ids), model.config.num_labels), dtype=np.float64)
-    for idx, x, mask in length_sorted_batches(ids, batch_size, max_tokens):
-        logits = model(x.to(device), attention_mask=mask.to(device), timesteps=_timesteps(model, len(idx), device)).logits
-        out[idx] = torch.softmax(logits.float(), -1).cpu().numpy()
-    return out
 
 
 def _head_proba(model: CaduceusForSequenceClassification, features: np.ndarray) -> np.ndarray:
@@ -258,11 +231,6 @@ def fit_logreg_probe(features: np.ndarray, labels: np.ndarray, cfg: FinetuneConf
     LogisticRegressionCV (C from `cfg.probe_Cs` by stratified inner `cfg.probe_folds`-fold CV on these rows
     only, scored by accuracy with log-loss tie-breaks; multinomial for > 2 classes; balanced class weights per
     `cfg.class_weights`)."""
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from ..baselines.kmer_lr import DEFAULT_CS, logistic_regression_cv
-
     if not np.isfinite(features).all():
         raise InputError("probe features contain non-finite values (the encoder produced NaN/inf); check the model")
     n_classes = int(labels.max()) + 1
@@ -275,8 +243,6 @@ def fit_probe(model: CaduceusForSequenceClassification, features: np.ndarray, la
               cfg: FinetuneConfig, seed: int = 0) -> dict:
     """`fit_logreg_probe` on (N, F) probe features, stored in `model` exactly (`store_linear_probe`), so the
     saved classifier reproduces scikit-learn's `predict_proba`. Returns {"C", "cv_score", "n_features"}."""
-    from ..baselines.kmer_lr import cv_summary
-
     pipe = fit_logreg_probe(features, labels, cfg, seed)
     scaler, lr = pipe.named_steps["scale"], pipe.named_steps["lr"]
     store_linear_probe(model, scaler.mean_, scaler.scale_, lr.coef_, lr.intercept_, lr.classes_)
@@ -309,10 +275,6 @@ def store_linear_probe(model: CaduceusForSequenceClassification, mean, scale, co
 def fit_linear_probe(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, n_classes: int, C: float,
                      seed: int = 0) -> np.ndarray:
     """The comparator: StandardScaler + LogisticRegression(C) on the same features; (N_test, K) probabilities."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     pipe = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=3000, random_state=seed)).fit(train_x, train_y)
     out = np.zeros((len(test_x), n_classes))
     out[:, pipe.classes_] = pipe.predict_proba(test_x)
@@ -378,11 +340,7 @@ class ClassifierModule(pl.LightningModule):
         self.stopped_early = False
         self.val_history: list[dict] = []
         self._val_out: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self.ema = None
-        if cfg.ema_decay:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            self.ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+        self.ema = EMA(net, cfg.ema_decay) if cfg.ema_decay else None  # validated and kept with the EMA weights
 
     def logits(self, net: nn.Module, batch: dict, train: bool) -> torch.Tensor:
         if self.cached:
@@ -391,8 +349,7 @@ class ClassifierModule(pl.LightningModule):
         if train and self.rc_aug:
             flip = torch.rand(len(ids), device=ids.device) < 0.5
             ids = torch.where(flip[:, None], rc_padded(ids, mask), ids)
-        model = net.module if hasattr(net, "n_averaged") else net
-        return net(ids, attention_mask=mask, timesteps=_timesteps(model, len(ids), ids.device)).logits
+        return net(ids, attention_mask=mask, timesteps=clean_timesteps(net, len(ids), ids.device)).logits
 
     def _chunks(self, batch: dict):
         if self.cached:
@@ -412,17 +369,25 @@ class ClassifierModule(pl.LightningModule):
         opt.step()
         sched.step()
         if self.ema is not None:
-            self.ema.update_parameters(self.net)
+            self.ema.update(self.net)
         self.log("train_loss", total, batch_size=len(y), on_step=True, on_epoch=False)
 
-    def _eval_net(self) -> nn.Module:
-        return self.ema if self.ema is not None else self.net
+    def on_validation_epoch_start(self):
+        if self.ema is not None:
+            self.ema.swap(self.net)  # validate (and keep) the averaged weights; swapped back at the epoch's end
 
     def validation_step(self, batch, batch_idx):
-        logits = torch.cat([self.logits(self._eval_net(), c, False) for c in self._chunks(batch)])
+        logits = torch.cat([self.logits(self.net, c, False) for c in self._chunks(batch)])
         self._val_out.append((logits.float().cpu(), batch["labels"].cpu()))
 
     def on_validation_epoch_end(self):
+        try:
+            self._end_validation()
+        finally:
+            if self.ema is not None:
+                self.ema.swap(self.net)
+
+    def _end_validation(self):
         if not self._val_out:
             return
         logits = torch.cat([a for a, _ in self._val_out])
@@ -435,31 +400,20 @@ class ClassifierModule(pl.LightningModule):
         self.log("val_acc", acc)
         self.val_history.append({"step": step, "val_loss": loss, "val_acc": acc})
         if self.stopper.update(step, loss):
-            self.best_state = {k: v.detach().clone() for k, v in _trained_part(self._eval_net()).state_dict().items()}
+            self.best_state = {k: v.detach().clone() for k, v in _trained_part(self.net).state_dict().items()}
         if self.stopper.should_stop(step):
             self.stopped_early = True
             self.trainer.should_stop = True
 
     def configure_optimizers(self):
-        params = [p for p in self.net.parameters() if p.requires_grad]
-        decay = [p for p in params if p.ndim >= 2 and not getattr(p, "_no_weight_decay", False)]
-        no_decay = [p for p in params if not (p.ndim >= 2 and not getattr(p, "_no_weight_decay", False))]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=self.cfg.lr, betas=(0.9, 0.999))
-        warmup = max(10, int(self.cfg.warmup_fraction * self.total_steps))
-
-        def schedule(step):  # linear warm-up, then cosine down to 0.1 x lr (the Caduceus GB recipe)
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, self.total_steps - warmup))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
+        opt = torch.optim.AdamW(optimizer_groups(self.net, self.cfg.weight_decay), lr=self.cfg.lr, betas=(0.9, 0.999))
+        # linear warm-up, then cosine down to 0.1 x lr (the Caduceus GB recipe)
+        schedule = warmup_cosine(max(10, int(self.cfg.warmup_fraction * self.total_steps)), self.total_steps, "cosine", 0.1)
         return [opt], [torch.optim.lr_scheduler.LambdaLR(opt, schedule)]
 
 
 def _trained_part(net: nn.Module) -> nn.Module:
-    """The module whose weights training changes: unwraps an EMA average and, on cached features, the head."""
-    net = net.module if hasattr(net, "n_averaged") else net
+    """The module whose weights training changes: on cached features, the head only."""
     return net.model.score if isinstance(net, _FeatureHead) else net
 
 
@@ -476,7 +430,6 @@ def _balanced(labels: np.ndarray, n_classes: int, mode: str) -> bool:
 def _class_weight(labels: np.ndarray, n_classes: int, mode: str) -> torch.Tensor | None:
     if not _balanced(labels, n_classes, mode):
         return None
-    from sklearn.utils.class_weight import compute_class_weight
 
     present = np.unique(labels)
     w = np.ones(n_classes)
@@ -533,7 +486,7 @@ def train_classifier(model_dir: str | os.PathLike, train: LabelledSequences, val
     if method == "frozen":
         model.caduceus.requires_grad_(False)
         if features is None:
-            enc = lambda d, w: _encode_all(d.seqs, cfg.max_length, cfg.truncate, w)  # noqa: E731
+            enc = lambda d, w: encode_sequences(d.seqs, cfg.max_length, cfg.truncate, w)  # noqa: E731
             features = tuple(probe_features(model, enc(d, f"{w} data {d.source}"), cfg)
                              for d, w in ((train, "training"), (val, "validation")))
         history["feature_s"] = time.monotonic() - t0
@@ -544,7 +497,6 @@ def train_classifier(model_dir: str | os.PathLike, train: LabelledSequences, val
             model.eval()
             history.update(wall_s=time.monotonic() - t0, cpu_s=time.process_time() - c0)
             return TrainedClassifier(model, list(train.classes), method, None, history)
-        from sklearn.preprocessing import StandardScaler
 
         scaler = StandardScaler().fit(features[0])
         with torch.no_grad():
@@ -558,8 +510,8 @@ def train_classifier(model_dir: str | os.PathLike, train: LabelledSequences, val
         val_loader = torch.utils.data.DataLoader(va, batch_size=4 * cfg.batch_size, collate_fn=_collate_features)
         net, cached = _FeatureHead(model), True
     else:
-        tr_ids = _encode_all(train.seqs, cfg.max_length, cfg.truncate, f"training data {train.source}")
-        va_ids = _encode_all(val.seqs, cfg.max_length, cfg.truncate, f"validation data {val.source}")
+        tr_ids = encode_sequences(train.seqs, cfg.max_length, cfg.truncate, f"training data {train.source}")
+        va_ids = encode_sequences(val.seqs, cfg.max_length, cfg.truncate, f"validation data {val.source}")
         collate = lambda b: {k: v for k, v in collate_labelled(b).items() if k != "n_truncated"}  # noqa: E731
         train_loader = torch.utils.data.DataLoader(
             _TokenDataset(tr_ids, train.labels),
@@ -576,7 +528,6 @@ def train_classifier(model_dir: str | os.PathLike, train: LabelledSequences, val
     stopper = ValLossStopping(cfg.patience_steps, cfg.min_steps, ValLossStopping.prior_loss(train.labels, train.n_classes))
     module = ClassifierModule(net, cfg, model.config.rcps, cached,
                               _class_weight(train.labels, train.n_classes, cfg.class_weights), total_steps, stopper)
-    from lightning.pytorch.loggers import CSVLogger
 
     own_work = work_dir is None
     work = Path(tempfile.mkdtemp(prefix="dna-mdlm-ft-")) if own_work else Path(work_dir)
@@ -624,8 +575,6 @@ def protocol_splits(train: LabelledSequences, test: LabelledSequences | None, se
     """(description, runs) for the seeds protocol or k-fold CV. Each run: name, seed, the `train` / `val` /
     `test` sets and their index arrays `train_idx` / `val_idx` / `test_idx` into `train` (CV) or, for
     `test_idx`, into `test` (`test_pool` says which)."""
-    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
-
     def split(idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
         a, b = next(StratifiedShuffleSplit(1, test_size=val_fraction, random_state=seed).split(idx, train.labels[idx]))
         return idx[a], idx[b]
@@ -666,8 +615,6 @@ def protocol_splits(train: LabelledSequences, test: LabelledSequences | None, se
 def _run_baseline(method: str, run: dict, cfg: FinetuneConfig, feats: dict | None, log) -> tuple[np.ndarray, dict]:
     t0, c0 = time.monotonic(), time.process_time()
     if method == "cnn":
-        from ..baselines.cnn import train_cnn
-
         clf = train_cnn(run["train"], run["val"], epochs=cfg.epochs, seed=run["seed"], patience_steps=cfg.patience_steps,
                         min_steps=cfg.min_steps, time_budget_s=cfg.time_budget_s, device=cfg.device,
                         max_tokens=cfg.max_tokens)
@@ -677,8 +624,6 @@ def _run_baseline(method: str, run: dict, cfg: FinetuneConfig, feats: dict | Non
         if clf.history["val_chance"]["at_chance"]:
             log(f"[finetune] WARNING: {run['name']} cnn ended AT CHANCE on validation: {clf.history['val_chance']['reason']}")
     elif method == "kmer_lr":
-        from ..baselines.kmer_lr import fit_kmer_lr
-
         clf = fit_kmer_lr(run["train"], run["val"], seed=run["seed"])
         proba = clf.predict_proba(run["test"].seqs)
         info = {"C": clf.C, "cv_score": clf.cv_score}
@@ -717,8 +662,6 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
     `frozen`). Frozen-probe features are computed once per sequence and shared by all runs and by
     `linear_probe`. The report's `comparison` holds the primary method against k-mer LR when both ran.
     """
-    from ..evaluation.classification import classification_metrics, markdown_table, plot_roc_confusion, summarize
-
     cfg = cfg or FinetuneConfig()
     cfg.check()
     methods = list(methods or ["finetuned" if cfg.unfreeze else "frozen"])
@@ -734,7 +677,6 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
         if m in CADUCEUS_METHODS:
             cfg.check_pooling(m)
     _check_sets(train, test)
-    from ..loading import load_model
 
     load_model(model_dir)  # a missing, foreign or non-finite --model fails before any work
     desc, runs = protocol_splits(train, test, seeds, folds, cfg.val_fraction)
@@ -743,10 +685,10 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
     if "frozen" in methods:
         t0 = time.process_time()
         encoder = build_classifier(model_dir, train.classes, cfg, seed=0, method="frozen")
-        feats = {"train": probe_features(encoder, _encode_all(train.seqs, cfg.max_length, cfg.truncate,
+        feats = {"train": probe_features(encoder, encode_sequences(train.seqs, cfg.max_length, cfg.truncate,
                                                               f"training data {train.source}"), cfg)}
         if test is not None:
-            feats["test"] = probe_features(encoder, _encode_all(test.seqs, cfg.max_length, cfg.truncate,
+            feats["test"] = probe_features(encoder, encode_sequences(test.seqs, cfg.max_length, cfg.truncate,
                                                                 f"test data {test.source}"), cfg)
         feature_s = time.process_time() - t0
         del encoder
@@ -819,7 +761,7 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
         what = "out-of-fold predictions" if test is None else f"test predictions pooled over {len(runs)} seeds"
         plot_roc_confusion(y_all, p_all, train.classes, tmp / "roc_confusion.png",
                            title=f"{task or 'classifier'} — {METHOD_LABELS[primary]} ({what})")
-        save_classifier(best_primary[1], tmp / "model")
+        save_classifier(best_primary[1], tmp / "model", report)
     log(f"[finetune] wrote {out_dir}")
     print(table)
     return report
@@ -838,53 +780,31 @@ def compare_to_baseline(summaries: dict, method: str, baseline: str) -> dict:
     return out
 
 
-def save_classifier(trained: TrainedClassifier, path: str | os.PathLike) -> Path:
-    """save_pretrained (config.json + model.safetensors) plus the tokenizer files."""
-    path = Path(path)
-    trained.model.save_pretrained(str(path))
-    DNATokenizer().save_pretrained(str(path))
-    return path
+def save_classifier(trained: TrainedClassifier, path: str | os.PathLike, report: dict | None = None) -> Path:
+    """Export the classifier as a model directory (`training.common.export_model_dir`: config.json +
+    model.safetensors + tokenizer files, atomic, refused when a weight is not finite) with a model card
+    (README.md) stating what it was trained on and how it scored against the k-mer LR baseline."""
+    return export_model_dir(trained.model, path, readme=classifier_model_card(trained, report or {}))
 
 
-# --------------------------------------------------------------------------------------------------
-# Prediction on FASTA
-# --------------------------------------------------------------------------------------------------
+def classifier_model_card(trained: TrainedClassifier, report: dict) -> str:
+    """README.md of a fine-tuned classifier directory (facts from the `run_protocol` report when given)."""
+    def score(method: str, key: str) -> str:
+        m = report.get("summary", {}).get(method, {}).get(key, {})
+        return "—" if m.get("mean") is None else f"{m['mean']:.3f} ±{m.get('spread', 0.0):.3f}"
 
-
-def load_classifier(model_dir: str | os.PathLike, device: str = "cpu") -> CaduceusForSequenceClassification:
-    from ..loading import load_model
-
-    model, kind = load_model(model_dir, device)
-    if kind != "classifier":
-        raise InputError(f"--model {model_dir}: a {kind} model, not a fine-tuned classifier (make one with dna-mdlm finetune)")
-    return model
-
-
-def predict_fasta(model_dir: str | os.PathLike, fasta: str | os.PathLike, out: str | os.PathLike,
-                  batch_size: int = 64, device: str = "cpu", max_length: int | None = None,
-                  truncate: bool = False, unknown: str = "error") -> dict:
-    """Write a TSV (record name + one probability column per class name) atomically, rows in FASTA order.
-
-    Returns {"records", "truncated"}: with `truncate`, records longer than `max_length` keep their first
-    `max_length` bases and are counted (never silently); without it they are an error naming the record."""
-    model = load_classifier(model_dir, device)
-    classes = [model.config.id2label[i] for i in range(model.config.num_labels)]
-    n = truncated = 0
-    with atomic_path(out) as tmp, open(tmp, "w") as fh:
-        fh.write("\t".join(["record"] + [str(c) for c in classes]) + "\n")
-        for chunk in iter_fasta_batches(fasta, 16 * batch_size, unknown):
-            ids = []
-            for rid, a in chunk:
-                if max_length is not None and len(a) > max_length:
-                    if not truncate:
-                        raise InputError(f"--fasta {fasta}: record {rid!r} has {len(a)} bases > --max-length "
-                                         f"{max_length} (raise --max-length or pass --truncate)")
-                    a, truncated = a[:max_length], truncated + 1
-                ids.append(a)
-            proba = predict_proba(model, ids, batch_size)
-            if not np.isfinite(proba).all():
-                raise InputError(f"--model {model_dir}: the classifier produced non-finite probabilities")
-            for (rid, _), row in zip(chunk, proba):
-                fh.write(rid + "\t" + "\t".join(f"{p:.6g}" for p in row) + "\n")
-            n += len(chunk)
-    return {"records": n, "truncated": truncated}
+    facts = [("kind", "Caduceus sequence classifier (`CaduceusForSequenceClassification`)"),
+             ("method", METHOD_LABELS.get(trained.method, trained.method)),
+             ("classes", ", ".join(map(str, trained.classes))),
+             ("encoder from", str(report.get("model", "—"))),
+             ("training data", str(report.get("data", "—"))),
+             ("protocol", str(report.get("protocol", "—")))]
+    for m in (report.get("summary") or {}):
+        facts.append((f"{METHOD_LABELS.get(m, m)}: accuracy / AUROC", f"{score(m, 'accuracy')} / {score(m, 'auroc')}"))
+    if report.get("comparison"):
+        facts.append(("model vs k-mer LR", report["comparison"]["verdict"]))
+    use = ("```\ndna-mdlm predict --model THIS_DIR --fasta seqs.fa --out probs.tsv\n```\n"
+           "or in Python: `dna_mdlm.prediction.load_classifier(dir)` then `predict_proba(model, seqs)`.")
+    return render_model_card("dna-mdlm classifier", facts, {"How to use": use,
+                             "Limitations": "Scores are from the protocol above on the data named; they say nothing "
+                                            "about other cell types, species or sequence lengths."})
