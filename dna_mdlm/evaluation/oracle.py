@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import InputError
-from ..training.finetune import load_classifier, predict_proba
+from ..prediction import class_names, load_classifier, predict_proba
 
 
 class Oracle:
@@ -35,8 +35,7 @@ class Oracle:
             self.model = load_classifier(model_dir, device)
         except InputError as exc:
             raise InputError(f"--oracle: {exc}") from None
-        config = self.model.config
-        self.classes = [str(config.id2label[i]) for i in range(config.num_labels)]
+        self.classes = class_names(self.model)
         if target_class is not None and str(target_class) not in self.classes:
             raise InputError(f"--target-class {target_class}: not a class of the --oracle {model_dir} "
                              f"(known: {', '.join(self.classes)})")
