@@ -358,6 +358,8 @@ def test_finetune_cli_end_to_end_then_predict(mlm_dirs, tmp_path, capsys):
 
     model, kind = load_model(out / "model")
     assert kind == "classifier" and model.config.id2label[1] == "1" and model.config.feature_layers == "all"
+    card = (out / "model" / "README.md").read_text()  # every exported model directory has a model card
+    assert "k-mer (1..6) LR: accuracy / AUROC" in card and "model vs k-mer LR" in card and str(table) in card
 
     fasta = tmp_path / "q.fa"
     fasta.write_text("".join(f">r{i} extra words\n{s}\n" for i, s in enumerate(data.seqs[:7])))
