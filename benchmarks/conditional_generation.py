@@ -20,7 +20,7 @@ The issue's target: at some G, oracle target-class rate >= 0.9 for both classes 
 and nothing memorised, beating the per-class Markov sampler on oracle rate. The verdict is printed and written.
 
     python benchmarks/conditional_generation.py --init /work/bench_runs/mdlm/model --out /tmp/c14/bench \\
-        --md benchmarks/conditional_generation.md --png benchmarks/conditional_generation.png
+        --md benchmarks/figures/conditional_generation.md --png benchmarks/figures/conditional_generation.png
     python benchmarks/conditional_generation.py --smoke --out /tmp/c14/smoke   # < 1 min, synthetic AT/GC classes
 """
 
