@@ -22,6 +22,7 @@ SPECIAL_TOKENS = ["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[
 BASES = ["A", "C", "G", "T", "N"]
 VOCAB = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + BASES)}
 PADDED_VOCAB_SIZE = 16  # 12 real ids padded to a multiple of 8, as in the released checkpoints
+DEFAULT_WINDOW = 1024  # bases per model window when neither a recipe nor a model records one
 
 CLS_ID, SEP_ID, BOS_ID, MASK_ID, PAD_ID, RESERVED_ID, UNK_ID = range(7)
 A_ID, C_ID, G_ID, T_ID, N_ID = range(7, 12)

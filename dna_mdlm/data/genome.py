@@ -43,9 +43,8 @@ from ..io.regions import (
     read_bed,
     subtract_intervals,
 )
-from ..tokenizer import BASE_IDS, N_ID, complement_map
+from ..tokenizer import BASE_IDS, DEFAULT_WINDOW, N_ID, complement_map
 
-DEFAULT_WINDOW = 1024
 DEFAULT_MAX_N_FRAC = 0.5
 # Rejection sampling of N-heavy windows gives up after this many draws for one item, so a training set made
 # almost entirely of N fails loudly instead of spinning forever.

@@ -329,7 +329,7 @@ def evaluate_samples(samples: Sequence[str], reference_a: Sequence[str], referen
         result["judge_bits_per_base"] = bpb
 
     if motifs:
-        from .motifs import count_occurrences, motif_name
+        from .motifs import count_occurrences, motif_name  # Biopython: loaded only when motifs are scanned
 
         names = [motif_name(m) for m in motifs]
         per_kb = {}
@@ -453,7 +453,7 @@ def evaluate_samples_files(samples_fa, reference_fa, out_dir, region: str | None
     Motifs: `motifs_path` (a JASPAR/PFM/MEME file) if given, else the JASPAR CORE motifs of `jaspar_taxon`
     (None: no motif scan). `oracle`: an `Oracle` (a fine-tuned classifier) whose class calls on the samples and on
     the real sets are reported."""
-    from .report import write_report
+    from .report import write_report  # matplotlib: loaded only when a report is written
 
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise InputError(f"--out {out_dir}: exists and is not a directory (expected a report directory)")
@@ -470,11 +470,11 @@ def evaluate_samples_files(samples_fa, reference_fa, out_dir, region: str | None
     samples = read_samples(samples_fa, unknown)
     motifs, motif_source = None, None
     if motifs_path is not None:
-        from .motifs import load_motifs
+        from .motifs import load_motifs  # Biopython: loaded only when motifs are scanned
 
         motifs, motif_source = load_motifs(motifs_path), str(motifs_path)
     elif jaspar_taxon is not None:
-        from .motifs import load_jaspar
+        from .motifs import load_jaspar  # Biopython + the JASPAR database: only when motifs are scanned
 
         motifs, release = load_jaspar(jaspar_taxon)
         motif_source = f"{release} CORE {jaspar_taxon} ({len(motifs)} motifs, pyjaspar)"

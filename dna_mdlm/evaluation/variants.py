@@ -55,9 +55,8 @@ from ..errors import InputError
 from ..io.regions import ContigResolver
 from ..io.variants import PROBLEM_NO_ALT, PROBLEM_SAME, PROBLEM_UNSUPPORTED, ScoreColumn, Variant, VariantFile, open_score_writer
 from ..loading import as_language_model, load_model, resolve_device
-from ..models.configuration_caduceus import DEFAULT_WINDOW
 from ..models.modeling_caduceus import masked_pool
-from ..tokenizer import A_ID, MASK_ID, N_ID, T_ID, complement_map, encode_dna, rc_ids
+from ..tokenizer import A_ID, DEFAULT_WINDOW, MASK_ID, N_ID, T_ID, complement_map, encode_dna, rc_ids
 
 SCORES = ("llr", "elbo", "embedding_distance")
 SUPPORTED = {"mdlm": SCORES, "ar": ("llr", "embedding_distance"), "markov": ("llr",)}

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from transformers import PretrainedConfig
 
-from ..tokenizer import PADDED_VOCAB_SIZE
+from ..tokenizer import DEFAULT_WINDOW, PADDED_VOCAB_SIZE
 from ..tokenizer import complement_map as default_complement_map
 
-DEFAULT_WINDOW = 1024  # bases per window when a model does not record its training length
 OBJECTIVES = ("mdlm", "ar")
 SCHEDULES = ("loglinear", "cosine", "linear")
 POOLINGS = ("mean", "max", "first", "last", "mean+max")  # mean+max: probe features only

@@ -28,6 +28,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from ..errors import TrainingDiverged
 from ..io.writers import atomic_path, dumps_json
+from ..tokenizer import DNATokenizer
 
 
 class EMA:
@@ -165,8 +166,6 @@ def export_model_dir(model: torch.nn.Module, directory: str | os.PathLike, files
     files, each `files[name]` as strict JSON, and `README.md` (the model card) when given.
 
     Raises TrainingDiverged (nothing written) when a weight is not finite."""
-    from ..tokenizer import DNATokenizer
-
     check_finite(model, f"refusing to export {directory}")
     with atomic_path(directory) as tmp:
         model.save_pretrained(tmp)

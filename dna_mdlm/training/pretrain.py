@@ -31,12 +31,14 @@ from .._quiet import quiet_libraries
 from ..baselines.ar import AR
 from ..baselines.markov import MarkovLM, markov_yardstick
 from ..data.datamodules import GenomeDataModule, LabelledDataModule
+from ..data.genome import GenomeWindows
 from ..diffusion.mdlm import MDLM, stratified_times
 from ..errors import InputError, TrainingDiverged
 from ..evaluation.likelihood import score_windows
 from ..io.writers import atomic_path, atomic_write_text, write_json
 from ..loading import load_language_model, load_model, read_model_config
 from ..models import CaduceusConfig, CaduceusForMaskedLM
+from ..tokenizer import DEFAULT_WINDOW
 from ..units import LN2
 from .common import (
     EMA,
@@ -67,7 +69,7 @@ class PretrainModule(pl.LightningModule):
     def __init__(self, model_cfg: dict, objective: str = "mdlm", schedule: str = "loglinear", lr: float = 1e-3,
                  weight_decay: float = 0.0, betas=(0.9, 0.95), warmup_steps: int = 100, lr_schedule: str = "cosine",
                  min_lr_ratio: float = 0.1, max_steps: int = 1000, ema_decay: float = 0.999, seed: int = 0,
-                 window: int = 1024, classes: list | None = None):
+                 window: int = DEFAULT_WINDOW, classes: list | None = None):
         super().__init__()
         self.save_hyperparameters()
         if objective not in ("mdlm", "ar"):
@@ -222,7 +224,7 @@ class ExportModel(Callback):
 def plot_loss_curve(log_dir: Path, out_png: Path) -> Path | None:
     """Training loss and validation bits/base from Lightning's CSV logs: every segment of the run (a resumed run
     logs into a new `segment-N` folder), a later segment's row replacing an earlier one for the same step."""
-    import matplotlib
+    import matplotlib  # heavy (~0.5 s): loaded only when a run draws its curve
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -589,8 +591,6 @@ Hugging Face `save_pretrained` directory (config.json + model.safetensors); load
 
 def pretrain_markov(cfg: dict, out: Path) -> dict:
     """The k-mer Markov baseline through the same verb: counts on the training split, order chosen on val."""
-    from ..data.genome import GenomeWindows
-
     genome = GenomeWindows(cfg["fasta"], bed=cfg.get("bed"), window=1, val_records=cfg.get("val_records") or (),
                            val_regions=cfg.get("val_regions") or (), test_records=cfg.get("test_records") or (),
                            test_regions=cfg.get("test_regions") or (), unknown=cfg["data"]["unknown"])
