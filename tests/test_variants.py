@@ -488,7 +488,7 @@ def test_a_classifier_is_refused(tmp_path, fasta, seq, capsys):
     CaduceusForSequenceClassification(CaduceusConfig(d_model=16, n_layer=1, num_labels=2)).save_pretrained(tmp_path / "cls")
     tsv = write_tsv(tmp_path / "a.tsv", [("chr1", 100, seq[99], other(seq[99]))])
     assert run_cli("--model", tmp_path / "cls", "--fasta", fasta, "--variants", tsv, "--out", tmp_path / "o.tsv") == 2
-    assert "a fine-tuned classifier has no likelihood" in capsys.readouterr().err
+    assert "a fine-tuned classifier is not a language model; score-variants needs" in capsys.readouterr().err
 
 
 def test_vcf_reader_line_numbers_and_alleles(tmp_path):

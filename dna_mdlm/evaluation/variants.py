@@ -49,12 +49,13 @@ import torch
 from tqdm.auto import tqdm
 
 from ..baselines.ar import ar_token_nll
+from ..baselines.markov import MarkovLM
 from ..data.genome import GenomeWindows
 from ..diffusion.mdlm import MDLM, scorable
 from ..errors import InputError
 from ..io.regions import ContigResolver
 from ..io.variants import PROBLEM_NO_ALT, PROBLEM_SAME, PROBLEM_UNSUPPORTED, ScoreColumn, Variant, VariantFile, open_score_writer
-from ..loading import as_language_model, load_model, resolve_device
+from ..loading import as_language_model, load_language_model, resolve_device
 from ..models.modeling_caduceus import masked_pool
 from ..tokenizer import A_ID, DEFAULT_WINDOW, MASK_ID, N_ID, T_ID, complement_map, encode_dna, rc_ids
 
@@ -245,13 +246,16 @@ def _rc_np(ids: np.ndarray) -> np.ndarray:
 class _Scorer:
     """Computes the requested scores for the alleles of one chunk (all forwards batched)."""
 
-    def __init__(self, model, kind: str, window: int, scores: Sequence[str], samples: int, batch_size: int,
+    def __init__(self, lm, window: int, scores: Sequence[str], samples: int, batch_size: int,
                  seed: int, device: torch.device):
-        self.model, self.kind, self.window, self.scores = model, kind, window, tuple(scores)
+        """lm: the language model (`MDLM`, `AR` or `MarkovLM`); its type chooses how each score is computed."""
+        self.lm, self.model = lm, getattr(lm, "model", lm)  # the network itself (a MarkovLM is its own)
+        self.window, self.scores = window, tuple(scores)
         self.samples, self.batch_size, self.seed, self.device = samples, batch_size, seed, device
-        if kind == "mdlm":
-            self.mdlm = MDLM(model)
-            self.rcps = bool(model.config.rcps)
+        self.masked = isinstance(lm, MDLM)  # masked-marginal scores; otherwise left-to-right window likelihoods
+        if self.masked:
+            self.mdlm = lm
+            self.rcps = bool(self.model.config.rcps)
         self.calls = 0
 
     # --- MDLM masked marginal --------------------------------------------------------------------
@@ -290,7 +294,7 @@ class _Scorer:
     def _window_loglik(self, windows: np.ndarray) -> np.ndarray:
         """(B,) log-likelihood of each window (A/C/G/T positions only) averaged over both strands, nats."""
         both = np.concatenate([windows, _rc_np(windows)], axis=0)
-        if self.kind == "markov":
+        if isinstance(self.lm, MarkovLM):
             ll = np.array([np.nansum(self.model.log_probs(w)) for w in both])
         else:
             def one(xb):
@@ -472,9 +476,8 @@ def _as_variants(variants, fmt: str, flag: str):
     return out
 
 
-def _resolve_scores(scores, kind: str, model_dir) -> tuple[str, ...]:
-    if kind == "classifier":
-        raise InputError(f"--model {model_dir}: a fine-tuned classifier has no likelihood; give a pretrained MDLM, AR or Markov model")
+def _resolve_scores(scores, kind: str) -> tuple[str, ...]:
+    """The scores to compute for a language model of `kind` (`lm.kind`); InputError for an unavailable one."""
     if scores is None:
         return DEFAULT_SCORES[kind]
     if isinstance(scores, str):
@@ -524,11 +527,11 @@ def score_variants(model, fasta: str | os.PathLike, variants, out: str | os.Path
         raise InputError(f"--batch-size {batch_size}: expected a positive integer")
     dev = resolve_device(device)
     if isinstance(model, (str, os.PathLike)):
-        model_obj, kind = load_model(model, dev)
+        lm = load_language_model(model, dev, verb="score-variants")
     else:
         lm = as_language_model(model, verb="score-variants")
-        kind, model_obj = lm.kind, getattr(lm, "model", lm)  # the network itself (a MarkovLM is its own)
-    scores = _resolve_scores(scores, kind, model)
+    kind, model_obj = lm.kind, getattr(lm, "model", lm)  # the network itself (a MarkovLM is its own)
+    scores = _resolve_scores(scores, kind)
     if "elbo" in scores and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 2):
         raise InputError(f"--mc-samples {samples}: the ELBO needs at least 2 Monte-Carlo samples per window (for its "
                          f"standard error)")
@@ -547,7 +550,7 @@ def score_variants(model, fasta: str | os.PathLike, variants, out: str | os.Path
                "format": getattr(source, "format", "sequence"), "seed": seed}
     if "elbo" in scores:
         summary["samples"] = samples
-    if kind == "mdlm":
+    if isinstance(lm, MDLM):
         summary["strands"] = "one pass (RC-equivariant PS model)" if model_obj.config.rcps else "forward + reverse complement averaged"
 
     # Pass 1: validate everything before any forward pass (and count, for the progress bar).
@@ -571,7 +574,7 @@ def score_variants(model, fasta: str | os.PathLike, variants, out: str | os.Path
         warnings.append(f"{counts[STATUS_MISMATCH]} allele(s) with a REF that does not match the FASTA were skipped "
                         f"(status ref_mismatch)")
 
-    scorer = _Scorer(model_obj, kind, window, scores, samples, batch_size, seed, dev)
+    scorer = _Scorer(lm, window, scores, samples, batch_size, seed, dev)
     status_counts = {STATUS_OK: 0, STATUS_MISMATCH: 0, PROBLEM_UNSUPPORTED: 0, PROBLEM_NO_ALT: 0, PROBLEM_SAME: 0}
     tally = {"padded": 0, "llr_not_applicable": 0}
     rows: list[dict] | None = [] if out is None else None
@@ -646,7 +649,7 @@ def _score_chunk(chunk: list[Variant], reference: _Reference, scorer: _Scorer, w
         sites = _group_sites([a for a, _ in alleles])
         _build_windows(sites, reference, window)
         if "llr" in scorer.scores:
-            if scorer.kind == "mdlm":
+            if scorer.masked:
                 scorer.mdlm_llr(sites)
             else:
                 scorer.window_llr(sites)
