@@ -68,7 +68,7 @@ def predict_proba(model: CaduceusForSequenceClassification, seqs: Sequence[str] 
 def load_classifier(model_dir: str | os.PathLike, device: str = "cpu") -> CaduceusForSequenceClassification:
     """The fine-tuned classifier in `model_dir`. Raises InputError when the directory holds another kind of model."""
     model, kind = load_model(model_dir, device)
-    if kind != "classifier":
+    if not isinstance(model, CaduceusForSequenceClassification):
         raise InputError(f"--model {model_dir}: a {kind} model, not a fine-tuned classifier (make one with dna-mdlm finetune)")
     return model
 
