@@ -68,8 +68,8 @@ def test_learns_a_motif_in_long_variable_length_sequences():
     rng = np.random.default_rng(3)
     motif = "GATTACAGTCCGTATGCAAC"
     seqs, labels = [], []
-    for i in range(240):
-        s = _dna(rng, int(rng.choice([50, 200, 800, 2500, 5000])))
+    for i in range(160):  # lengths weighted towards short ones: the 5 kb ones still share batches with 50 bp ones
+        s = _dna(rng, int(rng.choice([50, 200, 800, 2500, 5000], p=[0.25, 0.25, 0.25, 0.15, 0.10])))
         if i % 2:
             m = motif if rng.random() < 0.5 else rc_string(motif)
             p = int(rng.integers(0, len(s) - len(m)))
@@ -78,7 +78,7 @@ def test_learns_a_motif_in_long_variable_length_sequences():
         labels.append(i % 2)
     data = LabelledSequences(seqs, np.array(labels), ["absent", "present"], "planted motif")
     train, val = data.stratified_split(0.25, seed=0)
-    clf = train_cnn(train, val, epochs=15, batch_size=16, lr=3e-3, seed=0, min_steps=60, patience_steps=60)
+    clf = train_cnn(train, val, epochs=15, batch_size=16, lr=3e-3, seed=0, min_steps=60, patience_steps=40)
     assert clf.history["val"][-1]["val_acc"] is not None
     assert clf.best_val_accuracy >= 0.9, clf.history["val"]
     assert not clf.history["val_chance"]["at_chance"]
