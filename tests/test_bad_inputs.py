@@ -461,7 +461,8 @@ def test_rerunning_a_verb_into_its_own_previous_output_is_allowed(kit, tmp_path,
     assert main(ev) == 0
     assert main(ev + ["--seed", "1"]) == 0  # replaced: every name in it is one evaluate-samples writes
     assert json.loads((rep / "metrics.json").read_text())["n_samples"] == len(SEQS)
-    ft = ["finetune", "--model", str(kit / "mdlm"), "--train", str(kit / "train.csv"), "--folds", "2",
+    (tmp_path / "train.csv").write_text("seq,label\n" + "".join(f"{dna(60)},{i % 2}\n" for i in range(60)))
+    ft = ["finetune", "--model", str(kit / "mdlm"), "--train", str(tmp_path / "train.csv"), "--folds", "2",
           "--baselines", "none", "--device", "cpu", "--out", str(tmp_path / "ft")]
     assert main(ft) == 0
     assert main(ft) == 0
