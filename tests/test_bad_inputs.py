@@ -513,3 +513,20 @@ def test_caps_are_marked_in_the_output_files(kit, tmp_path, capsys):
     assert lines[0] == ["record", "neg", "pos", "truncated_to"]
     assert [r[-1] for r in lines[1:]] == ["NA" if len(s) <= 100 else "100" for s in SEQS.values()]
     capsys.readouterr()
+
+
+def test_the_atomic_writers_never_swap_a_file_for_a_directory(tmp_path):
+    """Library callers that skip `check_outputs` still cannot lose a directory to a file, or a file to a directory."""
+    from dna_mdlm.errors import InputError
+    from dna_mdlm.io.writers import atomic_path, atomic_write_text
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine\n")
+    (tmp_path / "file.txt").write_text("mine\n")
+    before = _snapshot(tmp_path)
+    with pytest.raises(InputError, match="is a directory"):
+        atomic_write_text(victim, "x")
+    with pytest.raises(InputError, match="is a file"), atomic_path(tmp_path / "file.txt") as tmp:
+        tmp.mkdir()
+    assert _snapshot(tmp_path) == before
