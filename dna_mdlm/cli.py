@@ -140,7 +140,8 @@ def add_likelihood_arguments(p):
     p.add_argument("--seed", type=int, default=0, help="seed of the MDLM's Monte-Carlo noise")
     p.add_argument("--out", help="write the JSON report here (default: print it)")
     p.add_argument("--per-window", help="TSV of per-window results")
-    p.add_argument("--per-record", help="TSV of per-record results (FASTA order, with standard errors)")
+    p.add_argument("--per-record", help="TSV of per-record results (FASTA order, with standard errors, and "
+                   "windows_scored of windows_available: fewer under --max-windows, 0 for a record left out)")
 
 
 def run_likelihood(args):
@@ -157,9 +158,10 @@ def run_likelihood(args):
         write_tsv(args.per_window, ["record", "start", "end", "bases_scored", "nats"], rows)
     if args.per_record:
         write_tsv(args.per_record, ["record", "bases_scored", "nats_per_base", "bits_per_base", "perplexity",
-                                    "stderr_bits_per_base"],
+                                    "stderr_bits_per_base", "windows_scored", "windows_available"],
                   [(r, v["bases_scored"], _na(v["nats_per_base"]), _na(v["bits_per_base"]), _na(v["perplexity"]),
-                    _na(v.get("stderr_bits_per_base"))) for r, v in report["per_record"].items()])
+                    _na(v.get("stderr_bits_per_base")), v["windows_scored"], v["windows_available"])
+                   for r, v in report["per_record"].items()])
     text = dumps_json(report)
     if args.out:
         atomic_write_text(args.out, text + "\n")
@@ -414,7 +416,7 @@ def add_predict_arguments(p):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, help="longer records are an error unless --truncate")
     p.add_argument("--truncate", action="store_true", help="keep the first --max-length bases of longer records "
-                   "(counted and reported)")
+                   "(counted, reported, and marked in a last TSV column truncated_to: bases kept, NA if whole)")
     _unknown_arg(p, "the FASTA")
     _device_arg(p)
 
@@ -441,7 +443,8 @@ def add_embed_arguments(p):
                    help="pool over each record's bases (RC-invariant), or none: per-base hidden states")
     p.add_argument("--layers", choices=["last", "all"], default="last",
                    help="pooled output of the last layer, or of every layer concatenated (what finetune's frozen probe uses)")
-    p.add_argument("--out", required=True, help=".npz output")
+    p.add_argument("--out", required=True, help=".npz output: ids (N,) and embeddings (N, F), or with --pool none "
+                   "one (L_i, C) array bases_<i> per record i of ids")
     p.add_argument("--batch-size", type=int, default=32)
     _unknown_arg(p, "the FASTA")
     _device_arg(p)
@@ -603,6 +606,43 @@ VERBS = {
 }
 
 
+# What each verb writes and reads, by argument name: `io.writers.check_outputs` applies the output rules to these
+# before the verb starts (a directory output: its verb, the signature file of a previous output and, for verbs that
+# replace the directory as a whole, every name they write in it).
+RUN_DIR = ("run_config.json",)
+PATHS = {
+    "pretrain": {"dirs": {"out": RUN_DIR}, "inputs": ["fasta", "bed", "labels", "config", "init"]},
+    "likelihood": {"files": ["out", "per_window", "per_record"], "inputs": ["model", "fasta", "bed"]},
+    "sample": {"files": ["out"], "sidecars": {"out": ".json"}, "inputs": ["model"]},
+    "distill": {"dirs": {"out": RUN_DIR}, "inputs": ["teacher", "config", "fasta"]},
+    "finetune": {"dirs": {"out": ("metrics.md", "metrics.json", "metrics.md", "roc_confusion.png", "model", "runs")},
+                 "inputs": ["model", "task", "train", "test", "data_dir", "config"]},
+    "predict": {"files": ["out"], "inputs": ["model", "fasta"]},
+    "embed": {"files": ["out"], "inputs": ["model", "fasta"]},
+    "evaluate-samples": {"dirs": {"out": ("report.html", "metrics.json", "report.html", "*.png")},
+                         "inputs": ["samples", "reference", "reference2", "train", "model", "motifs", "oracle"]},
+    "score-variants": {"files": ["out"], "inputs": ["model", "fasta", "vcf", "variants"]},
+}
+
+
+def check_paths(verb: str, args) -> None:
+    """Apply `io.writers.check_outputs` to the verb's output and input flags (see PATHS), before any work."""
+    from .io.writers import OutputDirectory, check_outputs
+
+    spec = PATHS[verb]
+    flag = lambda name: "--" + name.replace("_", "-")  # noqa: E731
+    files = [(flag(n), getattr(args, n)) for n in spec.get("files", [])]
+    files += [(flag(n), getattr(args, n) and getattr(args, n) + ext) for n, ext in spec.get("sidecars", {}).items()]
+    dirs = []
+    for n, (signature, *entries) in spec.get("dirs", {}).items():
+        dirs.append((flag(n), getattr(args, n), OutputDirectory(verb, signature, tuple(entries) or None)))
+    inputs = []
+    for n in spec["inputs"]:
+        value = getattr(args, n)
+        inputs += [(flag(n), v) for v in (value if isinstance(value, list) else [value])]
+    check_outputs(files, dirs, inputs)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """argparse with one-line errors (`dna-mdlm VERB: error: ...; see dna-mdlm VERB --help`), exit code 2."""
 
@@ -636,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_libraries()
     try:
+        check_paths(args.verb, args)
         return int(run(args) or 0)
     except InputError as exc:
         print(f"dna-mdlm {args.verb}: error: {_one_line(exc)}", file=sys.stderr)

@@ -12,8 +12,9 @@ reverse-complement streams aligned to the same position).
 `embed_fasta` streams: records are read in chunks with Biopython, embedded batch by batch (batches of similar
 length, so padding costs little), and written straight into the output zip archive, so memory is bounded by a
 chunk, never by the file. Pooling writes `ids` (N,) and `embeddings` (N, F) float32, the rows appended to a
-temporary raw file and copied into the archive at the end; `pool="none"` writes one (L_i, C) array per record,
-keyed by record id. The archive appears only when complete.
+temporary raw file and copied into the archive at the end; `pool="none"` writes `ids` (N,) and one (L_i, C)
+array per record named `bases_<i>` after its row i in `ids` (never after the record name, which may hold `/` or
+`..` and would become a path when the archive is unzipped). The archive appears only when complete.
 """
 
 from __future__ import annotations
@@ -157,10 +158,10 @@ def embed_fasta(model_or_dir, fasta: str | os.PathLike, out: str | os.PathLike, 
             if pool != "none":
                 rows.write(np.ascontiguousarray(vectors, dtype=np.float32).tobytes())
             else:
-                for (rid, _), v in zip(chunk, vectors):
-                    _write_npy_entry(zf, rid, v.astype(np.float32))
+                for i, v in enumerate(vectors, start=len(names) - len(chunk)):
+                    _write_npy_entry(zf, f"bases_{i}", v.astype(np.float32))
+        _write_npy_entry(zf, "ids", np.array(names, dtype=str))
         if pool != "none":
-            _write_npy_entry(zf, "ids", np.array(names, dtype=str))
             rows.seek(0)
             header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False,
                       "shape": (len(names), width)}

@@ -81,7 +81,8 @@ def class_names(model: CaduceusForSequenceClassification) -> list[str]:
 def predict_fasta(model_dir: str | os.PathLike, fasta: str | os.PathLike, out: str | os.PathLike,
                   batch_size: int = 64, device: str = "cpu", max_length: int | None = None,
                   truncate: bool = False, unknown: str = "error") -> dict:
-    """Write a TSV (record name + one probability column per class name) atomically, rows in FASTA order.
+    """Write a TSV (record name + one probability column per class name) atomically, rows in FASTA order; with
+    `truncate`, a last column `truncated_to` holds the bases kept of a truncated record (NA: read whole).
 
     Returns {"records", "truncated"}: with `truncate`, records longer than `max_length` keep their first
     `max_length` bases and are counted (never silently); without it they are an error naming the record.
@@ -89,20 +90,23 @@ def predict_fasta(model_dir: str | os.PathLike, fasta: str | os.PathLike, out: s
     model = load_classifier(model_dir, device)
     n = truncated = 0
     with atomic_path(out) as tmp, open(tmp, "w") as fh:
-        fh.write("\t".join(["record"] + class_names(model)) + "\n")
+        fh.write("\t".join(["record"] + class_names(model) + (["truncated_to"] if truncate else [])) + "\n")
         for chunk in iter_fasta_batches(fasta, 16 * batch_size, unknown):
-            ids = []
+            ids, cut = [], []
             for rid, a in chunk:
                 if max_length is not None and len(a) > max_length:
                     if not truncate:
                         raise InputError(f"--fasta {fasta}: record {rid!r} has {len(a)} bases > --max-length "
                                          f"{max_length} (raise --max-length or pass --truncate)")
                     a, truncated = a[:max_length], truncated + 1
+                    cut.append(str(max_length))
+                else:
+                    cut.append("NA")
                 ids.append(a)
             proba = predict_proba(model, ids, batch_size)
             if not np.isfinite(proba).all():
                 raise InputError(f"--model {model_dir}: the classifier produced non-finite probabilities")
-            for (rid, _), row in zip(chunk, proba):
-                fh.write(rid + "\t" + "\t".join(f"{p:.6g}" for p in row) + "\n")
+            for (rid, _), row, kept in zip(chunk, proba, cut):
+                fh.write("\t".join([rid] + [f"{p:.6g}" for p in row] + ([kept] if truncate else [])) + "\n")
             n += len(chunk)
     return {"records": n, "truncated": truncated}

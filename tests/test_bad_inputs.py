@@ -10,6 +10,8 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -345,3 +347,186 @@ def test_iupac_codes_are_read_as_n_with_unknown_n_in_every_reader(kit, tmp_path,
                  "--unknown", "N", "--out", str(tmp_path / "s.fa"), "--steps", "4"]) == 0
     seq = (tmp_path / "s.fa").read_text().splitlines()[1]
     assert seq[:4] == "ACGT" and seq[-4:] == "ACGT" and set(seq) <= set("ACGT")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Outputs that would destroy data: a file over a directory, a directory over someone else's, an output over an input
+# --------------------------------------------------------------------------------------------------------------
+VCF = "##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\nchrR\t100\t.\tA\tC\t.\t.\t.\n"
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else p.is_symlink())
+            for p in sorted(root.rglob("*"))}
+
+
+def _output_cases(kit: Path, t: Path) -> dict:
+    good, ref, victim = str(kit / "good.fa"), str(kit / "ref.fa"), t / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("my notes\n")
+    v = str(victim)
+    lik = ["likelihood", "--model", str(kit / "markov"), "--fasta", good]
+    (t / "v.vcf").write_text(VCF)
+    sv = ["score-variants", "--model", str(kit / "markov"), "--fasta", ref, "--vcf", str(t / "v.vcf")]
+    # a pretraining run (finetune --model runs/x/model --out runs/x wiped one), a project folder, a previous report
+    run = t / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copytree(kit / "mdlm", run / "model")
+    (run / "run_config.json").write_text("{}\n")
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"weights")
+    proj = t / "myproj"
+    proj.mkdir()
+    (proj / "notes.md").write_text("notes\n")
+    (proj / "s1.fa").write_text(fasta_text({"s1": dna(200)}))
+    rep = t / "rep"
+    rep.mkdir()
+    for name in ("report.html", "metrics.json", "kmer_scatter.png", "notes.txt"):
+        (rep / name).write_text("x\n")
+    prev_ft = t / "ft"
+    shutil.copytree(kit / "clf", prev_ft / "model")
+    (prev_ft / "metrics.md").write_text("x\n")
+    (t / "lab.csv").write_text((kit / "train.csv").read_text())
+    (t / "cc.fa").write_text((kit / "ref.fa").read_text())
+    (t / "in.fa").write_text((kit / "good.fa").read_text())
+    (t / "link.npz").symlink_to(t / "in.fa")
+    ft = ["finetune", "--train", str(kit / "train.csv"), "--folds", "2", "--epochs", "1"]
+    is_dir = "is a directory (expected a file name)"
+    is_file = "is a file (expected a directory name)"
+    return {
+        # 1. a file written where a directory is
+        "likelihood_out_dir": (lik + ["--out", v], ["--out", v, is_dir]),
+        "likelihood_per_record_dir": (lik + ["--per-record", v], ["--per-record", is_dir]),
+        "likelihood_per_window_dir": (lik + ["--per-window", v], ["--per-window", is_dir]),
+        "sample_out_dir": (["sample", "--model", str(kit / "mdlm"), "--num-samples", "1", "--length", "20", "--out", v],
+                           ["--out", is_dir]),
+        "predict_out_dir": (["predict", "--model", str(kit / "clf"), "--fasta", good, "--out", v], ["--out", is_dir]),
+        "embed_out_dir": (["embed", "--model", str(kit / "mdlm"), "--fasta", good, "--out", v], ["--out", is_dir]),
+        "score_variants_out_dir": (sv + ["--out", v], ["--out", is_dir]),
+        "output_below_a_file": (lik + ["--out", str(t / "cc.fa" / "l.json")], ["--out", "is a file, not a directory"]),
+        # 2. a directory written where a file, or someone else's directory, is
+        "finetune_over_pretrain_run": (["finetune", "--model", str(run / "model"), "--train", str(kit / "train.csv"),
+                                        "--out", str(run)], ["--out", "not a previous finetune output", "metrics.md"]),
+        "evaluate_over_project": (["evaluate-samples", "--samples", str(proj / "s1.fa"), "--reference", ref,
+                                   "--out", str(proj)], ["--out", "not a previous evaluate-samples output"]),
+        "evaluate_over_report_and_notes": (["evaluate-samples", "--samples", good, "--reference", ref, "--out", str(rep)],
+                                           ["--out", "notes.txt", "would delete"]),
+        "pretrain_over_foreign_directory": (["pretrain", "--fasta", ref, "--config", "tiny", "--out", v],
+                                            ["--out", "not a previous pretrain output"]),
+        "finetune_over_file": (ft + ["--model", str(kit / "mdlm"), "--out", str(t / "lab.csv")], ["--out", is_file]),
+        "pretrain_over_file": (["pretrain", "--fasta", ref, "--config", "tiny", "--out", str(t / "cc.fa")],
+                               ["--out", is_file]),
+        "distill_over_file": (["distill", "--teacher", str(kit / "mdlm"), "--fasta", ref, "--config", "tiny",
+                               "--out", str(t / "cc.fa")], ["--out", is_file]),
+        # 3. an output that is, holds or lies in an input
+        "likelihood_per_record_is_the_fasta": (["likelihood", "--model", str(kit / "markov"), "--fasta", str(t / "in.fa"),
+                                                "--per-record", str(t / "in.fa")], ["--per-record", "the --fasta input"]),
+        "predict_out_is_the_fasta": (["predict", "--model", str(kit / "clf"), "--fasta", str(t / "in.fa"),
+                                      "--out", str(t / "in.fa")], ["--out", "the --fasta input"]),
+        "embed_out_links_to_the_fasta": (["embed", "--model", str(kit / "mdlm"), "--fasta", str(t / "in.fa"),
+                                          "--out", str(t / "link.npz")], ["--out", "the --fasta input"]),
+        "score_variants_out_is_the_vcf": (sv + ["--out", str(t / "v.vcf")], ["--out", "the --vcf input"]),
+        "sample_out_inside_the_model": (["sample", "--model", str(run / "model"), "--num-samples", "1", "--length", "20",
+                                         "--out", str(run / "model" / "s.fa")], ["--out", "inside the --model input"]),
+        "finetune_out_holds_its_model": (ft + ["--model", str(prev_ft / "model"), "--out", str(prev_ft)],
+                                         ["--out", "contains the --model input"]),
+        "two_outputs_one_file": (lik + ["--out", str(t / "x.tsv"), "--per-record", str(t / "x.tsv")],
+                                 ["--per-record", "is also --out"]),
+    }
+
+
+OUTPUT_CASES = [
+    "likelihood_out_dir", "likelihood_per_record_dir", "likelihood_per_window_dir", "sample_out_dir", "predict_out_dir",
+    "embed_out_dir", "score_variants_out_dir", "output_below_a_file", "finetune_over_pretrain_run",
+    "evaluate_over_project", "evaluate_over_report_and_notes", "pretrain_over_foreign_directory", "finetune_over_file",
+    "pretrain_over_file", "distill_over_file", "likelihood_per_record_is_the_fasta", "predict_out_is_the_fasta",
+    "embed_out_links_to_the_fasta", "score_variants_out_is_the_vcf", "sample_out_inside_the_model",
+    "finetune_out_holds_its_model", "two_outputs_one_file",
+]
+
+
+@pytest.mark.parametrize("case", OUTPUT_CASES)
+def test_outputs_never_destroy_data(kit, tmp_path, capsys, case):
+    cases = _output_cases(kit, tmp_path)
+    assert sorted(cases) == sorted(OUTPUT_CASES)
+    argv, expected = cases[case]
+    before = _snapshot(tmp_path)
+    assert_rejected(argv, capsys, tmp_path, *expected)
+    assert _snapshot(tmp_path) == before, "a refused output touched something"
+
+
+def test_rerunning_a_verb_into_its_own_previous_output_is_allowed(kit, tmp_path, capsys):
+    rep = tmp_path / "rep"
+    ev = ["evaluate-samples", "--samples", str(kit / "good.fa"), "--reference", str(kit / "ref.fa"), "--no-motifs",
+          "--out", str(rep)]
+    assert main(ev) == 0
+    assert main(ev + ["--seed", "1"]) == 0  # replaced: every name in it is one evaluate-samples writes
+    assert json.loads((rep / "metrics.json").read_text())["n_samples"] == len(SEQS)
+    (tmp_path / "train.csv").write_text("seq,label\n" + "".join(f"{dna(60)},{i % 2}\n" for i in range(60)))
+    ft = ["finetune", "--model", str(kit / "mdlm"), "--train", str(tmp_path / "train.csv"), "--folds", "2",
+          "--baselines", "none", "--device", "cpu", "--out", str(tmp_path / "ft")]
+    assert main(ft) == 0
+    assert main(ft) == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["predict", "--model", str(tmp_path / "ft" / "model"), "--fasta", str(kit / "good.fa"),
+                 "--out", str(tmp_path / "empty" / "p.tsv")]) == 0
+    capsys.readouterr()
+
+
+def test_embed_per_base_keys_never_hold_record_names(kit, tmp_path, capsys):
+    from dna_mdlm.embedding import embed, embed_fasta
+
+    names = ["../../x", "a/b", "/abs", "ok"]
+    seqs = [dna(40 + 5 * i) for i in range(len(names))]
+    fa = tmp_path / "odd_names.fa"
+    fa.write_text(fasta_text(dict(zip(names, seqs))))
+    out = tmp_path / "sub" / "bases.npz"
+    assert main(["embed", "--model", str(kit / "mdlm"), "--fasta", str(fa), "--pool", "none", "--out", str(out),
+                 "--device", "cpu"]) == 0
+    with zipfile.ZipFile(out) as zf:
+        assert sorted(zf.namelist()) == sorted(["ids.npy"] + [f"bases_{i}.npy" for i in range(len(names))])
+    expected = embed(str(kit / "mdlm"), seqs, pool="none")
+    embed_fasta(str(kit / "mdlm"), fa, tmp_path / "chunked.npz", pool="none", chunk_records=1, batch_size=1)
+    for path in (out, tmp_path / "chunked.npz"):
+        with np.load(path) as z:
+            assert z["ids"].tolist() == names
+            for i in range(len(names)):
+                np.testing.assert_allclose(z[f"bases_{i}"], expected[i], atol=1e-5)
+    capsys.readouterr()
+
+
+def test_caps_are_marked_in_the_output_files(kit, tmp_path, capsys):
+    rec = tmp_path / "r.tsv"
+    assert main(["likelihood", "--model", str(kit / "markov"), "--fasta", str(kit / "good.fa"), "--max-windows", "2",
+                 "--per-record", str(rec), "--out", str(tmp_path / "l.json")]) == 0
+    lines = [line.split("\t") for line in rec.read_text().splitlines()]
+    head, rows = lines[0], lines[1:]
+    col = {name: i for i, name in enumerate(head)}
+    assert [r[0] for r in rows] == list(SEQS)  # every record has a row, the ones left out too
+    scored = [int(r[col["windows_scored"]]) for r in rows]
+    assert sum(scored) == 2 and all(int(r[col["windows_available"]]) >= 1 for r in rows)
+    assert all(r[col["bits_per_base"]] == "NA" for r, s in zip(rows, scored) if s == 0)
+    assert json.loads((tmp_path / "l.json").read_text())["windows_available"] == len(SEQS)
+    p = tmp_path / "p.tsv"
+    assert main(["predict", "--model", str(kit / "clf"), "--fasta", str(kit / "good.fa"), "--max-length", "100",
+                 "--truncate", "--out", str(p)]) == 0
+    lines = [line.split("\t") for line in p.read_text().splitlines()]
+    assert lines[0] == ["record", "neg", "pos", "truncated_to"]
+    assert [r[-1] for r in lines[1:]] == ["NA" if len(s) <= 100 else "100" for s in SEQS.values()]
+    capsys.readouterr()
+
+
+def test_the_atomic_writers_never_swap_a_file_for_a_directory(tmp_path):
+    """Library callers that skip `check_outputs` still cannot lose a directory to a file, or a file to a directory."""
+    from dna_mdlm.errors import InputError
+    from dna_mdlm.io.writers import atomic_path, atomic_write_text
+
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine\n")
+    (tmp_path / "file.txt").write_text("mine\n")
+    before = _snapshot(tmp_path)
+    with pytest.raises(InputError, match="is a directory"):
+        atomic_write_text(victim, "x")
+    with pytest.raises(InputError, match="is a file"), atomic_path(tmp_path / "file.txt") as tmp:
+        tmp.mkdir()
+    assert _snapshot(tmp_path) == before

@@ -79,9 +79,10 @@ def test_embed_cli_streams_npz(ps_dir, seqs, tmp_path):
     out2 = tmp_path / "bases.npz"
     assert main(["embed", "--model", str(ps_dir), "--fasta", str(fasta), "--pool", "none", "--out", str(out2)]) == 0
     with np.load(out2) as z:
-        assert sorted(z.files) == [f"rec{i}" for i in range(5)]
+        assert sorted(z.files) == sorted(["ids"] + [f"bases_{i}" for i in range(5)])
+        assert z["ids"].tolist() == [f"rec{i}" for i in range(5)]
         for i, s in enumerate(seqs):
-            assert z[f"rec{i}"].shape == (len(s), 32)
+            assert z[f"bases_{i}"].shape == (len(s), 32)
 
 
 @pytest.mark.parametrize("content,word", [

@@ -135,7 +135,7 @@ def test_bad_inputs_exit_2_with_one_line_and_no_report(files, tmp_path, capsys, 
     elif case == "out_is_file":
         args["--out"] = str(tmp_path / "taken")
         Path(args["--out"]).write_text("x")
-        expect = "not a directory"
+        expect = "is a file (expected a directory name)"  # the shared output rule
     elif case == "bad_copy_fraction":
         args["--copy-fraction"], expect = "1.5", "--copy-fraction"
     argv = ["evaluate-samples"] + [x for kv in args.items() for x in kv]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections import OrderedDict, defaultdict
+from collections import Counter, OrderedDict, defaultdict
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -79,9 +79,10 @@ def likelihood(model, fasta, bed=None, regions=(), window: int | None = None, nu
 
     Returns the report: `bits_per_base`, `nats_per_base`, `perplexity`, `bases_scored`, `windows`, `upper_bound`
     (MDLM: the NELBO, with `stderr_*` when `num_samples` >= 2), `per_record` (FASTA order, each with its own
-    standard error), `per_window` rows (record, start, end, bases, nats) for the TSV outputs, and, when
-    `max_windows` keeps fewer windows than the input holds, `windows_available` and a `truncated` note (also
-    passed to `log`). Raises InputError for bad files, regions (never clipped), windows or models.
+    standard error and `windows_scored` of `windows_available`; a record `max_windows` left out has 0 scored),
+    `per_window` rows (record, start, end, bases, nats) for the TSV outputs, and, when `max_windows` keeps fewer
+    windows than the input holds, `windows_available` and a `truncated` note (also passed to `log`).
+    Raises InputError for bad files, regions (never clipped), windows or models.
     """
     if num_samples < 1:
         raise InputError(f"--mc-samples {num_samples}: expected a positive number of time samples per window")
@@ -105,6 +106,7 @@ def likelihood(model, fasta, bed=None, regions=(), window: int | None = None, nu
     order = {name: i for i, name in enumerate(genome.lengths)}
     tiles = _tiles(sorted(intervals, key=lambda iv: (order[iv.record], iv.start)), window)
     available = len(tiles)
+    per_record_available = Counter(t[0] for t in tiles)  # every record with bases to score, in FASTA order
     if max_windows is not None and max_windows < available:
         keep = np.unique(np.linspace(0, available - 1, int(max_windows)).round().astype(np.int64))
         tiles = [tiles[i] for i in keep]
@@ -138,18 +140,21 @@ def likelihood(model, fasta, bed=None, regions=(), window: int | None = None, nu
         report["note"] = "MDLM figures are Monte-Carlo estimates of the NELBO: an upper bound on the true NLL"
     else:
         report["note"] = "exact likelihood (each window scored from its own first base)"
-    per_record: OrderedDict[str, list[float]] = OrderedDict()
+    # A record that --max-windows left out keeps its row (0 windows scored), so the per-record table says so.
+    per_record: OrderedDict[str, list[float]] = OrderedDict((r, [0.0, 0.0, 0, 0]) for r in per_record_available)
     for (record, _, _, _), (nats, var, n) in zip(tiles, scores):
-        acc = per_record.setdefault(record, [0.0, 0.0, 0])
+        acc = per_record[record]
         acc[0] += nats
         acc[1] += var
         acc[2] += int(n)
+        acc[3] += 1
     report["per_record"] = {}
-    for record, (nats, var, n) in per_record.items():
+    for record, (nats, var, n, w) in per_record.items():
         row = per_base(nats, n) if n else {"nats_per_base": None, "bits_per_base": None, "perplexity": None,
                                            "bases_scored": 0}
         if lm.upper_bound and num_samples > 1 and n:
             row["stderr_bits_per_base"] = math.sqrt(var) / n / LN2
+        row["windows_scored"], row["windows_available"] = int(w), per_record_available[record]
         report["per_record"][record] = row
     report["per_window"] = [(record, start, start + length, int(n), float(nats))
                             for (record, start, length, _), (nats, _, n) in zip(tiles, scores)]

@@ -10,5 +10,7 @@
 * `regions`: `chr:start-end` regions and BED intervals, checked against the records: a missing record, a reversed
   interval or one running past the end is an error, never clipped; interval arithmetic; contig-name aliasing.
 * `tables`: CSV/TSV with a header (delimiter from the extension or sniffed).
-* `writers`: atomic file and directory writers, TSV and JSON writers that refuse non-finite numbers.
+* `writers`: atomic file and directory writers, TSV and JSON writers that refuse non-finite numbers, and
+  `check_outputs`, the one rule on where a verb may write (no file over a directory or directory over a file, a
+  non-empty output directory only when it is a previous output of the same verb, no output over or in an input).
 """

@@ -28,7 +28,7 @@ from typing import Any
 import vcfpy
 
 from ..errors import InputError
-from .writers import atomic_path
+from .writers import atomic_path, check_outputs
 
 # vcfpy warns about header incompleteness (an INFO key without a ##INFO line, ...): nothing that changes
 # which alleles are read, so its own warning category is silenced for the whole process.
@@ -403,8 +403,7 @@ def open_score_writer(out: str | os.PathLike, columns: Sequence[ScoreColumn], he
     `out` ending in .vcf / .vcf.gz / .vcf.bgz gives a VCF (bgzip-compressed for .gz/.bgz), anything else a TSV.
     """
     out = Path(out)
-    if out.is_dir():
-        raise InputError(f"--out {out}: is a directory (expected a .tsv or .vcf file name)")
+    check_outputs(files=[("--out", out)])  # the one output rule: never a file over a directory
     with atomic_path(out) as tmp:
         if str(out).lower().endswith(VCF_SUFFIXES):
             target = tmp.with_name(tmp.name[:-4] + ".gz") if str(tmp).lower().endswith(".bgz") else tmp
