@@ -235,7 +235,7 @@ class MarkovLM:
         return torch.from_numpy(np.stack([encode_dna(s) for s in seqs])).to(canvas.device)
 
     def nats_per_window(self, x, score_mask=None, attention_mask=None, num_samples: int = 1,
-                        generator=None) -> torch.Tensor:
+                        generator=None, seeds=None) -> torch.Tensor:
         """(B, 1) float64 exact NLL sums of the rows of x (B, L) ids, each row its own record (its first bases
         use short contexts), counting only positions where `score_mask` is True."""
         rows = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -11,6 +11,7 @@ and other symbols are never scored.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections import OrderedDict, defaultdict
@@ -29,10 +30,28 @@ from ..units import LN2, per_base
 MARKOV_CHUNK = 1_000_000  # a Markov LM scores records exactly; long records are read in chunks this long
 
 
+def window_seed(seed: int, key) -> int:
+    """A 63-bit seed for one window, a pure function of (seed, key); key names the window, e.g. (record, start)."""
+    digest = hashlib.sha256(f"{seed}|{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def score_windows(lm, windows: Sequence[tuple[np.ndarray, np.ndarray]], num_samples: int = 1, batch_size: int = 16,
-                  device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> np.ndarray:
+                  device: torch.device | str = "cpu", seed: int | torch.Generator = 0,
+                  keys: Sequence | None = None) -> np.ndarray:
     """(W, 3) float64 rows (mean nats, Monte-Carlo variance of that mean, bases scored) for W windows
-    `(ids (L_i,), score_mask (L_i,))`, in the order given. Windows of equal length are batched together."""
+    `(ids (L_i,), score_mask (L_i,))`, in the order given. Windows of equal length are batched together.
+
+    An MDLM's Monte-Carlo draws (times and masks) for window i come from `window_seed(seed, keys[i])` (keys
+    default to the window's index), so a window's figure depends on (seed, key) only: not on `batch_size`, on
+    which windows share its batch, or on the order of the input. A `torch.Generator` as `seed` stands for its
+    initial seed."""
+    if isinstance(seed, torch.Generator):
+        seed = seed.initial_seed()
+    if keys is None:
+        keys = range(len(windows))
+    if len(keys) != len(windows):
+        raise ValueError(f"score_windows: {len(keys)} keys for {len(windows)} windows")
     out = np.zeros((len(windows), 3), dtype=np.float64)
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, (ids, _) in enumerate(windows):
@@ -43,8 +62,9 @@ def score_windows(lm, windows: Sequence[tuple[np.ndarray, np.ndarray]], num_samp
             rows = idx[b: b + batch_size]
             x = torch.from_numpy(np.stack([windows[i][0] for i in rows])).to(device)
             mask = torch.from_numpy(np.stack([windows[i][1] for i in rows])).to(device)
+            seeds = [window_seed(int(seed), keys[i]) for i in rows]
             with torch.no_grad():
-                sums = lm.nats_per_window(x, score_mask=mask, num_samples=num_samples, generator=generator)
+                sums = lm.nats_per_window(x, score_mask=mask, num_samples=num_samples, seeds=seeds)
             sums = sums.detach().double().cpu().numpy()
             if not np.isfinite(sums).all():
                 raise InputError("the model produced a non-finite likelihood; its weights or inputs are broken")
@@ -108,15 +128,16 @@ def likelihood(model, fasta, bed=None, regions=(), window: int | None = None, nu
     if max_windows is not None and max_windows < available:
         keep = np.unique(np.linspace(0, available - 1, int(max_windows)).round().astype(np.int64))
         tiles = [tiles[i] for i in keep]
-    windows = []
+    windows, keys = [], []
     for record, start, length, first in tiles:
+        keys.append((record, start, length))
         ids = genome.read(record, start, start + length)
         mask = (ids >= A_ID) & (ids <= T_ID)
         mask[:first] = False
         windows.append((ids, mask))
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    torch.manual_seed(seed)
-    scores = score_windows(lm, windows, num_samples, batch_size, dev, gen)
+    # Per-window seeds from (seed, record, start, length): a record's figure does not depend on --batch-size,
+    # on the other records in the file or on their order.
+    scores = score_windows(lm, windows, num_samples, batch_size, dev, seed, keys)
     n_total = int(scores[:, 2].sum())
     if n_total == 0:
         raise InputError(f"--fasta {fasta}: nothing to score (no A/C/G/T bases in the selected records/regions)")
