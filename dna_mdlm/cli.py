@@ -137,7 +137,8 @@ def add_likelihood_arguments(p):
                    "(reported as a truncation)")
     _unknown_arg(p, "the FASTA")
     _device_arg(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the MDLM's Monte-Carlo noise")
+    p.add_argument("--seed", type=int, default=0, help="seed of the MDLM's Monte-Carlo noise: each window's draws depend on (seed, record, "
+                   "window start) only, so --batch-size and the other records never change a figure")
     p.add_argument("--out", help="write the JSON report here (default: print it)")
     p.add_argument("--per-window", help="TSV of per-window results")
     p.add_argument("--per-record", help="TSV of per-record results (FASTA order, with standard errors)")
@@ -216,7 +217,8 @@ def add_sample_arguments(p):
                    "0 = unconditional; > 1 = stronger class signal, two network passes per step)")
     _unknown_arg(p, "--prefix/--suffix/--template (with N they are generated)")
     _device_arg(p)
-    p.add_argument("--seed", type=int, default=0, help="same seed, same samples")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same samples: sample i depends on (seed, i) only, not on --batch-size or "
+                   "--num-samples (on one device; accelerators may round batched arithmetic differently)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="FASTA to write (settings and costs go to OUT.json)")
 

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from dna_mdlm.baselines.markov import MarkovLM
 from dna_mdlm.evaluation.likelihood import likelihood
+from dna_mdlm.generate import sample
 from dna_mdlm.models import CaduceusConfig, CaduceusForMaskedLM
 
 
@@ -52,3 +54,16 @@ def test_likelihood_per_record_figures_do_not_depend_on_batch_size_neighbours_or
     # the seed does matter: another seed gives other Monte-Carlo draws
     other = likelihood(tiny_mdlm, str(clean), window=64, num_samples=3, seed=6)["per_record"]["r1"]["nats_per_base"]
     assert other != pytest.approx(base["r1"], rel=1e-9, abs=0)
+
+
+def test_sample_same_seed_same_samples_whatever_the_batch_size(tiny_mdlm, tmp_path):
+    markov = tmp_path / "markov"
+    MarkovLM.fit(list(_records().values()), k=2).save_pretrained(markov)
+    for model, kw in ((tiny_mdlm, {"steps": 8}), (markov, {})):
+        default = sample(model, 5, 40, seed=3, device="cpu", **kw)
+        assert sample(model, 5, 40, seed=3, batch_size=1, device="cpu", **kw) == default
+        assert sample(model, 5, 40, seed=3, batch_size=2, device="cpu", **kw) == default
+        # the first samples do not depend on how many are asked for; another seed gives other samples
+        assert sample(model, 2, 40, seed=3, device="cpu", **kw) == default[:2]
+        assert sample(model, 5, 40, seed=4, device="cpu", **kw) != default
+        assert len(set(default)) == 5

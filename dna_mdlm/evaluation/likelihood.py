@@ -11,7 +11,6 @@ and other symbols are never scored.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections import OrderedDict, defaultdict
@@ -24,16 +23,11 @@ from ..data.genome import GenomeWindows
 from ..errors import InputError
 from ..io.regions import Interval, intersect_intervals, merge_intervals, parse_regions
 from ..loading import as_language_model, load_language_model, resolve_device
+from ..seeding import derived_seed
 from ..tokenizer import A_ID, T_ID
 from ..units import LN2, per_base
 
 MARKOV_CHUNK = 1_000_000  # a Markov LM scores records exactly; long records are read in chunks this long
-
-
-def window_seed(seed: int, key) -> int:
-    """A 63-bit seed for one window, a pure function of (seed, key); key names the window, e.g. (record, start)."""
-    digest = hashlib.sha256(f"{seed}|{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
 def score_windows(lm, windows: Sequence[tuple[np.ndarray, np.ndarray]], num_samples: int = 1, batch_size: int = 16,
@@ -42,7 +36,7 @@ def score_windows(lm, windows: Sequence[tuple[np.ndarray, np.ndarray]], num_samp
     """(W, 3) float64 rows (mean nats, Monte-Carlo variance of that mean, bases scored) for W windows
     `(ids (L_i,), score_mask (L_i,))`, in the order given. Windows of equal length are batched together.
 
-    An MDLM's Monte-Carlo draws (times and masks) for window i come from `window_seed(seed, keys[i])` (keys
+    An MDLM's Monte-Carlo draws (times and masks) for window i come from `seeding.derived_seed(seed, *keys[i])` (keys
     default to the window's index), so a window's figure depends on (seed, key) only: not on `batch_size`, on
     which windows share its batch, or on the order of the input. A `torch.Generator` as `seed` stands for its
     initial seed."""
@@ -62,7 +56,7 @@ def score_windows(lm, windows: Sequence[tuple[np.ndarray, np.ndarray]], num_samp
             rows = idx[b: b + batch_size]
             x = torch.from_numpy(np.stack([windows[i][0] for i in rows])).to(device)
             mask = torch.from_numpy(np.stack([windows[i][1] for i in rows])).to(device)
-            seeds = [window_seed(int(seed), keys[i]) for i in rows]
+            seeds = [derived_seed(int(seed), *(keys[i] if isinstance(keys[i], tuple) else (keys[i],))) for i in rows]
             with torch.no_grad():
                 sums = lm.nats_per_window(x, score_mask=mask, num_samples=num_samples, seeds=seeds)
             sums = sums.detach().double().cpu().numpy()

@@ -36,7 +36,6 @@ and an NA row with `skip_mismatched`), a malformed line. Alleles that cannot be 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -57,6 +56,7 @@ from ..io.regions import ContigResolver
 from ..io.variants import PROBLEM_NO_ALT, PROBLEM_SAME, PROBLEM_UNSUPPORTED, ScoreColumn, Variant, VariantFile, open_score_writer
 from ..loading import as_language_model, load_language_model, resolve_device
 from ..models.modeling_caduceus import masked_pool
+from ..seeding import derived_seed
 from ..tokenizer import A_ID, DEFAULT_WINDOW, MASK_ID, N_ID, T_ID, complement_map, encode_dna, rc_ids
 
 SCORES = ("llr", "elbo", "embedding_distance")
@@ -201,8 +201,7 @@ class _Site:
 
 
 def _site_seed(seed: int, contig: str, centre: int, stream: int) -> int:
-    digest = hashlib.sha256(f"{seed}|{contig}|{centre}|{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return derived_seed(seed, contig, centre, stream)
 
 
 def _build_windows(sites: Iterable[_Site], ref: _Reference, window: int) -> None:
