@@ -238,6 +238,32 @@ def test_vcf_and_tsv_give_the_same_scores(ps_dir, fasta, tmp_path, seq):
     assert a[-1]["llr"] is None and a[-1]["elbo"] is not None  # the deletion: llr NA, elbo scores it
 
 
+def test_bom_crlf_and_csv_inputs_score_like_clean_tsv_and_vcf(ps_dir, fasta, tmp_path, seq):
+    """Every verb reads a byte-order mark, CRLF and CSV (io.text / io.tables): same rows, same scores."""
+    vcf, tsv = _same_variants_both_ways(tmp_path, seq)
+    kw = dict(window=W, scores="llr,elbo", samples=2)
+    want = score_variants(ps_dir, fasta, tsv, **kw)["rows"]
+    bom = b"\xef\xbb\xbf"
+    variants = {
+        "bom.vcf": bom + vcf.read_bytes(),
+        "bom_crlf.vcf": bom + vcf.read_bytes().replace(b"\n", b"\r\n"),
+        "bom.tsv": bom + tsv.read_bytes(),
+        # a CSV (the multi-allelic ALT quoted), and one whose delimiter must be sniffed (.txt), with a BOM
+        "v.csv": tsv.read_text().replace("\t", ",").encode(),
+        "bom.txt": bom + tsv.read_text().replace("\t", ",").encode(),
+    }
+    for name, data in variants.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        got = score_variants(ps_dir, fasta, path, **kw)["rows"]
+        assert len(got) == len(want) == 7, name
+        for ra, rb in zip(got, want):
+            for key in ("llr", "elbo", "elbo_se"):
+                assert (ra[key] is None) == (rb[key] is None), name
+                if rb[key] is not None:
+                    assert ra[key] == pytest.approx(rb[key], rel=1e-9), name
+
+
 def test_gzip_and_bgzip_vcf_read_like_plain(ps_dir, fasta, tmp_path, seq):
     from Bio import bgzf
 
@@ -433,7 +459,7 @@ def _bad_cases(seq):
         "tsv_header": (["--variants", "Chrom\tPosition\tRef\n1\t100\tA\n"], "v.tsv:1: the header has no alt column"),
         "tsv_pos": (["--variants", f"chrom\tpos\tref\talt\n1\t100\t{b}\tC\n1\t1e3\tA\tC\n"], "v.tsv:3: pos '1e3'"),
         "tsv_allele": (["--variants", f"chrom\tpos\tref\talt\n1\t100\t{b}\tZ\n"], "v.tsv:2: allele 'Z'"),
-        "tsv_short": (["--variants", "chrom\tpos\tref\talt\n1\t100\n"], "v.tsv:2: 2 tab-separated field(s)"),
+        "tsv_short": (["--variants", "chrom\tpos\tref\talt\n1\t100\n"], "v.tsv:2: 2 fields but the header has 4"),
     }
 
 
