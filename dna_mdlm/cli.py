@@ -568,6 +568,7 @@ def add_score_variants_arguments(p):
                    "counted warning and an NA row (status ref_mismatch) instead of an error")
     _device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the elbo's Monte-Carlo draws (same seed, same scores)")
+    _unknown_arg(p, "the reference bases a variant's windows read")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -580,7 +581,7 @@ def run_score_variants(args):
     summary = score_variants(args.model, args.fasta, path, args.out, scores=args.scores, window=args.window,
                              samples=args.mc_samples, batch_size=args.batch_size, device=args.device, seed=args.seed,
                              skip_mismatched=args.skip_mismatched, fmt=flag.replace("variants", "tsv"),
-                             progress=not args.no_progress and sys.stderr.isatty(), flag=flag)
+                             progress=not args.no_progress and sys.stderr.isatty(), flag=flag, unknown=args.unknown)
     for line in summary["warnings"]:
         print(f"dna-mdlm score-variants: warning: {line}", file=sys.stderr)
     print(json.dumps({k: v for k, v in summary.items() if k != "warnings"}), file=sys.stderr)

@@ -479,6 +479,26 @@ def test_bad_input_is_one_line_naming_the_line_exit_2_nothing_written(ps_dir, fa
     assert not out.exists() and (not out.parent.exists() or list(out.parent.iterdir()) == [])
 
 
+def test_iupac_code_in_the_reference_follows_the_unknown_policy(ps_dir, seq, tmp_path, capsys):
+    """--unknown error (default): an R in a window (10 bases from the SNV) is a one-line error naming file/record/position, nothing
+    written; --unknown N: read as N, the same scores as a FASTA with an N there."""
+    b = seq[99]
+    vcf = write_vcf(tmp_path / "v.vcf", [f"chr1\t100\tv\t{b}\t{other(b)}\t.\tPASS\t."])
+    with_r = write_fasta(tmp_path / "r.fa", {"chr1": seq[:89] + "R" + seq[90:]})
+    with_n = write_fasta(tmp_path / "n.fa", {"chr1": seq[:89] + "N" + seq[90:]})
+    out = tmp_path / "out.tsv"
+    assert run_cli("--model", ps_dir, "--fasta", with_r, "--vcf", vcf, "--window", W, "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "r.fa" in err and "chr1" in err and "--unknown N" in err, err
+    assert not out.exists()
+    assert run_cli("--model", ps_dir, "--fasta", with_r, "--vcf", vcf, "--window", W, "--scores", "llr,elbo",
+                   "--unknown", "N", "--out", out) == 0
+    want = score_variants(ps_dir, with_n, vcf, window=W, scores="llr,elbo")["rows"][0]
+    got = read_tsv(out)[0]
+    assert float(got["llr"]) == pytest.approx(want["llr"], rel=1e-5)
+    assert float(got["elbo"]) == pytest.approx(want["elbo"], rel=1e-5)
+
+
 def test_skip_mismatched_turns_the_error_into_a_counted_warning(ps_dir, fasta, seq, tmp_path, capsys):
     b = seq[99]
     vcf = write_vcf(tmp_path / "v.vcf", [f"chr1\t100\tok\t{b}\t{other(b)}\t.\tPASS\t.",

@@ -106,9 +106,10 @@ def _short(allele: str) -> str:
 class _Reference:
     """The FASTA seen by the scorer: contig aliasing, REF checks and N-padded windows."""
 
-    def __init__(self, fasta):
-        # unknown="N": an IUPAC code in a flank is context, not an error; REF itself is checked as text.
-        self.genome = GenomeWindows(fasta, window=1, max_n_frac=1.0, unknown="N")
+    def __init__(self, fasta, unknown: str = "error"):
+        # The --unknown policy of every FASTA-reading verb: an IUPAC code in a window that is read is an error
+        # naming file, line, column and record (unknown="error"), or context read as N (unknown="N").
+        self.genome = GenomeWindows(fasta, window=1, max_n_frac=1.0, unknown=unknown)
         self.lengths = self.genome.lengths
         self.resolve = ContigResolver(list(self.lengths))
         self.fasta = fasta
@@ -496,7 +497,7 @@ def _resolve_scores(scores, kind: str) -> tuple[str, ...]:
 def score_variants(model, fasta: str | os.PathLike, variants, out: str | os.PathLike | None = None, *,
                    scores: str | Sequence[str] | None = None, window: int | None = None, samples: int = 8,
                    batch_size: int = 32, device: str = "cpu", seed: int = 0, skip_mismatched: bool = False,
-                   fmt: str = "auto", progress: bool = False, flag: str = "variants") -> dict:
+                   fmt: str = "auto", progress: bool = False, flag: str = "variants", unknown: str = "error") -> dict:
     """Score every allele of `variants` against `fasta` with `model`; see the module docstring for the scores.
 
     Args:
@@ -514,6 +515,8 @@ def score_variants(model, fasta: str | os.PathLike, variants, out: str | os.Path
         skip_mismatched: a REF that does not match the FASTA becomes an NA row (status ref_mismatch) and a
             counted warning instead of an error.
         progress: show a progress bar over alleles on stderr. flag: the CLI flag named in error messages.
+        unknown: IUPAC ambiguity codes (R, Y, ...) in the reference bases a window reads: 'error' (an InputError
+            naming file, line, column and record; nothing written) or 'N' (read as N, never scored).
 
     Returns: a summary dict (counts of alleles, scored, skipped by reason, padded, warnings, settings), with
     `rows` (one dict per allele, input order) when `out` is None.
@@ -539,7 +542,7 @@ def score_variants(model, fasta: str | os.PathLike, variants, out: str | os.Path
         window = config.window if config is not None else DEFAULT_WINDOW
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise InputError(f"--window {window}: expected an integer >= 2 (bases per window)")
-    reference = _Reference(fasta)
+    reference = _Reference(fasta, unknown)
     columns = score_columns(kind, scores)
     source = _as_variants(variants, fmt, flag)
     warnings: list[str] = []
