@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import shlex
 from pathlib import Path
@@ -392,6 +393,28 @@ def test_deletion_keeps_the_random_numbers_of_shifted_bases(seq, fasta):
     assert site.n_ext == 2
     np.testing.assert_array_equal(allele.alt_src, np.r_[np.arange(h), np.arange(h + 2, W + 2)])
     assert "".join("ACGTN"[i - A_ID] for i in allele.alt_ids) == seq[99 - h:99] + seq[101:101 + W - h]
+
+
+def test_indels_near_a_contig_end_score_like_indels_in_the_middle(ps_dir, seq, tmp_path):
+    """Under a uniform Markov LM every window of W real bases has the same likelihood, so an indel's llr is exactly
+    0 in the middle; near the right end the windows must stay W real bases too (a padded pulled-in base used to
+    add log 4 = 1.386 nats). The MDLM's windows there are all real bases as well (padded_bases 0)."""
+    uniform = tmp_path / "uniform"
+    MarkovLM.fit(["".join(p) for p in itertools.product("ACGT", repeat=2)], k=2).save_pretrained(uniform)
+    fa = write_fasta(tmp_path / "ref.fa", {"chr1": seq})
+    rows = []
+    for p in (100, L - 8, L - 3):  # middle, near the end, 3 bp from the end
+        b, nxt = seq[p - 1], seq[p]
+        rows += [("chr1", p, b + nxt, b), ("chr1", p, b, b + other(nxt)), ("chr1", p, b, b + other(nxt) * 2)]
+    tsv = write_tsv(tmp_path / "indels.tsv", rows)
+    got = score_variants(uniform, fa, tsv, window=W)["rows"]
+    assert len(got) == 9
+    for r in got:
+        assert r["llr"] == pytest.approx(0.0, abs=1e-9), r
+        assert r["padded_bases"] == 0, r
+    mdlm = score_variants(ps_dir, fa, tsv, window=W, scores="elbo", samples=2)["rows"]
+    assert [r["padded_bases"] for r in mdlm] == [0] * 9
+    assert all(np.isfinite(r["elbo"]) for r in mdlm)
 
 
 def test_padding_near_contig_ends_is_counted(ps_dir, fasta, seq, tmp_path, capsys):
