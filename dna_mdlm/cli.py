@@ -412,7 +412,8 @@ def add_predict_arguments(p):
     p.epilog = _examples("dna-mdlm predict --model runs/nontata/model --fasta candidates.fa --out probs.tsv")
     p.add_argument("--model", required=True, help="fine-tuned classifier directory (from dna-mdlm finetune)")
     p.add_argument("--fasta", required=True, help="FASTA of sequences to classify (gzip allowed)")
-    p.add_argument("--out", required=True, help="TSV: record id + one probability column per class name")
+    p.add_argument("--out", required=True, help="TSV: record id + one probability column per class name + n_fraction "
+                   "(a record with no A/C/G/T base gets empty probabilities)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, help="longer records are an error unless --truncate")
     p.add_argument("--truncate", action="store_true", help="keep the first --max-length bases of longer records "
@@ -427,6 +428,11 @@ def run_predict(args):
     summary = predict_fasta(args.model, args.fasta, args.out, args.batch_size, args.device, args.max_length,
                             args.truncate, args.unknown)
     cut = f", {summary['truncated']} truncated to {args.max_length} bp" if summary["truncated"] else ""
+    if summary["no_bases"] or summary["mostly_n"]:
+        more = ", ..." if summary["no_bases"] + summary["mostly_n"] > len(summary["flagged"]) else ""
+        print(f"dna-mdlm predict: warning: {summary['no_bases']} record(s) with no A/C/G/T base (probabilities left "
+              f"empty) and {summary['mostly_n']} more than half N (probabilities from little sequence; see the "
+              f"n_fraction column): {', '.join(summary['flagged'])}{more}", file=sys.stderr)
     print(f"dna-mdlm predict: {summary['records']} records -> {args.out}{cut}", file=sys.stderr)
     return 0
 
@@ -500,7 +506,7 @@ def add_evaluate_samples_arguments(p):
 
 def run_evaluate_samples(args):
     from .evaluation.report import verdicts
-    from .evaluation.sample_quality import evaluate_samples_files
+    from .evaluation.sample_quality import evaluate_samples_files, notices
 
     oracle = None
     if args.target_class is not None and args.oracle is None:
@@ -529,6 +535,8 @@ def run_evaluate_samples(args):
           f"({ref['n_compared']} compared); 6-mer JS {js6['generated']:.4f} vs "
           f"real-vs-real {js6['real_vs_real']:.4f}; {passed} pass, {len(warned)} warn"
           + (f" ({', '.join(warned)})" if warned else ""), file=sys.stderr)
+    for line in notices(result):
+        print(f"dna-mdlm evaluate-samples: warning: {line}", file=sys.stderr)
     if judge is not None:
         j = result["judge_bits_per_base"]
         bound = "<= " if judge.upper_bound else ""
