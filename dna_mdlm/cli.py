@@ -137,7 +137,8 @@ def add_likelihood_arguments(p):
                    "(reported as a truncation)")
     _unknown_arg(p, "the FASTA")
     _device_arg(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of the MDLM's Monte-Carlo noise")
+    p.add_argument("--seed", type=int, default=0, help="seed of the MDLM's Monte-Carlo noise: each window's draws depend on (seed, record, "
+                   "window start) only, so --batch-size and the other records never change a figure")
     p.add_argument("--out", help="write the JSON report here (default: print it)")
     p.add_argument("--per-window", help="TSV of per-window results")
     p.add_argument("--per-record", help="TSV of per-record results (FASTA order, with standard errors, and "
@@ -218,7 +219,8 @@ def add_sample_arguments(p):
                    "0 = unconditional; > 1 = stronger class signal, two network passes per step)")
     _unknown_arg(p, "--prefix/--suffix/--template (with N they are generated)")
     _device_arg(p)
-    p.add_argument("--seed", type=int, default=0, help="same seed, same samples")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same samples: sample i depends on (seed, i) only, not on --batch-size or "
+                   "--num-samples (on one device; accelerators may round batched arithmetic differently)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, help="FASTA to write (settings and costs go to OUT.json)")
 
@@ -412,7 +414,8 @@ def add_predict_arguments(p):
     p.epilog = _examples("dna-mdlm predict --model runs/nontata/model --fasta candidates.fa --out probs.tsv")
     p.add_argument("--model", required=True, help="fine-tuned classifier directory (from dna-mdlm finetune)")
     p.add_argument("--fasta", required=True, help="FASTA of sequences to classify (gzip allowed)")
-    p.add_argument("--out", required=True, help="TSV: record id + one probability column per class name")
+    p.add_argument("--out", required=True, help="TSV: record id + one probability column per class name + n_fraction "
+                   "(a record with no A/C/G/T base gets empty probabilities)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-length", type=int, help="longer records are an error unless --truncate")
     p.add_argument("--truncate", action="store_true", help="keep the first --max-length bases of longer records "
@@ -427,6 +430,11 @@ def run_predict(args):
     summary = predict_fasta(args.model, args.fasta, args.out, args.batch_size, args.device, args.max_length,
                             args.truncate, args.unknown)
     cut = f", {summary['truncated']} truncated to {args.max_length} bp" if summary["truncated"] else ""
+    if summary["no_bases"] or summary["mostly_n"]:
+        more = ", ..." if summary["no_bases"] + summary["mostly_n"] > len(summary["flagged"]) else ""
+        print(f"dna-mdlm predict: warning: {summary['no_bases']} record(s) with no A/C/G/T base (probabilities left "
+              f"empty) and {summary['mostly_n']} more than half N (probabilities from little sequence; see the "
+              f"n_fraction column): {', '.join(summary['flagged'])}{more}", file=sys.stderr)
     print(f"dna-mdlm predict: {summary['records']} records -> {args.out}{cut}", file=sys.stderr)
     return 0
 
@@ -501,7 +509,7 @@ def add_evaluate_samples_arguments(p):
 
 def run_evaluate_samples(args):
     from .evaluation.report import verdicts
-    from .evaluation.sample_quality import evaluate_samples_files
+    from .evaluation.sample_quality import evaluate_samples_files, notices
 
     oracle = None
     if args.target_class is not None and args.oracle is None:
@@ -530,6 +538,8 @@ def run_evaluate_samples(args):
           f"({ref['n_compared']} compared); 6-mer JS {js6['generated']:.4f} vs "
           f"real-vs-real {js6['real_vs_real']:.4f}; {passed} pass, {len(warned)} warn"
           + (f" ({', '.join(warned)})" if warned else ""), file=sys.stderr)
+    for line in notices(result):
+        print(f"dna-mdlm evaluate-samples: warning: {line}", file=sys.stderr)
     if judge is not None:
         j = result["judge_bits_per_base"]
         bound = "<= " if judge.upper_bound else ""
@@ -569,6 +579,7 @@ def add_score_variants_arguments(p):
                    "counted warning and an NA row (status ref_mismatch) instead of an error")
     _device_arg(p)
     p.add_argument("--seed", type=int, default=0, help="seed of the elbo's Monte-Carlo draws (same seed, same scores)")
+    _unknown_arg(p, "the reference bases a variant's windows read")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -581,7 +592,7 @@ def run_score_variants(args):
     summary = score_variants(args.model, args.fasta, path, args.out, scores=args.scores, window=args.window,
                              samples=args.mc_samples, batch_size=args.batch_size, device=args.device, seed=args.seed,
                              skip_mismatched=args.skip_mismatched, fmt=flag.replace("variants", "tsv"),
-                             progress=not args.no_progress and sys.stderr.isatty(), flag=flag)
+                             progress=not args.no_progress and sys.stderr.isatty(), flag=flag, unknown=args.unknown)
     for line in summary["warnings"]:
         print(f"dna-mdlm score-variants: warning: {line}", file=sys.stderr)
     print(json.dumps({k: v for k, v in summary.items() if k != "warnings"}), file=sys.stderr)

@@ -22,10 +22,19 @@ from Bio.Seq import Seq
 from Bio.SeqIO import write as write_fasta
 from Bio.SeqRecord import SeqRecord
 
-from .diffusion.sampling import DEFAULT_GAMMA, DEFAULT_ORDER, ORDERS, SAMPLERS, GenerationSettings, SamplingStats
+from .diffusion.sampling import (
+    DEFAULT_GAMMA,
+    DEFAULT_ORDER,
+    ORDERS,
+    SAMPLERS,
+    GenerationSettings,
+    RowGenerators,
+    SamplingStats,
+)
 from .errors import InputError
 from .io.writers import atomic_path, atomic_write_text
 from .loading import as_language_model, load_language_model, resolve_device
+from .seeding import derived_seed
 from .tokenizer import MASK_ID, N_ID, InvalidSequenceError, decode_dna, encode_dna
 
 
@@ -159,7 +168,6 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
             record["distilled"] = distilled
     batch_size = batch_size or min(num_samples, 64)
     stats = SamplingStats()
-    generator = torch.Generator().manual_seed(int(seed))
     bar = None
     if progress:
         from tqdm.auto import tqdm  # only with a terminal to draw on
@@ -172,6 +180,10 @@ def generate(model, num_samples: int, length: int | None = None, *, steps: int |
         for first in range(0, num_samples, batch_size):
             n = min(batch_size, num_samples - first)
             batch = torch.as_tensor(canvas, device=dev).repeat(n, 1)
+            # Sample i draws from its own stream, seeded by (seed, i): the same seed gives the same sample i
+            # whatever --batch-size (up to float rounding of batched arithmetic on an accelerator).
+            generator = RowGenerators(torch.Generator().manual_seed(derived_seed(int(seed), "sample", first + j))
+                                      for j in range(n))
             ids = lm.infill(batch, settings, generator, stats, bar)
             out.extend(decode_dna(row) for row in ids.cpu())
     finally:

@@ -6,7 +6,9 @@
 * `encode_sequences` — DNA strings to token-id arrays with the length policy of a run (`max_length`, `truncate`).
 * `predict_proba` — (N, n_classes) softmax probabilities, batched by length so padding costs little; the model's
   forward masks padding, so a sequence's probabilities do not depend on its batch.
-* `predict_fasta` — a TSV of probabilities for every FASTA record, streamed and written atomically.
+* `predict_fasta` — a TSV of probabilities for every FASTA record, streamed and written atomically, with each
+  record's `n_fraction`: a record with no A/C/G/T base gets empty (missing) probabilities, never a confident call
+  on nothing, and records above `MOSTLY_N` are counted and named in a warning.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from .errors import InputError
 from .io.writers import atomic_path
 from .loading import load_model
 from .models import CaduceusForSequenceClassification
-from .tokenizer import encode_dna
+from .tokenizer import A_ID, T_ID, encode_dna
+
+MOSTLY_N = 0.5  # records with more N than this (fraction of the bases the model sees) are flagged
 
 
 def encode_sequences(seqs: Sequence[str], max_length: int | None, truncate: bool, where: str) -> list[np.ndarray]:
@@ -81,16 +85,21 @@ def class_names(model: CaduceusForSequenceClassification) -> list[str]:
 def predict_fasta(model_dir: str | os.PathLike, fasta: str | os.PathLike, out: str | os.PathLike,
                   batch_size: int = 64, device: str = "cpu", max_length: int | None = None,
                   truncate: bool = False, unknown: str = "error") -> dict:
-    """Write a TSV (record name + one probability column per class name) atomically, rows in FASTA order; with
-    `truncate`, a last column `truncated_to` holds the bases kept of a truncated record (NA: read whole).
+    """Write a TSV (record name, one probability column per class name, `n_fraction`, and with `truncate` a last
+    column `truncated_to`: the bases kept of a truncated record, NA when read whole) atomically, rows in FASTA
+    order. `n_fraction` is the fraction of the record's (kept) bases that are N (or IUPAC codes read as N).
 
-    Returns {"records", "truncated"}: with `truncate`, records longer than `max_length` keep their first
-    `max_length` bases and are counted (never silently); without it they are an error naming the record.
-    Raises InputError for non-finite probabilities (nothing is written)."""
+    Returns {"records", "truncated", "no_bases", "mostly_n", "flagged"}: with `truncate`, records longer than
+    `max_length` keep their first `max_length` bases and are counted (never silently); without it they are an
+    error naming the record. A record with no A/C/G/T base (`no_bases`) gets empty probability cells: the model
+    would answer from padding-like input alone. Records with `n_fraction` > `MOSTLY_N` are counted (`mostly_n`),
+    and `flagged` names the first ten of either kind. Raises InputError for non-finite probabilities (nothing
+    is written)."""
     model = load_classifier(model_dir, device)
-    n = truncated = 0
+    n = truncated = no_bases = mostly_n = 0
+    flagged: list[str] = []
     with atomic_path(out) as tmp, open(tmp, "w") as fh:
-        fh.write("\t".join(["record"] + class_names(model) + (["truncated_to"] if truncate else [])) + "\n")
+        fh.write("\t".join(["record"] + class_names(model) + ["n_fraction"] + (["truncated_to"] if truncate else [])) + "\n")
         for chunk in iter_fasta_batches(fasta, 16 * batch_size, unknown):
             ids, cut = [], []
             for rid, a in chunk:
@@ -103,10 +112,22 @@ def predict_fasta(model_dir: str | os.PathLike, fasta: str | os.PathLike, out: s
                 else:
                     cut.append("NA")
                 ids.append(a)
-            proba = predict_proba(model, ids, batch_size)
-            if not np.isfinite(proba).all():
-                raise InputError(f"--model {model_dir}: the classifier produced non-finite probabilities")
-            for (rid, _), row, kept in zip(chunk, proba, cut):
-                fh.write("\t".join([rid] + [f"{p:.6g}" for p in row] + ([kept] if truncate else [])) + "\n")
+            real = np.array([int(np.count_nonzero((a >= A_ID) & (a <= T_ID))) for a in ids])
+            scored = np.flatnonzero(real > 0)
+            proba = np.full((len(ids), model.config.num_labels), np.nan)
+            if scored.size:
+                proba[scored] = predict_proba(model, [ids[i] for i in scored], batch_size)
+                if not np.isfinite(proba[scored]).all():
+                    raise InputError(f"--model {model_dir}: the classifier produced non-finite probabilities")
+            for i, ((rid, _), row, kept) in enumerate(zip(chunk, proba, cut)):
+                n_frac = 1.0 - real[i] / len(ids[i])
+                if real[i] == 0:
+                    no_bases += 1
+                elif n_frac > MOSTLY_N:
+                    mostly_n += 1
+                if n_frac > MOSTLY_N and len(flagged) < 10:
+                    flagged.append(rid)
+                cells = [f"{p:.6g}" for p in row] if real[i] else [""] * len(row)
+                fh.write("\t".join([rid] + cells + [f"{n_frac:.4g}"] + ([kept] if truncate else [])) + "\n")
             n += len(chunk)
-    return {"records": n, "truncated": truncated}
+    return {"records": n, "truncated": truncated, "no_bases": no_bases, "mostly_n": mostly_n, "flagged": flagged}

@@ -510,7 +510,7 @@ def test_caps_are_marked_in_the_output_files(kit, tmp_path, capsys):
     assert main(["predict", "--model", str(kit / "clf"), "--fasta", str(kit / "good.fa"), "--max-length", "100",
                  "--truncate", "--out", str(p)]) == 0
     lines = [line.split("\t") for line in p.read_text().splitlines()]
-    assert lines[0] == ["record", "neg", "pos", "truncated_to"]
+    assert lines[0] == ["record", "neg", "pos", "n_fraction", "truncated_to"]
     assert [r[-1] for r in lines[1:]] == ["NA" if len(s) <= 100 else "100" for s in SEQS.values()]
     capsys.readouterr()
 

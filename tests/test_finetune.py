@@ -366,8 +366,8 @@ def test_finetune_cli_end_to_end_then_predict(mlm_dirs, tmp_path, capsys):
     probs = tmp_path / "p.tsv"
     assert main(["predict", "--model", str(out / "model"), "--fasta", str(fasta), "--out", str(probs)]) == 0
     lines = probs.read_text().splitlines()
-    assert lines[0].split("\t") == ["record", "0", "1"] and len(lines) == 8
-    vals = np.array([[float(x) for x in line.split("\t")[1:]] for line in lines[1:]])
+    assert lines[0].split("\t") == ["record", "0", "1", "n_fraction"] and len(lines) == 8
+    vals = np.array([[float(x) for x in line.split("\t")[1:3]] for line in lines[1:]])
     np.testing.assert_allclose(vals.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(vals, predict_proba(model, data.seqs[:7]), atol=1e-5)
     # --baselines none: only the model, and the final line says nothing about k-mer LR

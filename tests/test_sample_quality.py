@@ -3,10 +3,13 @@ memorisation detection, dinucleotide shuffle, motif scanning, reference drawing 
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from conftest import CTCF_JASPAR
 
+from dna_mdlm.cli import main
 from dna_mdlm.errors import InputError
 from dna_mdlm.evaluation.memorisation import memorisation
 from dna_mdlm.evaluation.motifs import count_occurrences, load_motifs, motif_name
@@ -188,3 +191,48 @@ def test_region_read_uses_a_temporary_index_for_read_only_files(tmp_path, chr20)
         assert not (fasta.parent / "slice.fa.fai").exists()
     finally:
         fasta.parent.chmod(0o755)
+
+
+def _random_seqs(rng, n, length=200):
+    return ["".join(rng.choice(list("ACGT"), length)) for _ in range(n)]
+
+
+def test_all_n_samples_are_left_out_visibly_and_small_reference_sets_are_refused_or_flagged(tmp_path, capsys):
+    """An all-N sample has no k-mers: it is left out of every metric with a note (metrics.json, report, stderr),
+    the other samples' metrics are those of the clean set; a --reference2 of one sequence is refused in one line;
+    a smaller --reference2 that limits the comparison is a warning on stderr and in the report."""
+    rng = np.random.default_rng(0)
+    samples, ref, ref2 = _random_seqs(rng, 4), _random_seqs(rng, 8), _random_seqs(rng, 6)
+
+    def fa(name, seqs):
+        path = tmp_path / name
+        path.write_text("".join(f">r{i}\n{s}\n" for i, s in enumerate(seqs)))
+        return str(path)
+
+    def run(samples_fa, ref2_fa, out):
+        return main(["evaluate-samples", "--samples", samples_fa, "--reference", fa("ref.fa", ref), "--reference2",
+                     ref2_fa, "--reference-mode", "set", "--no-motifs", "--out", str(tmp_path / out)])
+
+    assert run(fa("clean.fa", samples), fa("ref2.fa", ref2), "clean") == 0
+    capsys.readouterr()
+    assert run(fa("withn.fa", samples[:2] + ["N" * 200] + samples[2:]), fa("ref2.fa", ref2), "withn") == 0
+    err = capsys.readouterr().err
+    assert "warning: --samples: 1 of 5 sequence(s) entirely N" in err
+    clean = json.loads((tmp_path / "clean" / "metrics.json").read_text())
+    withn = json.loads((tmp_path / "withn" / "metrics.json").read_text())
+    assert withn["excluded_sequences"]["samples"]["sequences"] == [3]
+    assert withn["n_samples"] == clean["n_samples"] == 4
+    assert withn["kmer_spectrum"] == clean["kmer_spectrum"] and withn["gc_content"] == clean["gc_content"]
+    assert "entirely N" in (tmp_path / "withn" / "report.html").read_text()
+
+    assert run(fa("clean.fa", samples), fa("one.fa", ref2[:1]), "one") == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "set B (--reference2): 1 sequence" in err, err
+    assert not (tmp_path / "one").exists()
+
+    assert run(fa("clean.fa", samples), fa("three.fa", ref2[:3]), "three") == 0
+    err = capsys.readouterr().err
+    assert "warning: only 3 of 4 samples compared" in err
+    three = json.loads((tmp_path / "three" / "metrics.json").read_text())
+    assert three["n_samples"] == 3 and "only 3 of 4" in three["reference"]["warning"]
+    assert "only 3 of 4 samples compared" in (tmp_path / "three" / "report.html").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import shlex
 from pathlib import Path
@@ -238,6 +239,32 @@ def test_vcf_and_tsv_give_the_same_scores(ps_dir, fasta, tmp_path, seq):
     assert a[-1]["llr"] is None and a[-1]["elbo"] is not None  # the deletion: llr NA, elbo scores it
 
 
+def test_bom_crlf_and_csv_inputs_score_like_clean_tsv_and_vcf(ps_dir, fasta, tmp_path, seq):
+    """Every verb reads a byte-order mark, CRLF and CSV (io.text / io.tables): same rows, same scores."""
+    vcf, tsv = _same_variants_both_ways(tmp_path, seq)
+    kw = dict(window=W, scores="llr,elbo", samples=2)
+    want = score_variants(ps_dir, fasta, tsv, **kw)["rows"]
+    bom = b"\xef\xbb\xbf"
+    variants = {
+        "bom.vcf": bom + vcf.read_bytes(),
+        "bom_crlf.vcf": bom + vcf.read_bytes().replace(b"\n", b"\r\n"),
+        "bom.tsv": bom + tsv.read_bytes(),
+        # a CSV (the multi-allelic ALT quoted), and one whose delimiter must be sniffed (.txt), with a BOM
+        "v.csv": tsv.read_text().replace("\t", ",").encode(),
+        "bom.txt": bom + tsv.read_text().replace("\t", ",").encode(),
+    }
+    for name, data in variants.items():
+        path = tmp_path / name
+        path.write_bytes(data)
+        got = score_variants(ps_dir, fasta, path, **kw)["rows"]
+        assert len(got) == len(want) == 7, name
+        for ra, rb in zip(got, want):
+            for key in ("llr", "elbo", "elbo_se"):
+                assert (ra[key] is None) == (rb[key] is None), name
+                if rb[key] is not None:
+                    assert ra[key] == pytest.approx(rb[key], rel=1e-9), name
+
+
 def test_gzip_and_bgzip_vcf_read_like_plain(ps_dir, fasta, tmp_path, seq):
     from Bio import bgzf
 
@@ -368,6 +395,28 @@ def test_deletion_keeps_the_random_numbers_of_shifted_bases(seq, fasta):
     assert "".join("ACGTN"[i - A_ID] for i in allele.alt_ids) == seq[99 - h:99] + seq[101:101 + W - h]
 
 
+def test_indels_near_a_contig_end_score_like_indels_in_the_middle(ps_dir, seq, tmp_path):
+    """Under a uniform Markov LM every window of W real bases has the same likelihood, so an indel's llr is exactly
+    0 in the middle; near the right end the windows must stay W real bases too (a padded pulled-in base used to
+    add log 4 = 1.386 nats). The MDLM's windows there are all real bases as well (padded_bases 0)."""
+    uniform = tmp_path / "uniform"
+    MarkovLM.fit(["".join(p) for p in itertools.product("ACGT", repeat=2)], k=2).save_pretrained(uniform)
+    fa = write_fasta(tmp_path / "ref.fa", {"chr1": seq})
+    rows = []
+    for p in (100, L - 8, L - 3):  # middle, near the end, 3 bp from the end
+        b, nxt = seq[p - 1], seq[p]
+        rows += [("chr1", p, b + nxt, b), ("chr1", p, b, b + other(nxt)), ("chr1", p, b, b + other(nxt) * 2)]
+    tsv = write_tsv(tmp_path / "indels.tsv", rows)
+    got = score_variants(uniform, fa, tsv, window=W)["rows"]
+    assert len(got) == 9
+    for r in got:
+        assert r["llr"] == pytest.approx(0.0, abs=1e-9), r
+        assert r["padded_bases"] == 0, r
+    mdlm = score_variants(ps_dir, fa, tsv, window=W, scores="elbo", samples=2)["rows"]
+    assert [r["padded_bases"] for r in mdlm] == [0] * 9
+    assert all(np.isfinite(r["elbo"]) for r in mdlm)
+
+
 def test_padding_near_contig_ends_is_counted(ps_dir, fasta, seq, tmp_path, capsys):
     tsv = write_tsv(tmp_path / "p.tsv", [("chr1", 3, seq[2], other(seq[2])), ("chr1", L, seq[-1], other(seq[-1])),
                                          ("chr1", 100, seq[99], other(seq[99]))])
@@ -433,7 +482,7 @@ def _bad_cases(seq):
         "tsv_header": (["--variants", "Chrom\tPosition\tRef\n1\t100\tA\n"], "v.tsv:1: the header has no alt column"),
         "tsv_pos": (["--variants", f"chrom\tpos\tref\talt\n1\t100\t{b}\tC\n1\t1e3\tA\tC\n"], "v.tsv:3: pos '1e3'"),
         "tsv_allele": (["--variants", f"chrom\tpos\tref\talt\n1\t100\t{b}\tZ\n"], "v.tsv:2: allele 'Z'"),
-        "tsv_short": (["--variants", "chrom\tpos\tref\talt\n1\t100\n"], "v.tsv:2: 2 tab-separated field(s)"),
+        "tsv_short": (["--variants", "chrom\tpos\tref\talt\n1\t100\n"], "v.tsv:2: 2 fields but the header has 4"),
     }
 
 
@@ -451,6 +500,26 @@ def test_bad_input_is_one_line_naming_the_line_exit_2_nothing_written(ps_dir, fa
     assert err.startswith("dna-mdlm score-variants: error:") and "\n" not in err
     assert message in err, err
     assert not out.exists() and (not out.parent.exists() or list(out.parent.iterdir()) == [])
+
+
+def test_iupac_code_in_the_reference_follows_the_unknown_policy(ps_dir, seq, tmp_path, capsys):
+    """--unknown error (default): an R in a window (10 bases from the SNV) is a one-line error naming file/record/position, nothing
+    written; --unknown N: read as N, the same scores as a FASTA with an N there."""
+    b = seq[99]
+    vcf = write_vcf(tmp_path / "v.vcf", [f"chr1\t100\tv\t{b}\t{other(b)}\t.\tPASS\t."])
+    with_r = write_fasta(tmp_path / "r.fa", {"chr1": seq[:89] + "R" + seq[90:]})
+    with_n = write_fasta(tmp_path / "n.fa", {"chr1": seq[:89] + "N" + seq[90:]})
+    out = tmp_path / "out.tsv"
+    assert run_cli("--model", ps_dir, "--fasta", with_r, "--vcf", vcf, "--window", W, "--out", out) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "r.fa" in err and "chr1" in err and "--unknown N" in err, err
+    assert not out.exists()
+    assert run_cli("--model", ps_dir, "--fasta", with_r, "--vcf", vcf, "--window", W, "--scores", "llr,elbo",
+                   "--unknown", "N", "--out", out) == 0
+    want = score_variants(ps_dir, with_n, vcf, window=W, scores="llr,elbo")["rows"][0]
+    got = read_tsv(out)[0]
+    assert float(got["llr"]) == pytest.approx(want["llr"], rel=1e-5)
+    assert float(got["elbo"]) == pytest.approx(want["elbo"], rel=1e-5)
 
 
 def test_skip_mismatched_turns_the_error_into_a_counted_warning(ps_dir, fasta, seq, tmp_path, capsys):

@@ -62,7 +62,7 @@ class AR(nn.Module):
 
     @torch.no_grad()
     def nats_per_window(self, x: torch.Tensor, score_mask=None, attention_mask=None, num_samples: int = 1,
-                        generator=None) -> torch.Tensor:
+                        generator=None, seeds=None) -> torch.Tensor:
         """(B, 1) float64 exact NLL sums per window (each window scored from its own first base)."""
         tok = ar_token_nll(self.model, x, attention_mask)
         score = (x >= A_ID) & (x <= T_ID)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file, save_file
 
+from ..diffusion.sampling import RowGenerators
 from ..errors import InputError
 from ..io.writers import atomic_path
 from ..kmers import base_codes, iter_kmer_codes, joined_codes
@@ -227,15 +228,19 @@ class MarkovLM:
             raise InputError("a Markov model samples with --temperature > 0 and no --top-p")
         fixed = canvas[0][canvas[0] != MASK_ID].cpu().numpy()
         prefix = decode_dna(fixed) if fixed.size else None
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else settings.seed
-        seqs = self.sample(canvas.shape[0], canvas.shape[1], seed=seed, temperature=settings.temperature,
-                           prefix=prefix)
+        if isinstance(generator, RowGenerators):  # one numpy stream per sequence: independent of the batch
+            seqs = [self.sample(1, canvas.shape[1], seed=int(torch.randint(0, 2**62, (1,), generator=g)),
+                                temperature=settings.temperature, prefix=prefix)[0] for g in generator]
+        else:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator is not None else settings.seed
+            seqs = self.sample(canvas.shape[0], canvas.shape[1], seed=seed, temperature=settings.temperature,
+                               prefix=prefix)
         if progress is not None:
             progress.update(canvas.shape[1])
         return torch.from_numpy(np.stack([encode_dna(s) for s in seqs])).to(canvas.device)
 
     def nats_per_window(self, x, score_mask=None, attention_mask=None, num_samples: int = 1,
-                        generator=None) -> torch.Tensor:
+                        generator=None, seeds=None) -> torch.Tensor:
         """(B, 1) float64 exact NLL sums of the rows of x (B, L) ids, each row its own record (its first bases
         use short contexts), counting only positions where `score_mask` is True."""
         rows = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)

@@ -53,10 +53,14 @@ def stratified_times(n: int, eps: float = 1e-3, device=None, generator=None,
     return eps + (1.0 - eps) * u
 
 
-def mask_tokens(x: torch.Tensor, mask_prob: torch.Tensor, generator=None) -> torch.Tensor:
-    """Forward process q(z_t | x): replace each token by [MASK] independently with prob mask_prob (B,)."""
-    device = generator.device if generator is not None else x.device
-    draw = torch.rand(x.shape, device=device, generator=generator).to(x.device)
+def mask_tokens(x: torch.Tensor, mask_prob: torch.Tensor, generator=None, draw: torch.Tensor | None = None) -> torch.Tensor:
+    """Forward process q(z_t | x): replace each token by [MASK] independently with prob mask_prob (B,).
+
+    `draw` (B, L) uniforms in [0, 1): use these instead of drawing from `generator` (per-window seeded draws)."""
+    if draw is None:
+        device = generator.device if generator is not None else x.device
+        draw = torch.rand(x.shape, device=device, generator=generator)
+    draw = draw.to(x.device)
     return torch.where(draw < mask_prob[:, None], torch.full_like(x, MASK_ID), x)
 
 
@@ -112,10 +116,11 @@ class MDLM(nn.Module):
         logits = self.model(z_t, timesteps=timesteps, attention_mask=attention_mask, **extra).logits
         return subs_log_probs(logits, z_t)
 
-    def token_nelbo(self, x: torch.Tensor, t: torch.Tensor, attention_mask=None, generator=None, class_labels=None):
+    def token_nelbo(self, x: torch.Tensor, t: torch.Tensor, attention_mask=None, generator=None, class_labels=None,
+                    draw: torch.Tensor | None = None):
         """Per-token weighted NELBO (B, L) at times t (B,), and the scored-position mask (B, L); class_labels (B,)
-        for a conditional model (the NELBO of x given its class)."""
-        z_t = mask_tokens(x, self.schedule.mask_prob(t), generator)
+        for a conditional model (the NELBO of x given its class); `draw` (B, L): the masking uniforms, if given."""
+        z_t = mask_tokens(x, self.schedule.mask_prob(t), generator, draw)
         logp = self.denoise(z_t, t, attention_mask, class_labels)
         nll = -logp.gather(-1, x[..., None]).squeeze(-1)
         score = scorable(x)
@@ -145,17 +150,37 @@ class MDLM(nn.Module):
 
     @torch.no_grad()
     def nats_per_window(self, x: torch.Tensor, score_mask=None, attention_mask=None, num_samples: int = 1,
-                        generator=None, class_labels=None):
+                        generator=None, class_labels=None, seeds=None):
         """Monte-Carlo NELBO sums per window: (B, K) float64 nats, K time samples stratified over [eps, 1].
 
         The mean over K is an unbiased estimate of the window's NELBO (an upper bound on its NLL); the spread
-        over K gives the Monte-Carlo standard error. class_labels (B,): condition a conditional model on them."""
+        over K gives the Monte-Carlo standard error. class_labels (B,): condition a conditional model on them.
+
+        `seeds` (B ints): each window draws its own times and masks from a CPU generator seeded with its seed
+        (one U per window, t_k = eps + (1 - eps)(U + k)/K, then a (K, L) table of mask uniforms), so its estimate
+        is a function of (seed, window) alone, whatever the batch size or the other windows in the batch. Without
+        `seeds`, times are stratified across the batch from `generator` (batch-dependent, as in training)."""
+        if seeds is not None:
+            if len(seeds) != x.shape[0]:
+                raise ValueError(f"nats_per_window: {len(seeds)} seeds for {x.shape[0]} windows")
+            eps, K, L = self.sampling_eps, num_samples, x.shape[1]
+            u0s, draws = [], []
+            for seed in seeds:
+                g = torch.Generator().manual_seed(int(seed))
+                u0s.append(torch.rand((), generator=g))
+                draws.append(torch.rand((K, L), generator=g))
+            u = (torch.stack(u0s)[:, None] + torch.arange(K)[None, :]) / K  # (B, K), each row covers [0, 1)
+            times = eps + (1 - eps) * u
+            draw = torch.stack(draws, dim=1)  # (K, B, L)
         sums = []
         for k in range(num_samples):
-            u = stratified_times(x.shape[0], 0.0, None, generator)  # in [0, 1)
-            u = (u + k) / num_samples  # the K draws of each window cover [0, 1) too
-            t = (self.sampling_eps + (1 - self.sampling_eps) * u).to(x.device)
-            tok, score = self.token_nelbo(x, t, attention_mask, generator, class_labels)
+            if seeds is not None:
+                t, d = times[:, k].to(x.device), draw[k]
+            else:
+                u = stratified_times(x.shape[0], 0.0, None, generator)  # in [0, 1)
+                u = (u + k) / num_samples  # the K draws of each window cover [0, 1) too
+                t, d = (self.sampling_eps + (1 - self.sampling_eps) * u).to(x.device), None
+            tok, score = self.token_nelbo(x, t, attention_mask, generator, class_labels, draw=d)
             if score_mask is not None:
                 tok = torch.where(score_mask.bool(), tok, torch.zeros_like(tok))
             sums.append(tok.double().sum(1))

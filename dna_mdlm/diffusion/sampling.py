@@ -102,13 +102,28 @@ class GenerationSettings:
 # ---------------------------------------------------------------------------------------------------
 
 
-def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+class RowGenerators(list):
+    """One CPU `torch.Generator` per row of a batch: `uniform` draws row i's numbers from generator i, so a
+    generated sequence depends on its own seed only, not on the batch size or its neighbours in the batch."""
+
+
+def uniform(shape, generator: torch.Generator | RowGenerators | None = None) -> torch.Tensor:
+    """float64 uniforms in [0, 1) of `shape` (B, ...) on the CPU: from `generator`, or row by row from a
+    `RowGenerators` of B generators."""
+    if isinstance(generator, RowGenerators):
+        if len(generator) != shape[0]:
+            raise ValueError(f"{len(generator)} row generators for a batch of {shape[0]}")
+        return torch.stack([torch.rand(tuple(shape[1:]), dtype=torch.float64, generator=g) for g in generator])
+    return torch.rand(tuple(shape), dtype=torch.float64, generator=generator)
+
+
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | RowGenerators | None = None) -> torch.Tensor:
     """Index drawn from unnormalised probabilities on the last axis, computed in float64.
 
     argmax(p / E) with E ~ Exp(1) picks index i with probability p_i / sum(p). The uniforms are drawn on
-    the CPU generator (so a seed gives the same draw on any device) in float64."""
+    the CPU generator (so a seed gives the same draw on any device) in float64; `RowGenerators`: one per row."""
     probs = probs.double()
-    u = torch.rand(probs.shape, dtype=torch.float64, generator=generator).to(probs.device)
+    u = uniform(probs.shape, generator).to(probs.device)
     return (probs / -torch.log(u)).argmax(dim=-1)
 
 
@@ -255,7 +270,7 @@ class RankedUnmasker(Unmasker):
     def step(self, z, probs, where, allowed, generator):
         masked = z == MASK_ID
         tokens = allowed[sample_categorical(probs, generator)]
-        tie = torch.rand(z.shape, dtype=torch.float64, generator=generator).to(z.device)
+        tie = uniform(z.shape, generator).to(z.device)
         prio = self.priority(probs, masked).double()
         prio = torch.where(masked, prio, torch.full_like(prio, -torch.inf))
         # Rank by (priority, tie-break) descending: sort by the tie-break, then stably by the priority.

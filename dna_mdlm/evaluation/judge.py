@@ -19,8 +19,6 @@ import math
 import os
 from collections.abc import Sequence
 
-import torch
-
 from ..errors import InputError
 from ..loading import as_language_model, load_language_model, resolve_device
 from ..tokenizer import A_ID, T_ID, encode_dna
@@ -62,15 +60,15 @@ class ModelJudge:
     def __call__(self, sequences: Sequence[str]) -> dict:
         if not sequences:
             raise InputError("judge: no sequences to score")
-        windows = []
-        for s in sequences:
+        windows, keys = [], []
+        for i, s in enumerate(sequences):
             ids = encode_dna(s, unknown="N")  # ambiguity codes cannot be scored: read as N, so skipped
             step = self.window or max(1, ids.size)
             for start in range(0, ids.size, step):
                 piece = ids[start: start + step]
                 windows.append((piece, (piece >= A_ID) & (piece <= T_ID)))
-        gen = torch.Generator(device="cpu").manual_seed(self.seed)
-        scores = score_windows(self.lm, windows, self.num_samples, self.batch_size, self.device, gen)
+                keys.append((i, start))
+        scores = score_windows(self.lm, windows, self.num_samples, self.batch_size, self.device, self.seed, keys)
         n = int(scores[:, 2].sum())
         if n == 0:
             raise InputError("judge: no A/C/G/T base to score (all sequences empty or N)")

@@ -23,6 +23,7 @@ from ..data.genome import GenomeWindows
 from ..errors import InputError
 from ..io.regions import Interval, intersect_intervals, merge_intervals, parse_regions
 from ..loading import as_language_model, load_language_model, resolve_device
+from ..seeding import derived_seed
 from ..tokenizer import A_ID, T_ID
 from ..units import LN2, per_base
 
@@ -30,9 +31,21 @@ MARKOV_CHUNK = 1_000_000  # a Markov LM scores records exactly; long records are
 
 
 def score_windows(lm, windows: Sequence[tuple[np.ndarray, np.ndarray]], num_samples: int = 1, batch_size: int = 16,
-                  device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> np.ndarray:
+                  device: torch.device | str = "cpu", seed: int | torch.Generator = 0,
+                  keys: Sequence | None = None) -> np.ndarray:
     """(W, 3) float64 rows (mean nats, Monte-Carlo variance of that mean, bases scored) for W windows
-    `(ids (L_i,), score_mask (L_i,))`, in the order given. Windows of equal length are batched together."""
+    `(ids (L_i,), score_mask (L_i,))`, in the order given. Windows of equal length are batched together.
+
+    An MDLM's Monte-Carlo draws (times and masks) for window i come from `seeding.derived_seed(seed, *keys[i])` (keys
+    default to the window's index), so a window's figure depends on (seed, key) only: not on `batch_size`, on
+    which windows share its batch, or on the order of the input. A `torch.Generator` as `seed` stands for its
+    initial seed."""
+    if isinstance(seed, torch.Generator):
+        seed = seed.initial_seed()
+    if keys is None:
+        keys = range(len(windows))
+    if len(keys) != len(windows):
+        raise ValueError(f"score_windows: {len(keys)} keys for {len(windows)} windows")
     out = np.zeros((len(windows), 3), dtype=np.float64)
     by_length: dict[int, list[int]] = defaultdict(list)
     for i, (ids, _) in enumerate(windows):
@@ -43,8 +56,9 @@ def score_windows(lm, windows: Sequence[tuple[np.ndarray, np.ndarray]], num_samp
             rows = idx[b: b + batch_size]
             x = torch.from_numpy(np.stack([windows[i][0] for i in rows])).to(device)
             mask = torch.from_numpy(np.stack([windows[i][1] for i in rows])).to(device)
+            seeds = [derived_seed(int(seed), *(keys[i] if isinstance(keys[i], tuple) else (keys[i],))) for i in rows]
             with torch.no_grad():
-                sums = lm.nats_per_window(x, score_mask=mask, num_samples=num_samples, generator=generator)
+                sums = lm.nats_per_window(x, score_mask=mask, num_samples=num_samples, seeds=seeds)
             sums = sums.detach().double().cpu().numpy()
             if not np.isfinite(sums).all():
                 raise InputError("the model produced a non-finite likelihood; its weights or inputs are broken")
@@ -110,15 +124,16 @@ def likelihood(model, fasta, bed=None, regions=(), window: int | None = None, nu
     if max_windows is not None and max_windows < available:
         keep = np.unique(np.linspace(0, available - 1, int(max_windows)).round().astype(np.int64))
         tiles = [tiles[i] for i in keep]
-    windows = []
+    windows, keys = [], []
     for record, start, length, first in tiles:
+        keys.append((record, start, length))
         ids = genome.read(record, start, start + length)
         mask = (ids >= A_ID) & (ids <= T_ID)
         mask[:first] = False
         windows.append((ids, mask))
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    torch.manual_seed(seed)
-    scores = score_windows(lm, windows, num_samples, batch_size, dev, gen)
+    # Per-window seeds from (seed, record, start, length): a record's figure does not depend on --batch-size,
+    # on the other records in the file or on their order.
+    scores = score_windows(lm, windows, num_samples, batch_size, dev, seed, keys)
     n_total = int(scores[:, 2].sum())
     if n_total == 0:
         raise InputError(f"--fasta {fasta}: nothing to score (no A/C/G/T bases in the selected records/regions)")

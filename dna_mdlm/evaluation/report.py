@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen befor
 import numpy as np  # noqa: E402
 
 from ..io.writers import atomic_path, dumps_json  # noqa: E402
+from .sample_quality import notices  # noqa: E402
 
 JS_TOLERANCE = 1.5  # generated 6-mer JS distance may be at most this multiple of real-vs-real
 
@@ -198,6 +199,7 @@ def _html(result: dict, rows: list[dict], plots: dict[str, str]) -> str:
                         f"<figcaption>{html.escape(title)}</figcaption></figure>" for title, fname in plots.items())
     n_warn = sum(r["verdict"] == "warn" for r in rows)
     inputs = html.escape(json.dumps(result.get("inputs", {})))
+    notes = "".join(f'<p class="notice"><b>Note:</b> {html.escape(n)}</p>' for n in notices(result))
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>dna-mdlm sample-quality report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
@@ -207,6 +209,7 @@ figure{{display:inline-block;margin:1em}}img{{max-width:520px}}</style></head><b
 <p>{result.get('n_samples')} generated sequences against two disjoint sets of real sequence (reference A and B;
 {html.escape(result.get('reference', {}).get('note', ''))}). "real-vs-real" is reference B scored against reference A:
 it is what the metric looks like for real DNA at this sample size. {len(rows)} checks, {n_warn} warnings.</p>
+{notes}
 <p>Inputs: <code>{inputs}</code></p>
 <table><tr><th>metric</th><th>generated</th><th>real-vs-real</th><th>ratio</th><th>verdict</th><th>rule</th></tr>
 {table}

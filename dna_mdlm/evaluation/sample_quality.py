@@ -37,6 +37,7 @@ DUST_STEP = 16
 # same rule written on the unscaled score.
 DUST_THRESHOLD = 2.0
 _VALID_CHARS = re.compile(r"[^ACGTNacgtn]")
+_HAS_BASE = re.compile(r"[ACGTacgt]")
 
 
 # --- encoding -------------------------------------------------------------------------------------
@@ -55,6 +56,22 @@ def validate_sequences(seqs: Sequence[str], what: str, min_length: int = 1) -> l
                              f"(k-mer spectra need k <= length)")
         out.append(s.upper())
     return out
+
+
+def drop_baseless(seqs: Sequence[str], what: str) -> tuple[list[str], dict | None]:
+    """(the sequences that hold at least one A/C/G/T, a note on those left out or None). A sequence of only N
+    has no k-mers, composition or runs: it is left out of every metric, visibly (the note goes to the report
+    and stderr); InputError when no sequence is left."""
+    keep = [s for s in seqs if _HAS_BASE.search(s)]
+    if not keep:
+        raise InputError(f"{what}: all {len(seqs)} sequence(s) are entirely N (no A/C/G/T base to evaluate)")
+    if len(keep) == len(seqs):
+        return keep, None
+    dropped = [i + 1 for i, s in enumerate(seqs) if not _HAS_BASE.search(s)]
+    shown = ", ".join(map(str, dropped[:10])) + (", ..." if len(dropped) > 10 else "")
+    return keep, {"count": len(dropped), "of": len(seqs), "sequences": dropped,
+                  "note": f"{what}: {len(dropped)} of {len(seqs)} sequence(s) entirely N (no A/C/G/T; sequence "
+                          f"{shown}) left out of every metric"}
 
 
 def js_distance(counts_p: np.ndarray, counts_q: np.ndarray) -> float:
@@ -254,10 +271,23 @@ def evaluate_samples(samples: Sequence[str], reference_a: Sequence[str], referen
     samples = validate_sequences(samples, "samples", min_length=max_k)
     reference_a = validate_sequences(reference_a, "reference set A", min_length=max_k)
     reference_b = validate_sequences(reference_b, "reference set B", min_length=max_k)
+    excluded = {}
+    for name, seqs in (("samples", samples), ("reference set A", reference_a), ("reference set B", reference_b)):
+        kept, note = drop_baseless(seqs, name)
+        if note is not None:
+            excluded[name] = note
+        if name == "samples":
+            samples = kept
+        elif name == "reference set A":
+            reference_a = kept
+        else:
+            reference_b = kept
     rng = np.random.default_rng(seed)
     result: dict = {"n_samples": len(samples), "n_reference": len(reference_a),
                     "sample_length_bp": {"min": min(map(len, samples)), "max": max(map(len, samples)),
                                          "mean": float(np.mean([len(s) for s in samples]))}}
+    if excluded:
+        result["excluded_sequences"] = excluded
     plot: dict = {}
 
     spectra = {}
@@ -433,12 +463,30 @@ def reference_sets(reference: Sequence[str], samples: Sequence[str], mode: str =
     else:
         set_a, set_b = list(reference), list(reference2)
         source = "--reference2"
-    n = min(len(samples), len(set_a), len(set_b))
+    sizes = {"--samples": len(samples), "set A (--reference)": len(set_a), f"set B ({source})": len(set_b)}
+    n = min(sizes.values())
+    smallest = min(sizes, key=sizes.get)
+    if n < 2:
+        raise InputError(f"{smallest}: {n} sequence; the set comparison subsamples the samples and both reference "
+                         f"sets to one count and needs at least 2 in each (sizes: "
+                         f"{', '.join(f'{k} {v}' for k, v in sizes.items())})")
     pick = lambda seqs: [seqs[i] for i in sorted(rng.choice(len(seqs), n, replace=False))]  # noqa: E731
     info = {"mode": "set", "n_compared": n, "n_samples": len(samples), "n_reference": len(reference),
             "note": f"set A = --reference records, set B (the real-vs-real floor) = {source}; samples and both sets "
                     f"subsampled to {n} each (seed {seed})"}
+    if n < len(samples):
+        info["warning"] = (f"only {n} of {len(samples)} samples compared: {smallest} has {n} sequences and every "
+                           f"set is subsampled to that count (give more real sequences to compare all samples)")
     return pick(list(samples)), pick(set_a), pick(set_b), info
+
+
+def notices(result: dict) -> list[str]:
+    """What the reader of a report must know about what was compared: sequences left out (all N) and samples not
+    compared because a reference set was smaller (shown in report.html and printed by the CLI)."""
+    out = [note["note"] for note in result.get("excluded_sequences", {}).values()]
+    if result.get("reference", {}).get("warning"):
+        out.append(result["reference"]["warning"])
+    return out
 
 
 def evaluate_samples_files(samples_fa, reference_fa, out_dir, region: str | None = None, train_fa=None,
@@ -480,6 +528,12 @@ def evaluate_samples_files(samples_fa, reference_fa, out_dir, region: str | None
         motif_source = f"{release} CORE {jaspar_taxon} ({len(motifs)} motifs, pyjaspar)"
     reference = read_sequences(reference_fa, "--reference", region=region, unknown=unknown)
     reference2 = None if reference2_fa is None else read_sequences(reference2_fa, "--reference2", unknown=unknown)
+    # All-N sequences are left out before the sets are matched in size, so the counts compared stay equal.
+    excluded = {}
+    samples, excluded["samples"] = drop_baseless(samples, "--samples")
+    reference, excluded["reference"] = drop_baseless(reference, "--reference")
+    if reference2 is not None:
+        reference2, excluded["reference2"] = drop_baseless(reference2, "--reference2")
     samples, reference_a, reference_b, ref_info = reference_sets(reference, samples, reference_mode, seed, reference2)
     train_index = None
     if train_fa is not None:
@@ -488,6 +542,9 @@ def evaluate_samples_files(samples_fa, reference_fa, out_dir, region: str | None
                               motifs=motifs, seed=seed, copy_min_bp=copy_min_bp, copy_fraction=copy_fraction,
                               motif_threshold=motif_threshold)
     result["reference"] = ref_info
+    excluded = {k: v for k, v in excluded.items() if v is not None}
+    if excluded:
+        result["excluded_sequences"] = excluded
     if motif_source:
         result.setdefault("motifs", {})["source"] = motif_source
     if oracle is not None:

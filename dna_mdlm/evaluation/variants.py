@@ -2,7 +2,8 @@
 
 Every score is "alt minus ref" in nats, so a negative value means the model finds the alternative allele less
 likely than the reference (the usual reading: more likely damaging). All scores use a window of `window` bases
-of the reference centred on the variant (the variant's first changed base at index `window // 2`):
+of the reference centred on the variant (the variant's first changed base at index `window // 2`; an indel's
+windows near a contig's right end are shifted left so that both stay inside the contig, see `_build_windows`):
 
 * `llr`, MDLM: the masked-marginal log-ratio log p(alt | context) - log p(ref | context), renormalised over
   A/C/G/T, with [MASK] at the site and the reference everywhere else (GPN, Benegas et al. PNAS 2023;
@@ -36,7 +37,6 @@ and an NA row with `skip_mismatched`), a malformed line. Alleles that cannot be 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import time
@@ -57,6 +57,7 @@ from ..io.regions import ContigResolver
 from ..io.variants import PROBLEM_NO_ALT, PROBLEM_SAME, PROBLEM_UNSUPPORTED, ScoreColumn, Variant, VariantFile, open_score_writer
 from ..loading import as_language_model, load_language_model, resolve_device
 from ..models.modeling_caduceus import masked_pool
+from ..seeding import derived_seed
 from ..tokenizer import A_ID, DEFAULT_WINDOW, MASK_ID, N_ID, T_ID, complement_map, encode_dna, rc_ids
 
 SCORES = ("llr", "elbo", "embedding_distance")
@@ -106,9 +107,10 @@ def _short(allele: str) -> str:
 class _Reference:
     """The FASTA seen by the scorer: contig aliasing, REF checks and N-padded windows."""
 
-    def __init__(self, fasta):
-        # unknown="N": an IUPAC code in a flank is context, not an error; REF itself is checked as text.
-        self.genome = GenomeWindows(fasta, window=1, max_n_frac=1.0, unknown="N")
+    def __init__(self, fasta, unknown: str = "error"):
+        # The --unknown policy of every FASTA-reading verb: an IUPAC code in a window that is read is an error
+        # naming file, line, column and record (unknown="error"), or context read as N (unknown="N").
+        self.genome = GenomeWindows(fasta, window=1, max_n_frac=1.0, unknown=unknown)
         self.lengths = self.genome.lengths
         self.resolve = ContigResolver(list(self.lengths))
         self.fasta = fasta
@@ -198,20 +200,34 @@ class _Site:
     ext_pad: np.ndarray | None = None
     n_ext: int = 0  # extra reference bases past the window, pulled in by deletions
     n_ins: int = 0  # most inserted bases of any allele here
+    offset: int = 0  # index of the site in its windows (window // 2, less where an indel window is shifted)
 
 
 def _site_seed(seed: int, contig: str, centre: int, stream: int) -> int:
-    digest = hashlib.sha256(f"{seed}|{contig}|{centre}|{stream}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+    return derived_seed(seed, contig, centre, stream)
 
 
 def _build_windows(sites: Iterable[_Site], ref: _Reference, window: int) -> None:
-    """Fill each site's ref window and each allele's alt window and random-number map."""
-    h = window // 2
+    """Fill each site's ref window and each allele's alt window and random-number map.
+
+    A site with an indel near a contig's right end has its windows shifted left (the site off centre) until
+    every reference base either window reads lies inside the contig: with N padding at the right, the base a
+    deletion pulls in (or an insertion pushes out) would be a pad, the two windows would score different
+    numbers of bases, and the score would carry about one base's log-likelihood of bias. Shifting keeps
+    both windows `window` real bases long, as in the middle of a contig (only a contig shorter than
+    `window` + the deletion, or an indel within its own length of the end, cannot be helped; `padded_bases`
+    shows it)."""
     for site in sites:
         site.n_ext = max(max(len(a.ref) - len(a.alt), 0) for a in site.alleles)
         site.n_ins = max(len(a.alt) for a in site.alleles)
-        start = site.centre - h
+        start = site.centre - window // 2
+        if any(len(a.ref) != len(a.alt) for a in site.alleles):
+            over = start + window + site.n_ext - ref.lengths[site.contig]
+            # the site must stay in the window with room for its longest allele
+            room = window - max(site.n_ins, max(len(a.ref) for a in site.alleles)) - (site.centre - start)
+            if over > 0:
+                start -= max(min(over, start, room), 0)
+        h = site.offset = site.centre - start
         site.ext_ids, site.ext_pad = ref.read(site.contig, start, start + window + site.n_ext)
         site.ref_ids = site.ext_ids[:window]
         for a in site.alleles:
@@ -259,30 +275,32 @@ class _Scorer:
         self.calls = 0
 
     # --- MDLM masked marginal --------------------------------------------------------------------
-    def _site_log_probs(self, x: torch.Tensor, pos: int) -> torch.Tensor:
-        """(B, 4) log p(A,C,G,T | x) at position `pos` (x already has [MASK] there), renormalised."""
+    def _site_log_probs(self, x: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """(B, 4) log p(A,C,G,T | x) at positions `pos` (B,) (x already has [MASK] there), renormalised."""
         W = x.shape[1]
         t = torch.full((x.shape[0],), 1.0 / W, device=x.device)  # time whose mask rate is one site per window
-
-        def one(xb):
-            self.calls += 1
-            return self.mdlm.denoise(xb, t[: xb.shape[0]])[:, pos, A_ID:T_ID + 1]
-
-        lp = _batched(one, x, self.batch_size)
+        rows = torch.arange(x.shape[0], device=x.device)
+        lp = torch.cat([self._denoise_at(x[i:i + self.batch_size], t[i:i + self.batch_size],
+                                         rows[i:i + self.batch_size] - i, pos[i:i + self.batch_size])
+                        for i in range(0, x.shape[0], self.batch_size)], dim=0)
         return lp - torch.logsumexp(lp, dim=-1, keepdim=True)
+
+    def _denoise_at(self, xb, tb, rows, pos):
+        self.calls += 1
+        return self.mdlm.denoise(xb, tb)[rows, pos, A_ID:T_ID + 1]
 
     @torch.no_grad()
     def mdlm_llr(self, sites: list[_Site]) -> None:
         sites = [s for s in sites if any(a.is_snv for a in s.alleles)]
         if not sites:
             return
-        h = self.window // 2
+        pos = torch.tensor([s.offset for s in sites], device=self.device)
         x = torch.from_numpy(np.stack([s.ref_ids for s in sites])).to(self.device)
-        x[:, h] = MASK_ID
-        lp = self._site_log_probs(x, h)
+        x[torch.arange(len(sites), device=self.device), pos] = MASK_ID
+        lp = self._site_log_probs(x, pos)
         if not self.rcps:
             # The reverse strand: complement of the prediction at the mirrored position ([A,C,G,T] -> [T,G,C,A]).
-            lp = 0.5 * (lp + self._site_log_probs(rc_ids(x), self.window - 1 - h).flip(-1))
+            lp = 0.5 * (lp + self._site_log_probs(rc_ids(x), self.window - 1 - pos).flip(-1))
         lp = lp.double().cpu().numpy()
         for s, row in zip(sites, lp):
             for a in s.alleles:
@@ -349,13 +367,14 @@ class _Scorer:
         the site; two more for a site with a 1-bp insertion), one per SNV allele, two per 1-bp indel, one per
         other allele.
         """
-        K, W, h = self.samples, self.window, self.window // 2
+        K, W = self.samples, self.window
         sched = self.mdlm.schedule
         # (owner, role, site, ids, random-number map, forced (mode, position) or None)
         windows: list[tuple] = []
         randoms = {}
         for s in sites:
             randoms[id(s)] = self._site_randoms(s)
+            h = s.offset
             ref_forced = {h}  # ref-window positions whose mask is integrated out (the site, always)
             for a in s.alleles:
                 alone = np.setdiff1d(np.arange(W), a.alt_src)  # ref bases the alt window lacks
@@ -392,13 +411,16 @@ class _Scorer:
             nll = -logp.gather(-1, x[..., None]).squeeze(-1)
             tok = torch.where(scorable(x), nll * sched.weight(t)[:, None], torch.zeros_like(nll))
             nelbo[b:b + len(batch)] = tok.double().sum(1).cpu().numpy()
-            site_lp[b:b + len(batch)] = logp[:, h, A_ID:T_ID + 1].double().cpu().numpy()
+            at = torch.tensor([windows[w][2].offset for w, _ in batch], device=logp.device)
+            site_lp[b:b + len(batch)] = logp[torch.arange(len(batch), device=logp.device), at,
+                                             A_ID:T_ID + 1].double().cpu().numpy()
         nelbo = nelbo.reshape(len(windows), K)
         site_lp = site_lp.reshape(len(windows), K, 4)
         runs = {(id(w[0]), w[1]): (row, lp) for w, row, lp in zip(windows, nelbo, site_lp)}
         for s in sites:
             t, u = randoms[id(s)]
             m = sched.mask_prob(t).double().numpy()
+            h = s.offset
             ref_masked, ref_lp = runs[(id(s), ("masked", h))]
             ref_visible = runs[(id(s), ("visible", h))][0]
             for a in s.alleles:
@@ -497,7 +519,7 @@ def _resolve_scores(scores, kind: str) -> tuple[str, ...]:
 def score_variants(model, fasta: str | os.PathLike, variants, out: str | os.PathLike | None = None, *,
                    scores: str | Sequence[str] | None = None, window: int | None = None, samples: int = 8,
                    batch_size: int = 32, device: str = "cpu", seed: int = 0, skip_mismatched: bool = False,
-                   fmt: str = "auto", progress: bool = False, flag: str = "variants") -> dict:
+                   fmt: str = "auto", progress: bool = False, flag: str = "variants", unknown: str = "error") -> dict:
     """Score every allele of `variants` against `fasta` with `model`; see the module docstring for the scores.
 
     Args:
@@ -515,6 +537,8 @@ def score_variants(model, fasta: str | os.PathLike, variants, out: str | os.Path
         skip_mismatched: a REF that does not match the FASTA becomes an NA row (status ref_mismatch) and a
             counted warning instead of an error.
         progress: show a progress bar over alleles on stderr. flag: the CLI flag named in error messages.
+        unknown: IUPAC ambiguity codes (R, Y, ...) in the reference bases a window reads: 'error' (an InputError
+            naming file, line, column and record; nothing written) or 'N' (read as N, never scored).
 
     Returns: a summary dict (counts of alleles, scored, skipped by reason, padded, warnings, settings), with
     `rows` (one dict per allele, input order) when `out` is None.
@@ -540,7 +564,7 @@ def score_variants(model, fasta: str | os.PathLike, variants, out: str | os.Path
         window = config.window if config is not None else DEFAULT_WINDOW
     if isinstance(window, bool) or not isinstance(window, int) or window < 2:
         raise InputError(f"--window {window}: expected an integer >= 2 (bases per window)")
-    reference = _Reference(fasta)
+    reference = _Reference(fasta, unknown)
     columns = score_columns(kind, scores)
     source = _as_variants(variants, fmt, flag)
     warnings: list[str] = []

@@ -28,13 +28,16 @@ def plain_suffix(path: str | os.PathLike) -> str:
 class Table:
     """A header and its rows: `columns` (as written), and `rows()` yielding (line number, {column: value})."""
 
-    def __init__(self, path: str | os.PathLike, what: str = "", delimiter: str | None = None):
+    def __init__(self, path: str | os.PathLike, what: str = "", delimiter: str | None = None,
+                 skip_prefix: str | None = None):
+        """`skip_prefix`: lines starting with it (e.g. `##` meta lines) are skipped, before and after the header."""
         self.path = check_file(path, what)
         self.what = what
+        self.skip_prefix = skip_prefix
         self._where = f"{what} {self.path}" if what else str(self.path)
         header = None
         for lineno, line in read_lines(self.path, what, newline=""):
-            if line.strip():
+            if line.strip() and not (skip_prefix and line.startswith(skip_prefix)):
                 header = (lineno, line)
                 break
         if header is None:
@@ -76,7 +79,9 @@ class Table:
 
     def rows(self) -> Iterator[tuple[int, dict[str, str]]]:
         """(1-based line number, {column: value}) of every non-blank data row."""
-        lines = (line for n, line in read_lines(self.path, self.what, newline="") if n > self.header_line)
+        # A skipped line becomes a blank one (which the loop below passes over), so line numbers stay true.
+        lines = ("\n" if self.skip_prefix and line.startswith(self.skip_prefix) else line
+                 for n, line in read_lines(self.path, self.what, newline="") if n > self.header_line)
         reader = csv.reader(lines, delimiter=self.delimiter)
         width = len(self.columns)
         consumed = 0  # lines the reader had consumed before this row (a quoted field may span several)

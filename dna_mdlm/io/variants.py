@@ -8,7 +8,8 @@ flagged by `Variant.problem`, so that a caller can write one output row per inpu
 
 VCF parsing is vcfpy's (pure Python, github.com/bihealth/vcfpy); it has no line numbers, so the stream is
 wrapped in a line counter. VCF positions are 1-based and REF/ALT of an indel share an anchor base (VCF 4.2
-§1.6.1). The TSV needs a header naming `chrom`, `pos`, `ref` and `alt` columns (any case; a leading `#` is
+§1.6.1). The TSV (or CSV: read by `io.tables`, delimiter from the extension or sniffed) needs a header naming
+`chrom`, `pos`, `ref` and `alt` columns (any case; a leading `#` is
 allowed; an `id` column is optional, other columns are ignored); positions are 1-based, and `-` stands for an
 empty allele: REF `C` ALT `-` deletes the C at `pos`; REF `-` ALT `T` inserts a T before the base at `pos`.
 """
@@ -16,7 +17,6 @@ empty allele: REF `C` ALT `-` deletes the C at `pos`; REF `-` ALT `T` inserts a 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import os
 import re
 import warnings
@@ -28,6 +28,8 @@ from typing import Any
 import vcfpy
 
 from ..errors import InputError
+from .tables import Table
+from .text import read_lines
 from .writers import atomic_path, check_outputs
 
 # vcfpy warns about header incompleteness (an INFO key without a ##INFO line, ...): nothing that changes
@@ -104,39 +106,26 @@ class Variant:
 # ------------------------------------------------------------------------------------------------------
 
 
-def _is_gzip(path: Path) -> bool:
-    with open(path, "rb") as fh:
-        return fh.read(2) == b"\x1f\x8b"
-
-
-def _open_text(path: Path):
-    return gzip.open(path, "rt", newline="") if _is_gzip(path) else open(path, newline="")
-
-
 def sniff_format(path: str | os.PathLike) -> str:
-    """'vcf' when the file starts with `##fileformat=VCF` (or is named *.vcf[.gz|.bgz]), else 'tsv'."""
+    """'vcf' when the file starts with `##fileformat=VCF` (or is named *.vcf[.gz|.bgz]), else 'tsv' (a delimited
+    table: TSV or CSV). Read through `io.text.read_lines`: gzip, a byte-order mark and CRLF are handled there."""
     path = Path(path)
-    try:
-        with _open_text(path) as fh:
-            first = fh.readline()
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read ({exc})") from None
+    first = next((line for _, line in read_lines(path)), "")
     if first.startswith("##fileformat=VCF") or str(path).lower().endswith(VCF_SUFFIXES):
         return "vcf"
     return "tsv"
 
 
 class _LineCounter:
-    """A text stream that counts the lines vcfpy reads (vcfpy's parser only calls `readline`)."""
+    """A line stream (from `io.text.read_lines`) that counts the lines vcfpy reads (vcfpy's parser only calls
+    `readline`); read errors are already one-line InputErrors naming the file and line."""
 
-    def __init__(self, fh):
-        self.fh, self.lines, self.last = fh, 0, ""
+    def __init__(self, path: Path):
+        self._lines = read_lines(path)
+        self.lines, self.last = 0, ""
 
     def readline(self) -> str:
-        try:
-            line = self.fh.readline()
-        except (OSError, EOFError, UnicodeDecodeError) as exc:
-            raise InputError(f"{self.lines + 1}: cannot read ({exc})") from None
+        line = next(self._lines, ("", ""))[1]
         if line:
             self.lines += 1
         self.last = line
@@ -147,7 +136,7 @@ class _LineCounter:
         return self.lines - 1 if self.last else self.lines
 
     def close(self) -> None:
-        self.fh.close()
+        self._lines.close()
 
 
 class VariantFile:
@@ -172,12 +161,12 @@ class VariantFile:
 
     # --- VCF ---------------------------------------------------------------------------------------
     def _open_vcf(self):
-        counter = _LineCounter(_open_text(self.path))
+        counter = _LineCounter(self.path)
         try:
             return vcfpy.Reader.from_stream(counter, path=str(self.path)), counter
-        except InputError as exc:
+        except InputError:
             counter.close()
-            raise InputError(f"{self.path}:{exc}") from None
+            raise
         except (vcfpy.exceptions.VCFPyException, ValueError, IndexError, KeyError) as exc:
             counter.close()
             raise InputError(f"{self.path}:{counter.lines}: malformed VCF header ({_first_line(exc)}); "
@@ -196,8 +185,6 @@ class VariantFile:
                 rec = next(reader)
             except StopIteration:
                 break
-            except InputError as exc:
-                raise InputError(f"{source}:{exc}") from None
             except (vcfpy.exceptions.VCFPyException, ValueError, IndexError, KeyError) as exc:
                 raise InputError(f"{source}:{counter.current()}: malformed VCF record ({_first_line(exc)}); "
                                  f"expected tab-separated CHROM POS ID REF ALT QUAL FILTER INFO") from None
@@ -224,63 +211,54 @@ class VariantFile:
 
     # --- TSV ---------------------------------------------------------------------------------------
     def _iter_tsv(self) -> Iterator[Variant]:
+        # One table reader for every verb (io.tables): TSV or CSV by extension, else the delimiter sniffed from
+        # the header; gzip, a byte-order mark, CRLF and quoted fields handled there.
+        table = Table(self.path, f"--{self.flag}", skip_prefix="##")
         source = str(self.path)
-        with _open_text(self.path) as fh:
-            columns: dict[str, int] | None = None
-            index = 0
-            for line_no, raw in enumerate(fh, start=1):
-                text = raw.rstrip("\r\n")
-                if not text.strip() or text.startswith("##"):
-                    continue
-                fields = text.split("\t")
-                where = f"{source}:{line_no}"
-                if columns is None:
-                    columns = _tsv_columns(fields, where)
-                    continue
-                if len(fields) <= max(columns.values()):
-                    raise InputError(f"{where}: {len(fields)} tab-separated field(s), expected at least "
-                                     f"{max(columns.values()) + 1} (header names chrom, pos, ref, alt)")
-                chrom = fields[columns["chrom"]].strip()
-                pos_text, ref = fields[columns["pos"]].strip(), fields[columns["ref"]].strip()
-                if not chrom:
-                    raise InputError(f"{where}: empty chrom")
-                try:
-                    pos = int(pos_text)
-                except ValueError:
-                    raise InputError(f"{where}: pos {pos_text!r} is not an integer (1-based position)") from None
-                if pos < 1:
-                    raise InputError(f"{where}: pos {pos} is not a 1-based position (expected >= 1)")
-                alts = fields[columns["alt"]].strip().split(",")
-                for allele in [ref] + alts:
-                    if not _TSV_ALLELE.match(allele):
-                        raise InputError(f"{where}: allele {allele!r} is not A/C/G/T/N bases or '-' (empty allele)")
-                vid = fields[columns["id"]].strip() if "id" in columns else ""
-                ref = "" if ref == "-" else ref.upper()
-                for i, alt in enumerate(alts):
-                    alt = "" if alt == "-" else alt.upper()
-                    if not ref and not alt:
-                        raise InputError(f"{where}: both REF and ALT are '-' (empty)")
-                    yield Variant(chrom, pos, ref, alt, vid or ".", source, line_no, index, i, len(alts))
-                index += 1
-            if columns is None:
-                raise InputError(f"{source}: no header line (expected tab-separated columns chrom, pos, ref, alt)")
+        columns = _tsv_columns(table.columns, f"{source}:{table.header_line}")
+        index = 0
+        for line_no, row in table.rows():
+            where = f"{source}:{line_no}"
+            chrom = row[columns["chrom"]].strip()
+            pos_text, ref = row[columns["pos"]].strip(), row[columns["ref"]].strip()
+            if not chrom:
+                raise InputError(f"{where}: empty chrom")
+            try:
+                pos = int(pos_text)
+            except ValueError:
+                raise InputError(f"{where}: pos {pos_text!r} is not an integer (1-based position)") from None
+            if pos < 1:
+                raise InputError(f"{where}: pos {pos} is not a 1-based position (expected >= 1)")
+            alts = row[columns["alt"]].strip().split(",")
+            for allele in [ref] + alts:
+                if not _TSV_ALLELE.match(allele):
+                    raise InputError(f"{where}: allele {allele!r} is not A/C/G/T/N bases or '-' (empty allele)")
+            vid = row[columns["id"]].strip() if "id" in columns else ""
+            ref = "" if ref == "-" else ref.upper()
+            for i, alt in enumerate(alts):
+                alt = "" if alt == "-" else alt.upper()
+                if not ref and not alt:
+                    raise InputError(f"{where}: both REF and ALT are '-' (empty)")
+                yield Variant(chrom, pos, ref, alt, vid or ".", source, line_no, index, i, len(alts))
+            index += 1
 
     def __iter__(self) -> Iterator[Variant]:
         return self._iter_vcf() if self.format == "vcf" else self._iter_tsv()
 
 
-def _tsv_columns(fields: list[str], where: str) -> dict[str, int]:
+def _tsv_columns(fields: list[str], where: str) -> dict[str, str]:
+    """{chrom, pos, ref, alt[, id]} -> the header column holding it (aliases, any case, a leading `#` allowed)."""
     names = [f.strip().lstrip("#").strip().lower() for f in fields]
-    found: dict[str, int] = {}
+    found: dict[str, str] = {}
     for key, aliases in _TSV_COLUMNS.items():
         for i, name in enumerate(names):
             if name in aliases:
-                found[key] = i
+                found[key] = fields[i]
                 break
     missing = [k for k in ("chrom", "pos", "ref", "alt") if k not in found]
     if missing:
         raise InputError(f"{where}: the header has no {'/'.join(missing)} column (found: {', '.join(fields)}); "
-                         f"expected tab-separated columns chrom, pos, ref, alt (any case, optional id)")
+                         f"expected columns chrom, pos, ref, alt (any case, optional id), tab- or comma-separated")
     return found
 
 
