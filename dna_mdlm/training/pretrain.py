@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -44,10 +44,14 @@ from .common import (
     EMA,
     AtomicCheckpointIO,
     NonFiniteGuard,
+    SegmentTimer,
+    StepCheckpoint,
+    ValidateAtLastStep,
     export_model_dir,
     optimizer_groups,
     read_json,
     render_model_card,
+    run_status,
     warmup_cosine,
 )
 from .recipes import reconcile_resume, resolve_pretrain
@@ -373,8 +377,8 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
     except TrainingDiverged as exc:
         error = exc
     summary = {"objective": cfg["objective"], "upper_bound": cfg["objective"] == "mdlm",
-               "status": "diverged" if error else "finished",
-               "steps": int(trainer.global_step), "seconds": round(time.time() - start, 1),
+               "status": "diverged" if error else run_status(trainer.global_step, tr["max_steps"], tr["max_time"]),
+               "steps": int(trainer.global_step), "max_steps": int(tr["max_steps"]), "seconds": round(time.time() - start, 1),
                "parameters": sum(p.numel() for p in module.model.parameters()), "model_dir": str(out / "model"),
                "world_size": int(trainer.world_size),
                "train_bases": int(trainer.global_step * d["batch_size"] * (dm.length if classes else d["window"])
@@ -419,7 +423,8 @@ def _trainer(cfg: dict, out: Path, has_val: bool) -> pl.Trainer:
     o, tr = cfg["optim"], cfg["trainer"]
     callbacks = [
         NonFiniteGuard(),
-        ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/nll" if has_val else None,
+        ValidateAtLastStep(),
+        StepCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/nll" if has_val else None,
                         mode="min", save_top_k=1 if has_val else 0, save_last=True, every_n_train_steps=tr["val_every"]),
         ExportModel(out / "model"),
     ]
@@ -433,8 +438,10 @@ def _trainer(cfg: dict, out: Path, has_val: bool) -> pl.Trainer:
         strategy = DDPStrategy(process_group_backend="gloo")
     precision = _precision(tr["precision"], tr["accelerator"])
     try:
+        if tr["max_time"]:
+            callbacks.insert(0, SegmentTimer(duration=tr["max_time"], interval="step"))
         return pl.Trainer(
-            max_steps=tr["max_steps"], max_time=tr["max_time"], val_check_interval=tr["val_every"] if has_val else None,
+            max_steps=tr["max_steps"], val_check_interval=tr["val_every"] if has_val else None,
             check_val_every_n_epoch=None, **({} if has_val else {"limit_val_batches": 0}), accelerator=tr["accelerator"],
             devices=tr["devices"], num_nodes=tr["num_nodes"], strategy=strategy,
             precision=precision, gradient_clip_val=o["grad_clip"],
@@ -444,8 +451,9 @@ def _trainer(cfg: dict, out: Path, has_val: bool) -> pl.Trainer:
         )
     except Exception as exc:  # Lightning's MisconfigurationException, ValueError, RuntimeError for bad hardware settings
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"trainer settings (--accelerator {tr['accelerator']}, --devices {tr['devices']}, "
-                         f"--strategy {tr['strategy']}, --precision {tr['precision']}): {first}") from None
+        raise InputError(f"trainer settings (--max-time {tr['max_time']}, --accelerator {tr['accelerator']}, "
+                         f"--devices {tr['devices']}, --strategy {tr['strategy']}, --precision {tr['precision']}): "
+                         f"{first}") from None
 
 
 def heldout_bound(model_dir: Path, val_windows, num_samples: int = 4) -> dict:
