@@ -160,7 +160,11 @@ class SegmentTimer(Timer):
     """Lightning's `Timer` (the `max_time` budget) counted per run segment: a resumed run gets the whole budget again.
 
     Lightning's own Timer restores the elapsed time from the checkpoint, so a run stopped by its budget resumed with
-    the same budget would stop again at once without training a step."""
+    the same budget would stop again at once without training a step. The budget is checked at the end of each
+    training step (`interval="step"`), from the first one on."""
+
+    def on_fit_start(self, trainer, *args, **kwargs) -> None:
+        pass  # no check before the first step: every segment trains at least one step, so each --resume advances
 
     def load_state_dict(self, state_dict: dict) -> None:
         pass  # the budget is per segment: nothing of the previous segment's clock carries over
@@ -177,21 +181,29 @@ class ValidateAtLastStep(Callback):
 
 
 class StepCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` whose `last.ckpt` is only ever taken at the end of a training step, including the step at
-    which training is told to stop (the time budget, `max_steps`).
+    """`ModelCheckpoint` whose `last.ckpt` is only ever taken where Lightning's restart logic expects one: at the end
+    of a training step, or after a scheduled validation; including the step at which training is told to stop (the
+    time budget, `max_steps`), so a resume continues exactly as after a crash.
 
-    Lightning would otherwise write `last.ckpt` at the end of training, after the interrupted epoch has been
-    counted as complete: a resume would then start the next epoch (a different data stream) instead of continuing
-    the current one. A step checkpoint records the batches consumed in the epoch (`data.ResumableDataLoader`)."""
+    Lightning would otherwise write `last.ckpt` at the end of training, after the interrupted epoch has been counted
+    as complete: a resume would start the next epoch (another data stream) instead of continuing this one. A step
+    checkpoint records the batches consumed in the epoch (`data.ResumableDataLoader`)."""
+
+    _off_schedule = False
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
-        # Deferred: the monitored metric comes from the validation that runs after this batch, which saves then.
-        if trainer.should_stop and not self._defer_save_until_validation \
-                and not self._should_skip_saving_checkpoint(trainer):
+        # The validation Lightning runs because training stops is not a scheduled one: a checkpoint taken after it
+        # restarts one logging step behind (Lightning only expects them after scheduled validations), so the stop
+        # step is saved here, before it.
+        self._off_schedule = trainer.should_stop and not _scheduled_validation(trainer)
+        if trainer.should_stop and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def on_validation_end(self, trainer, module):
+        if self._off_schedule:
+            self._defer_save_until_validation = False
+            return
         # Lightning skips a step already saved before its validation ran, leaving a last.ckpt that lacks what the
         # validation updated (the best value so far, per-round figures in callback states): save it again.
         again = self._last_global_step_saved == trainer.global_step and not trainer.sanity_checking
@@ -201,6 +213,12 @@ class StepCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer, module):
         pass  # the stop step was saved above; a save here would record the interrupted epoch as finished
+
+
+def _scheduled_validation(trainer) -> bool:
+    """Whether the batch just trained is one after which the Trainer's `val_check_interval` validates."""
+    every = trainer.val_check_batch
+    return isinstance(every, int) and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % every == 0
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

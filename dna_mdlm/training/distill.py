@@ -453,8 +453,8 @@ def distill(settings: dict, out_dir: str | os.PathLike, resume: bool = False) ->
     segment = 1 + max((_segment_number(p.name) for p in (out / "logs").glob("segment-*")), default=0) \
         if (out / "logs").is_dir() else 1
     try:
-        if tr["max_time"]:
-            callbacks.insert(0, SegmentTimer(duration=tr["max_time"], interval="step"))
+        # Always present (inert without a budget), so a checkpoint's timer state always has its callback.
+        callbacks.insert(0, SegmentTimer(duration=tr["max_time"] or None, interval="step"))
         trainer = pl.Trainer(
             max_steps=cfg["rounds"] * tr["steps_per_round"],
             val_check_interval=tr["steps_per_round"] if has_val else None, check_val_every_n_epoch=None,

@@ -148,7 +148,10 @@ class PretrainModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=int(n.clamp_min(1)))
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # Here rather than in on_train_batch_end: Lightning runs the checkpoint callback's on_train_batch_end
+        # first, which would save an EMA one update behind the weights and make a resumed run differ.
         if self.ema is not None:
             self.ema.update(self.model)
 
@@ -203,6 +206,13 @@ class ExportModel(Callback):
 
     def __init__(self, directory: Path, monitor: str = "val/nll"):
         self.directory, self.monitor, self.best = Path(directory), monitor, math.inf
+
+    def on_train_start(self, trainer, module):
+        # The exported model is the record of the best so far: a checkpoint taken at a stop step, before the
+        # validation that stop ran, does not know that validation's figure.
+        exported = (read_json(self.directory / "training_state.json") or {}).get("best_val_nll")
+        if exported is not None:
+            self.best = min(self.best, float(exported))
 
     def on_validation_end(self, trainer, module):
         if trainer.sanity_checking or trainer.global_rank != 0:
@@ -438,8 +448,8 @@ def _trainer(cfg: dict, out: Path, has_val: bool) -> pl.Trainer:
         strategy = DDPStrategy(process_group_backend="gloo")
     precision = _precision(tr["precision"], tr["accelerator"])
     try:
-        if tr["max_time"]:
-            callbacks.insert(0, SegmentTimer(duration=tr["max_time"], interval="step"))
+        # Always present (inert without a budget), so a checkpoint's timer state always has its callback.
+        callbacks.insert(0, SegmentTimer(duration=tr["max_time"] or None, interval="step"))
         return pl.Trainer(
             max_steps=tr["max_steps"], val_check_interval=tr["val_every"] if has_val else None,
             check_val_every_n_epoch=None, **({} if has_val else {"limit_val_batches": 0}), accelerator=tr["accelerator"],
