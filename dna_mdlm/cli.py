@@ -61,8 +61,8 @@ def add_pretrain_arguments(p):
     p.add_argument("--batch-size", type=int, help="windows per batch per device")
     p.add_argument("--max-steps", type=int, help="optimizer steps")
     p.add_argument("--max-time", help="wall-clock budget DD:HH:MM:SS per run segment: training stops cleanly "
-                   "(checkpoint and model written, status 'stopped: time budget'); --resume continues towards "
-                   "--max-steps with the same budget again (or a new --max-time)")
+                   "(checkpoint and model written, status 'stopped: time budget'); --resume continues exactly towards "
+                   "--max-steps with the same budget again (or a new --max-time; --set trainer.max_time=null: none)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--accelerator", help="cpu | gpu | auto")
     p.add_argument("--devices", help="devices per node (int or 'auto')")
@@ -271,7 +271,8 @@ def add_distill_arguments(p):
     p.add_argument("--batch-size", type=int, help="windows per optimiser step")
     p.add_argument("--lr", type=float, help="learning rate (constant after warm-up)")
     p.add_argument("--max-time", help="wall-clock budget DD:HH:MM:SS per run segment (stops cleanly, status 'stopped: "
-                   "time budget'; --resume continues with the same budget again, or a new --max-time)")
+                   "time budget'; --resume continues exactly with the same budget again, or a new --max-time; "
+                   "--set trainer.max_time=null: none)")
     p.add_argument("--accelerator", help="cpu | gpu | auto")
     p.add_argument("--precision", help="32 | bf16 | auto")
     p.add_argument("--seed", type=int, help="seed of the data stream and the noise")
