@@ -294,7 +294,8 @@ def test_precision_spellings(spelling, expected):
 def test_bad_precision_and_unusable_hardware_are_one_line_errors(tmp_path, capsys):
     for args, word in ((["--precision", "fp8"], "expected one of 32, 16, bf16"),
                        (["--precision", "fp16", "--accelerator", "cpu"], "fp16 needs a GPU"),
-                       (["--accelerator", "tpu"], "--accelerator tpu")):
+                       (["--accelerator", "tpu"], "--accelerator tpu"),
+                       (["--max-time", "3h"], "--max-time 3h: expected a wall-clock budget DD:HH:MM:SS")):
         rc = main(["pretrain", "--fasta", str(SLICE), "--config", "tiny", "--out", str(tmp_path / "o"), *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and word in err[0], (args, err)

@@ -26,11 +26,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
 
-from ..errors import TrainingDiverged
+from ..errors import InputError, TrainingDiverged
 from ..io.writers import atomic_path, dumps_json
 from ..tokenizer import DNATokenizer
 
@@ -213,6 +214,14 @@ class StepCheckpoint(ModelCheckpoint):
 
     def on_train_end(self, trainer, module):
         pass  # the stop step was saved above; a save here would record the interrupted epoch as finished
+
+
+def segment_timer(max_time: str | None) -> SegmentTimer:
+    """The `--max-time` budget (DD:HH:MM:SS) as a `SegmentTimer`, inert when None; a one-line InputError otherwise."""
+    try:
+        return SegmentTimer(duration=max_time or None, interval="step")
+    except (MisconfigurationException, ValueError, TypeError):
+        raise InputError(f"--max-time {max_time}: expected a wall-clock budget DD:HH:MM:SS, e.g. 00:12:00:00") from None
 
 
 def _scheduled_validation(trainer) -> bool:

@@ -53,13 +53,13 @@ from .common import (
     EMA,
     AtomicCheckpointIO,
     NonFiniteGuard,
-    SegmentTimer,
     StepCheckpoint,
     ValidateAtLastStep,
     export_model_dir,
     optimizer_groups,
     read_json,
     run_status,
+    segment_timer,
     warmup_cosine,
 )
 from .pretrain import _precision, _segment_number, check_sequence
@@ -452,9 +452,9 @@ def distill(settings: dict, out_dir: str | os.PathLike, resume: bool = False) ->
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, tr["log_every"])))
     segment = 1 + max((_segment_number(p.name) for p in (out / "logs").glob("segment-*")), default=0) \
         if (out / "logs").is_dir() else 1
+    # Always present (inert without a budget), so a checkpoint's timer state always has its callback.
+    callbacks.insert(0, segment_timer(tr["max_time"]))
     try:
-        # Always present (inert without a budget), so a checkpoint's timer state always has its callback.
-        callbacks.insert(0, SegmentTimer(duration=tr["max_time"] or None, interval="step"))
         trainer = pl.Trainer(
             max_steps=cfg["rounds"] * tr["steps_per_round"],
             val_check_interval=tr["steps_per_round"] if has_val else None, check_val_every_n_epoch=None,
@@ -468,8 +468,7 @@ def distill(settings: dict, out_dir: str | os.PathLike, resume: bool = False) ->
         raise
     except Exception as exc:  # Lightning rejects a hardware setting
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"trainer settings (--max-time {tr['max_time']}, --accelerator {tr['accelerator']}, "
-                         f"--precision {tr['precision']}): "
+        raise InputError(f"trainer settings (--accelerator {tr['accelerator']}, --precision {tr['precision']}): "
                          f"{first}") from None
     if not resume:
         write_json(out / RUN_CONFIG, cfg)

@@ -44,7 +44,6 @@ from .common import (
     EMA,
     AtomicCheckpointIO,
     NonFiniteGuard,
-    SegmentTimer,
     StepCheckpoint,
     ValidateAtLastStep,
     export_model_dir,
@@ -52,6 +51,7 @@ from .common import (
     read_json,
     render_model_card,
     run_status,
+    segment_timer,
     warmup_cosine,
 )
 from .recipes import reconcile_resume, resolve_pretrain
@@ -447,9 +447,9 @@ def _trainer(cfg: dict, out: Path, has_val: bool) -> pl.Trainer:
     if strategy == "ddp" and (tr["accelerator"] == "cpu" or not torch.cuda.is_available()):
         strategy = DDPStrategy(process_group_backend="gloo")
     precision = _precision(tr["precision"], tr["accelerator"])
+    # Always present (inert without a budget), so a checkpoint's timer state always has its callback.
+    callbacks.insert(0, segment_timer(tr["max_time"]))
     try:
-        # Always present (inert without a budget), so a checkpoint's timer state always has its callback.
-        callbacks.insert(0, SegmentTimer(duration=tr["max_time"] or None, interval="step"))
         return pl.Trainer(
             max_steps=tr["max_steps"], val_check_interval=tr["val_every"] if has_val else None,
             check_val_every_n_epoch=None, **({} if has_val else {"limit_val_batches": 0}), accelerator=tr["accelerator"],
@@ -461,9 +461,8 @@ def _trainer(cfg: dict, out: Path, has_val: bool) -> pl.Trainer:
         )
     except Exception as exc:  # Lightning's MisconfigurationException, ValueError, RuntimeError for bad hardware settings
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"trainer settings (--max-time {tr['max_time']}, --accelerator {tr['accelerator']}, "
-                         f"--devices {tr['devices']}, --strategy {tr['strategy']}, --precision {tr['precision']}): "
-                         f"{first}") from None
+        raise InputError(f"trainer settings (--accelerator {tr['accelerator']}, --devices {tr['devices']}, "
+                         f"--strategy {tr['strategy']}, --precision {tr['precision']}): {first}") from None
 
 
 def heldout_bound(model_dir: Path, val_windows, num_samples: int = 4) -> dict:
