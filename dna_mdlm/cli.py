@@ -60,7 +60,9 @@ def add_pretrain_arguments(p):
     p.add_argument("--window", type=int, help="window length L (bases)")
     p.add_argument("--batch-size", type=int, help="windows per batch per device")
     p.add_argument("--max-steps", type=int, help="optimizer steps")
-    p.add_argument("--max-time", help="wall-clock budget DD:HH:MM:SS (stops cleanly, checkpoint and model written)")
+    p.add_argument("--max-time", help="wall-clock budget DD:HH:MM:SS per run segment: training stops cleanly "
+                   "(checkpoint and model written, status 'stopped: time budget'); --resume continues exactly towards "
+                   "--max-steps with the same budget again (or a new --max-time; --set trainer.max_time=null: none)")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--accelerator", help="cpu | gpu | auto")
     p.add_argument("--devices", help="devices per node (int or 'auto')")
@@ -96,6 +98,7 @@ def pretrain_flags(args) -> dict:
 
 def run_pretrain(args):
     from .io.writers import dumps_json
+    from .training.common import STOPPED_BY_TIME
     from .training.pretrain import pretrain
     from .training.recipes import pretrain_settings
 
@@ -115,7 +118,12 @@ def run_pretrain(args):
             extra += f" (one k-mer Markov LM per class on the same sequences: {yard['bits_per_base']:.4f})"
         elif yard:
             extra += f" (k-mer Markov LM, order {yard['order']}, on the same windows: {yard['bits_per_base']:.4f})"
-    print(f"dna-mdlm pretrain: {summary['objective']} model written to {summary['model_dir']}{extra}", file=sys.stderr)
+    stopped = ""
+    if summary.get("status") == STOPPED_BY_TIME:
+        stopped = (f"; stopped by its --max-time budget at step {summary['steps']} of {summary['max_steps']}: continue "
+                   f"with `dna-mdlm pretrain --out {args.out} --resume` (each resumed segment gets the budget again)")
+    print(f"dna-mdlm pretrain: {summary['objective']} model written to {summary['model_dir']}{extra}{stopped}",
+          file=sys.stderr)
     return 0
 
 
@@ -266,10 +274,14 @@ def add_distill_arguments(p):
     p.add_argument("--steps-per-round", type=int, help="optimiser steps per round")
     p.add_argument("--batch-size", type=int, help="windows per optimiser step")
     p.add_argument("--lr", type=float, help="learning rate (constant after warm-up)")
-    p.add_argument("--max-time", help="wall-clock budget DD:HH:MM:SS (stops cleanly; --resume continues)")
+    p.add_argument("--max-time", help="wall-clock budget DD:HH:MM:SS per run segment (stops cleanly, status 'stopped: "
+                   "time budget'; --resume continues exactly with the same budget again, or a new --max-time; "
+                   "--set trainer.max_time=null: none)")
     p.add_argument("--accelerator", help="cpu | gpu | auto")
     p.add_argument("--precision", help="32 | bf16 | auto")
     p.add_argument("--seed", type=int, help="seed of the data stream and the noise")
+    p.add_argument("--unknown", choices=["error", "N"], help="IUPAC ambiguity codes in the FASTA: an error naming "
+                   "file and line, or read as N (default: as the teacher run read its FASTA, else error)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out (more --rounds, a new --max-time "
                    "or other hardware may be given)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override any recipe key, e.g. optim.ema_decay=0.999")
@@ -281,7 +293,7 @@ def run_distill(args):
 
     flags = {"teacher": args.teacher, "rounds": args.rounds, "teacher_steps": args.teacher_steps, "fasta": args.fasta,
              "val_regions": args.val_region, "seed": args.seed,
-             "data": {"batch_size": args.batch_size}, "optim": {"lr": args.lr},
+             "data": {"batch_size": args.batch_size, "unknown": args.unknown}, "optim": {"lr": args.lr},
              "trainer": {"steps_per_round": args.steps_per_round, "max_time": args.max_time,
                          "accelerator": args.accelerator, "precision": args.precision}}
     summary = distill(distill_settings(args.config, flags, args.set), args.out, resume=args.resume)
@@ -291,7 +303,8 @@ def run_distill(args):
                      for r in summary["per_round"] if "val_kl" in r)
     held = f"; held-out KL to the teacher's two-step distribution per masked base: {rows}" if rows else ""
     where = f"student written to {summary['model_dir']}" if summary["model_dir"] else \
-        f"stopped at step {summary['steps']} ({summary['status']}; --resume continues)"
+        f"stopped at step {summary['steps']} ({summary['status']}); continue with `dna-mdlm distill --teacher " \
+        f"{args.teacher} --out {args.out} --resume` (each resumed segment gets the --max-time budget again)"
     print(f"dna-mdlm distill: {summary['teacher_steps']} -> {summary['student_steps']} steps per window; {where}{held}",
           file=sys.stderr)
     return 0

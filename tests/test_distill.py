@@ -132,9 +132,23 @@ def test_one_round_end_to_end_and_the_student_works_in_every_verb(kit, tmp_path,
 def test_resume_adds_a_round_exactly(kit, tmp_path, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert cli(kit, straight, "--rounds", "2") == 0
-    assert cli(kit, resumed, "--rounds", "1") == 0
-    assert main(["distill", "--teacher", str(kit / "teacher"), "--out", str(resumed), "--rounds", "2", "--resume"]) == 0
+    # A zero --max-time stops after one step (the budget is checked at each step's end, per run segment): the
+    # time-budget stop path, deterministic.
+    assert cli(kit, resumed, "--rounds", "1", "--max-time", "00:00:00:00") == 0
+    assert "stopped at step 1 (stopped: time budget); continue with" in capsys.readouterr().err
+    assert json.loads((resumed / "summary.json").read_text())["status"] == "stopped: time budget"
+    resume = ["distill", "--teacher", str(kit / "teacher"), "--out", str(resumed), "--resume"]
+    assert main(resume) == 0  # the recorded budget again, per segment: one step more
+    assert json.loads((resumed / "summary.json").read_text())["steps"] == 2
+    resume += ["--set", "trainer.max_time=null"]  # no budget
+    assert main(resume) == 0  # round 1 to its end
+    assert json.loads((resumed / "summary.json").read_text())["steps"] == 4
+    assert main([*resume, "--rounds", "2"]) == 0
+    assert json.loads((resumed / "summary.json").read_text())["status"] == "finished"
     capsys.readouterr()
+    rounds = json.loads((resumed / "summary.json").read_text())["per_round"]
+    assert rounds == json.loads((straight / "summary.json").read_text())["per_round"]  # round 1's figures kept
+    assert all("val_kl" in r and "val_kl_teacher_one_step" in r for r in rounds)
     a, b = load_file(straight / "model" / "model.safetensors"), load_file(resumed / "model" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((resumed / "model" / "config.json").read_text())["distillation"]["steps"] == 2
@@ -179,6 +193,29 @@ def test_bad_teachers_and_data(kit, tmp_path):
         distill(distill_settings("tiny", {"teacher": str(tmp_path / "none"), "fasta": [str(kit / "genome.fa")]}),
                 tmp_path / "c")
     assert not any((tmp_path / n).exists() for n in "abc")
+
+
+def test_iupac_codes_fail_before_anything_is_written_and_unknown_n_follows_the_teacher_run(kit, tmp_path, capsys):
+    iu = tmp_path / "iu.fa"
+    iu.write_text(">chrT\n" + GENOME[:15_000] + "R" + GENOME[15_001:] + "\n")  # an R inside the training part
+    out = tmp_path / "bad"
+    assert main(["distill", "--teacher", str(kit / "teacher"), "--out", str(out), "--config", "tiny", "--fasta",
+                 str(iu), "--val-region", "chrT:20001-24000"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--unknown N" in err and "\n" not in err
+    assert not out.exists()  # found before anything was written: a rerun is not "already holds a run"
+    # A teacher trained with `pretrain --unknown N` on that FASTA: distill reads it the same way by default.
+    teacher = tmp_path / "t" / "model"
+    peaked_teacher().save_pretrained(teacher)
+    (teacher.parent / "run_config.json").write_text(json.dumps({"fasta": [str(iu)], "data": {"unknown": "N"},
+                                                                "val_regions": ["chrT:20001-24000"]}))
+    good = tmp_path / "good"
+    assert main(["distill", "--teacher", str(teacher), "--out", str(good), "--config", "tiny"]) == 0
+    assert json.loads((good / "run_config.json").read_text())["data"]["unknown"] == "N"
+    assert main(["distill", "--teacher", str(teacher), "--out", str(tmp_path / "strict"), "--config", "tiny",
+                 "--unknown", "error"]) == 2
+    assert not (tmp_path / "strict").exists()
+    capsys.readouterr()
 
 
 def test_an_existing_run_is_not_overwritten(kit, tmp_path, capsys):

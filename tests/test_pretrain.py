@@ -97,6 +97,38 @@ def test_resume_continues_with_the_same_losses(tmp_path):
         pretrain({"data": {"window": 32}}, part, resume=True)
 
 
+def _state(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+@pytest.mark.slow
+def test_a_time_budget_stop_resumes_exactly_with_a_fresh_budget_per_segment(tmp_path, capsys):
+    # A zero --max-time stops deterministically after one step (the budget is checked at each step's end): the
+    # same stop path as a real budget, mid-epoch and between validations, without asserting wall-clock.
+    full, part = tmp_path / "full", tmp_path / "part"
+    pretrain(cfg(), full)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(json.dumps(cfg()))  # JSON is YAML
+    rc = main(["pretrain", "--config", str(recipe), "--max-time", "00:00:00:00", "--out", str(part)])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "stopped by its --max-time budget at step 1 of 6" in err and f"--out {part} --resume" in err, err
+    assert strict_json(part / "summary.json")["status"] == "stopped: time budget"
+    assert pretrain({}, part, resume=True)["steps"] == 2  # the recorded budget again, per segment: one more step
+    done = pretrain({"trainer": {"max_time": None}}, part, resume=True)  # no budget: on to max_steps
+    assert done["status"] == "finished" and done["steps"] == 6
+    a, b = _state(full), _state(part)
+    assert a["global_step"] == b["global_step"] == 6
+    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert all(torch.equal(a["ema"]["shadow"][k], b["ema"]["shadow"][k]) for k in a["ema"]["shadow"])
+    la, lb = train_losses(full), train_losses(part)
+    assert all(la[step] == lb[step] for step in range(6))
+    # Every segment validated at its last step: model/ and the held-out figure are those of the uninterrupted run.
+    for run in (full, part):
+        assert json.loads((run / "model" / "training_state.json").read_text())["step"] == 6
+    assert strict_json(full / "summary.json")["heldout"] == strict_json(part / "summary.json")["heldout"]
+
+
 CLI_RUN = ["--fasta", str(SLICE), "--val-region", f"{REC}:900001-1000000", "--seed", "3",
            "--set", "model.d_model=8", "--set", "model.n_layer=1", "--set", "data.window=64", "--set", "data.batch_size=4",
            "--set", "data.max_val_windows=8", "--set", "trainer.max_steps=40", "--set", "trainer.val_every=4",
@@ -262,7 +294,8 @@ def test_precision_spellings(spelling, expected):
 def test_bad_precision_and_unusable_hardware_are_one_line_errors(tmp_path, capsys):
     for args, word in ((["--precision", "fp8"], "expected one of 32, 16, bf16"),
                        (["--precision", "fp16", "--accelerator", "cpu"], "fp16 needs a GPU"),
-                       (["--accelerator", "tpu"], "--accelerator tpu")):
+                       (["--accelerator", "tpu"], "--accelerator tpu"),
+                       (["--max-time", "3h"], "--max-time 3h: expected a wall-clock budget DD:HH:MM:SS")):
         rc = main(["pretrain", "--fasta", str(SLICE), "--config", "tiny", "--out", str(tmp_path / "o"), *args])
         err = capsys.readouterr().err.strip().splitlines()
         assert rc == 2 and len(err) == 1 and word in err[0], (args, err)

@@ -12,6 +12,9 @@ atomic checkpoints and the exported model directory.
   hold non-finite weights, so the last checkpoint on disk is always whole and finite.
 * `export_model_dir`: `save_pretrained` + tokenizer files (+ extra JSON files) into a directory, atomically,
   refused when a weight is not finite.
+* `SegmentTimer`, `ValidateAtLastStep`, `StepCheckpoint`: how a run stops (its `--max-time` budget, counted per run
+  segment, or `max_steps`): validated at its last step and checkpointed mid-epoch, exactly as a step checkpoint,
+  so `--resume` continues bit for bit.
 """
 
 from __future__ import annotations
@@ -23,10 +26,12 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, Timer
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
 
-from ..errors import TrainingDiverged
+from ..errors import InputError, TrainingDiverged
 from ..io.writers import atomic_path, dumps_json
 from ..tokenizer import DNATokenizer
 
@@ -141,6 +146,88 @@ class NonFiniteGuard(Callback):
         if bad is not None:
             raise TrainingDiverged(f"training diverged at step {trainer.global_step + 1}: the gradient of {bad} is "
                                    f"not finite; {self.hint}")
+
+
+STOPPED_BY_TIME = "stopped: time budget"
+
+
+def run_status(step: int, max_steps: int, max_time) -> str:
+    """"finished" at `max_steps`; a run that ended before it was stopped by its `--max-time` budget (the only other
+    way a run ends without an error): `--resume` continues it."""
+    return "finished" if step >= max_steps or not max_time else STOPPED_BY_TIME
+
+
+class SegmentTimer(Timer):
+    """Lightning's `Timer` (the `max_time` budget) counted per run segment: a resumed run gets the whole budget again.
+
+    Lightning's own Timer restores the elapsed time from the checkpoint, so a run stopped by its budget resumed with
+    the same budget would stop again at once without training a step. The budget is checked at the end of each
+    training step (`interval="step"`), from the first one on."""
+
+    def on_fit_start(self, trainer, *args, **kwargs) -> None:
+        pass  # no check before the first step: every segment trains at least one step, so each --resume advances
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        pass  # the budget is per segment: nothing of the previous segment's clock carries over
+
+
+class ValidateAtLastStep(Callback):
+    """Ask the Trainer to stop at `max_steps` itself, so the fit loop validates at the last step as it does when a
+    run is stopped early (Lightning runs validation after a batch that set `trainer.should_stop`): the best-model
+    export and the reported held-out figure cover the last weights, however the run was cut into segments."""
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.max_steps > 0 and trainer.global_step >= trainer.max_steps:
+            trainer.should_stop = True
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` whose `last.ckpt` is only ever taken where Lightning's restart logic expects one: at the end
+    of a training step, or after a scheduled validation; including the step at which training is told to stop (the
+    time budget, `max_steps`), so a resume continues exactly as after a crash.
+
+    Lightning would otherwise write `last.ckpt` at the end of training, after the interrupted epoch has been counted
+    as complete: a resume would start the next epoch (another data stream) instead of continuing this one. A step
+    checkpoint records the batches consumed in the epoch (`data.ResumableDataLoader`)."""
+
+    _off_schedule = False
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        super().on_train_batch_end(trainer, module, outputs, batch, batch_idx)
+        # The validation Lightning runs because training stops is not a scheduled one: a checkpoint taken after it
+        # restarts one logging step behind (Lightning only expects them after scheduled validations), so the stop
+        # step is saved here, before it.
+        self._off_schedule = trainer.should_stop and not _scheduled_validation(trainer)
+        if trainer.should_stop and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_validation_end(self, trainer, module):
+        if self._off_schedule:
+            self._defer_save_until_validation = False
+            return
+        # Lightning skips a step already saved before its validation ran, leaving a last.ckpt that lacks what the
+        # validation updated (the best value so far, per-round figures in callback states): save it again.
+        again = self._last_global_step_saved == trainer.global_step and not trainer.sanity_checking
+        super().on_validation_end(trainer, module)
+        if again and trainer.state.fn == TrainerFn.FITTING and not trainer.fast_dev_run:
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_end(self, trainer, module):
+        pass  # the stop step was saved above; a save here would record the interrupted epoch as finished
+
+
+def segment_timer(max_time: str | None) -> SegmentTimer:
+    """The `--max-time` budget (DD:HH:MM:SS) as a `SegmentTimer`, inert when None; a one-line InputError otherwise."""
+    try:
+        return SegmentTimer(duration=max_time or None, interval="step")
+    except (MisconfigurationException, ValueError, TypeError):
+        raise InputError(f"--max-time {max_time}: expected a wall-clock budget DD:HH:MM:SS, e.g. 00:12:00:00") from None
+
+
+def _scheduled_validation(trainer) -> bool:
+    """Whether the batch just trained is one after which the Trainer's `val_check_interval` validates."""
+    every = trainer.val_check_batch
+    return isinstance(every, int) and (trainer.fit_loop.epoch_loop.total_batch_idx + 1) % every == 0
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

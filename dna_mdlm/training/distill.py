@@ -38,7 +38,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from .._quiet import quiet_libraries
@@ -49,8 +49,20 @@ from ..errors import InputError, TrainingDiverged
 from ..io.writers import write_json
 from ..loading import as_language_model, load_model
 from ..tokenizer import MASK_ID
-from .common import EMA, AtomicCheckpointIO, NonFiniteGuard, export_model_dir, optimizer_groups, read_json, warmup_cosine
-from .pretrain import _precision, _segment_number
+from .common import (
+    EMA,
+    AtomicCheckpointIO,
+    NonFiniteGuard,
+    StepCheckpoint,
+    ValidateAtLastStep,
+    export_model_dir,
+    optimizer_groups,
+    read_json,
+    run_status,
+    segment_timer,
+    warmup_cosine,
+)
+from .pretrain import _precision, _segment_number, check_sequence
 from .recipes import flatten, load_recipe, merge, normalize_precision, parse_overrides
 
 RUN_CONFIG = "run_config.json"
@@ -89,7 +101,8 @@ def distill_settings(recipe: str | os.PathLike | None = None, flags: dict | None
 
 def resolve_distill(settings: dict) -> dict:
     """A fresh run's full settings: defaults, then the teacher run's data (its `run_config.json` beside the model
-    directory: FASTA and held-out regions) when no `fasta` is given, then `settings`; validated."""
+    directory: FASTA, held-out regions and how IUPAC codes were read) when no `fasta` is given, then `settings`;
+    validated."""
     cfg = merge(DISTILL_DEFAULTS, settings)
     if not cfg.get("teacher"):
         raise InputError("--teacher: required (an MDLM model directory)")
@@ -103,6 +116,9 @@ def resolve_distill(settings: dict) -> dict:
         for key in DATA_KEYS:
             if run.get(key) and not cfg.get(key):
                 cfg[key] = run[key]
+        # The teacher's FASTA is read as the teacher run read it (`pretrain --unknown N` for IUPAC codes).
+        if "unknown" not in (settings.get("data") or {}) and (run.get("data") or {}).get("unknown"):
+            cfg["data"]["unknown"] = run["data"]["unknown"]
     if isinstance(cfg["fasta"], (str, os.PathLike)):
         cfg["fasta"] = [cfg["fasta"]]
     cfg["fasta"] = [str(Path(f).resolve()) if Path(f).exists() else str(f) for f in cfg["fasta"]]
@@ -135,6 +151,8 @@ def check_distill(cfg: dict) -> dict:
     if t0 is not None and t0 % (2 ** cfg["rounds"]):
         raise InputError(f"--rounds {cfg['rounds']}: --teacher-steps {t0} cannot be halved {cfg['rounds']} times "
                          f"(use a multiple of {2 ** cfg['rounds']}, e.g. {2 ** cfg['rounds'] * max(1, t0 // 2 ** cfg['rounds'])})")
+    if cfg["data"]["unknown"] not in ("error", "N"):
+        raise InputError(f"--unknown {cfg['data']['unknown']}: expected error or N")
     if cfg["divergence"] not in DIVERGENCES:
         raise InputError(f"divergence {cfg['divergence']!r}: expected one of {', '.join(DIVERGENCES)}")
     lr = cfg["optim"]["lr"]
@@ -421,20 +439,24 @@ def distill(settings: dict, out_dir: str | os.PathLike, resume: bool = False) ->
         max_n_frac=d["max_n_frac"], rc_aug=rc_aug, seed=cfg["seed"], train_samples_per_epoch=d["train_samples_per_epoch"],
         max_val_windows=d["max_val_windows"], unknown=d["unknown"])
     dm.setup()  # every input checked before anything is written
+    check_sequence(dm.genome, dm.genome.train_intervals)
     module = DistillModule(teacher_model, cfg["teacher_steps"], tr["steps_per_round"], cfg["divergence"], lr=o["lr"],
                            weight_decay=o["weight_decay"], betas=o["betas"], warmup_steps=o["warmup_steps"],
                            ema_decay=o["ema_decay"], seed=cfg["seed"])
     has_val = len(dm._eval_set("val")) > 0
     rounds = Rounds(out, cfg)
-    callbacks = [NonFiniteGuard(), ModelCheckpoint(dirpath=out / "checkpoints", save_top_k=0, save_last=True,
-                                                   every_n_train_steps=max(1, tr["steps_per_round"] // 4)), rounds]
+    callbacks = [NonFiniteGuard(), ValidateAtLastStep(),
+                 StepCheckpoint(dirpath=out / "checkpoints", save_top_k=0, save_last=True,
+                                every_n_train_steps=max(1, tr["steps_per_round"] // 4)), rounds]
     if tr["progress_bar"]:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, tr["log_every"])))
     segment = 1 + max((_segment_number(p.name) for p in (out / "logs").glob("segment-*")), default=0) \
         if (out / "logs").is_dir() else 1
+    # Always present (inert without a budget), so a checkpoint's timer state always has its callback.
+    callbacks.insert(0, segment_timer(tr["max_time"]))
     try:
         trainer = pl.Trainer(
-            max_steps=cfg["rounds"] * tr["steps_per_round"], max_time=tr["max_time"],
+            max_steps=cfg["rounds"] * tr["steps_per_round"],
             val_check_interval=tr["steps_per_round"] if has_val else None, check_val_every_n_epoch=None,
             **({} if has_val else {"limit_val_batches": 0}), accelerator=tr["accelerator"], devices=tr["devices"],
             precision=_precision(tr["precision"], tr["accelerator"]), gradient_clip_val=o["grad_clip"],
@@ -458,7 +480,8 @@ def distill(settings: dict, out_dir: str | os.PathLike, resume: bool = False) ->
         error = exc
     done = int(trainer.global_step) >= cfg["rounds"] * tr["steps_per_round"]
     t0 = cfg["teacher_steps"]
-    summary = {"status": "diverged" if error else ("finished" if done else "stopped"),
+    summary = {"status": "diverged" if error else run_status(trainer.global_step, cfg["rounds"] * tr["steps_per_round"],
+                                                             tr["max_time"]),
                "teacher": cfg["teacher"], "teacher_steps": t0, "rounds": cfg["rounds"],
                "student_steps": t0 // 2 ** cfg["rounds"], "steps": int(trainer.global_step),
                "seconds": round(time.time() - start, 1), "model_dir": str(out / "model") if done and not error else None,

@@ -23,7 +23,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.strategies import DDPStrategy
 
@@ -44,10 +44,14 @@ from .common import (
     EMA,
     AtomicCheckpointIO,
     NonFiniteGuard,
+    StepCheckpoint,
+    ValidateAtLastStep,
     export_model_dir,
     optimizer_groups,
     read_json,
     render_model_card,
+    run_status,
+    segment_timer,
     warmup_cosine,
 )
 from .recipes import reconcile_resume, resolve_pretrain
@@ -144,7 +148,10 @@ class PretrainModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=int(n.clamp_min(1)))
         return loss
 
-    def on_train_batch_end(self, outputs, batch, batch_idx):
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        # Here rather than in on_train_batch_end: Lightning runs the checkpoint callback's on_train_batch_end
+        # first, which would save an EMA one update behind the weights and make a resumed run differ.
         if self.ema is not None:
             self.ema.update(self.model)
 
@@ -199,6 +206,13 @@ class ExportModel(Callback):
 
     def __init__(self, directory: Path, monitor: str = "val/nll"):
         self.directory, self.monitor, self.best = Path(directory), monitor, math.inf
+
+    def on_train_start(self, trainer, module):
+        # The exported model is the record of the best so far: a checkpoint taken at a stop step, before the
+        # validation that stop ran, does not know that validation's figure.
+        exported = (read_json(self.directory / "training_state.json") or {}).get("best_val_nll")
+        if exported is not None:
+            self.best = min(self.best, float(exported))
 
     def on_validation_end(self, trainer, module):
         if trainer.sanity_checking or trainer.global_rank != 0:
@@ -373,8 +387,8 @@ def pretrain(settings: dict, out_dir: str | os.PathLike, resume: bool = False) -
     except TrainingDiverged as exc:
         error = exc
     summary = {"objective": cfg["objective"], "upper_bound": cfg["objective"] == "mdlm",
-               "status": "diverged" if error else "finished",
-               "steps": int(trainer.global_step), "seconds": round(time.time() - start, 1),
+               "status": "diverged" if error else run_status(trainer.global_step, tr["max_steps"], tr["max_time"]),
+               "steps": int(trainer.global_step), "max_steps": int(tr["max_steps"]), "seconds": round(time.time() - start, 1),
                "parameters": sum(p.numel() for p in module.model.parameters()), "model_dir": str(out / "model"),
                "world_size": int(trainer.world_size),
                "train_bases": int(trainer.global_step * d["batch_size"] * (dm.length if classes else d["window"])
@@ -419,7 +433,8 @@ def _trainer(cfg: dict, out: Path, has_val: bool) -> pl.Trainer:
     o, tr = cfg["optim"], cfg["trainer"]
     callbacks = [
         NonFiniteGuard(),
-        ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/nll" if has_val else None,
+        ValidateAtLastStep(),
+        StepCheckpoint(dirpath=out / "checkpoints", filename="best", monitor="val/nll" if has_val else None,
                         mode="min", save_top_k=1 if has_val else 0, save_last=True, every_n_train_steps=tr["val_every"]),
         ExportModel(out / "model"),
     ]
@@ -432,9 +447,11 @@ def _trainer(cfg: dict, out: Path, has_val: bool) -> pl.Trainer:
     if strategy == "ddp" and (tr["accelerator"] == "cpu" or not torch.cuda.is_available()):
         strategy = DDPStrategy(process_group_backend="gloo")
     precision = _precision(tr["precision"], tr["accelerator"])
+    # Always present (inert without a budget), so a checkpoint's timer state always has its callback.
+    callbacks.insert(0, segment_timer(tr["max_time"]))
     try:
         return pl.Trainer(
-            max_steps=tr["max_steps"], max_time=tr["max_time"], val_check_interval=tr["val_every"] if has_val else None,
+            max_steps=tr["max_steps"], val_check_interval=tr["val_every"] if has_val else None,
             check_val_every_n_epoch=None, **({} if has_val else {"limit_val_batches": 0}), accelerator=tr["accelerator"],
             devices=tr["devices"], num_nodes=tr["num_nodes"], strategy=strategy,
             precision=precision, gradient_clip_val=o["grad_clip"],
