@@ -333,23 +333,14 @@ def add_finetune_arguments(p):
 
 
 def finetune_config(args):
-    from .training.finetune import FinetuneConfig
-    from .training.recipes import load_recipe, parse_overrides
-
-    values = load_recipe(args.config, "finetune")
-    values.update(parse_overrides(args.set))
-    for key in ("head", "features", "pooling", "epochs", "batch_size", "max_tokens", "lr", "ema_decay", "max_steps"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    if args.unfreeze:
-        values["unfreeze"] = True
     from .loading import resolve_device
+    from .training.finetune import finetune_settings
 
-    values["device"] = str(resolve_device(args.device))
-    try:
-        return FinetuneConfig.from_dict(values, where=f"--config {args.config}" if args.config else "settings")
-    except TypeError as exc:
-        raise InputError(f"settings: {exc}") from None
+    flags = {key: getattr(args, key) for key in ("head", "features", "pooling", "epochs", "batch_size", "max_tokens",
+                                                  "lr", "ema_decay", "max_steps")}
+    flags["unfreeze"] = True if args.unfreeze else None
+    flags["device"] = str(resolve_device(args.device))
+    return finetune_settings(args.config, flags, args.set)
 
 
 def _baseline_methods(text: str) -> list[str]:
@@ -366,7 +357,7 @@ def _baseline_methods(text: str) -> list[str]:
 
 def run_finetune(args):
     from .data.labelled import read_labelled
-    from .training.finetune import run_protocol
+    from .training.finetune import limit_training_set, run_protocol
 
     cfg = finetune_config(args)
     extra = _baseline_methods(args.baselines)
@@ -378,8 +369,7 @@ def run_finetune(args):
     if args.test:
         test = read_labelled(args.test, split="test", data_dir=args.data_dir, classes=train.classes,
                              unknown=args.unknown, what="--test")
-    if args.max_train and args.max_train < len(train):
-        train = train.stratified_split(test_size=len(train) - args.max_train, seed=args.seed)[0]
+    train = limit_training_set(train, args.max_train, seed=args.seed)
     try:
         seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
     except ValueError:

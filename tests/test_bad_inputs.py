@@ -159,6 +159,7 @@ def _cases(kit: Path, t: Path) -> dict:
     smp = ["sample", "--model", str(kit / "mdlm"), "--num-samples", "2", "--out", str(t / "s.fa")]
     ev = ["evaluate-samples", "--samples", good, "--reference", ref, "--out", str(t / "rep")]
     ft = ["finetune", "--model", str(kit / "mdlm"), "--out", str(t / "ft"), "--folds", "2", "--epochs", "1"]
+    ftk = ft + ["--train", str(kit / "train.csv")]
     dst = ["distill", "--teacher", str(kit / "mdlm"), "--out", str(t / "sdtt"), "--fasta", ref, "--config", "tiny"]
     (t / "past_end.bed").write_text("r0\t0\t50\nr0\t10\t500\n")
     (t / "words.bed").write_text("r0\tone\tten\n")
@@ -167,6 +168,7 @@ def _cases(kit: Path, t: Path) -> dict:
     (t / "extra.tsv").write_text("seq\tlabel\nACGTACGT\t1\nACGTACGT\t0\textra\n")
     (t / "oneclass.csv").write_text("seq,label\nACGTACGT,1\nACGTTGCA,1\n")
     (t / "badchar.csv").write_text("seq,label\nACGTACGT,1\nACGTXCGT,0\n")
+    (t / "twoways.csv").write_text("seq,label\nACGTACGT,0.5\nACGTTGCA,0.50\nACGTAAAA,1.5\n")
     (t / "badjson").mkdir()
     (t / "badjson" / "config.json").write_text("{not json")
     (t / "noweights").mkdir()
@@ -186,6 +188,18 @@ def _cases(kit: Path, t: Path) -> dict:
         "table_extra_field": (ft + ["--train", str(t / "extra.tsv")], ["extra.tsv:3", "3 fields"]),
         "table_one_class": (ft + ["--train", str(t / "oneclass.csv")], ["oneclass.csv", "only one class"]),
         "table_bad_character": (ft + ["--train", str(t / "badchar.csv")], ["badchar.csv:3", "'X'"]),
+        "table_same_number_two_ways": (ft + ["--train", str(t / "twoways.csv")], ["twoways.csv", "'0.5' and '0.50'"]),
+        "finetune_lr_nan": (ftk + ["--unfreeze", "--lr", "nan"], ["--lr nan", "finite"]),
+        "finetune_lr_huge": (ftk + ["--unfreeze", "--lr", "1e6"], ["--lr 1000000.0", "(0, 10]"]),
+        "finetune_max_steps_negative": (ftk + ["--max-steps", "-1"], ["--max-steps -1", "positive integer"]),
+        "finetune_max_steps_zero": (ftk + ["--max-steps", "0"], ["--max-steps 0", "positive integer"]),
+        "finetune_max_train_zero": (ftk + ["--max-train", "0"], ["--max-train 0", "positive integer"]),
+        "finetune_set_lr_text": (ftk + ["--set", "lr=abc"], ["--set lr=abc", "finite number"]),
+        "finetune_ema_flag": (ftk + ["--config", "tiny", "--ema", "1.5"], ["--ema 1.5", "(0, 1)"]),
+        "finetune_unfreeze_not_bool": (ftk + ["--set", "unfreeze=maybe"], ["--set unfreeze=maybe", "true or false"]),
+        "finetune_flag_and_set": (ftk + ["--lr", "0.1", "--set", "lr=0.2"], ["--lr 0.1", "--set lr=0.2", "give one"]),
+        "finetune_task_without_data": (ft + ["--task", "human_nontata_promoters", "--data-dir", str(t / "nodata")],
+                                       ["--data-dir"]),
         "model_missing": (lik[:2] + [str(t / "nomodel")] + lik[3:], ["--model", "no such directory"]),
         "model_bad_json": (lik[:2] + [str(t / "badjson")] + lik[3:], ["--model", "not valid JSON"]),
         "model_no_weights": (lik[:2] + [str(t / "noweights")] + lik[3:], ["--model", "model.safetensors missing"]),
@@ -249,7 +263,10 @@ def _cases(kit: Path, t: Path) -> dict:
 CASE_NAMES = [
     "region_unknown_contig", "region_reversed", "region_past_end", "region_unparsable", "val_region_past_end",
     "evaluate_region_past_end", "bed_past_end", "bed_not_integers", "table_no_sequence_column", "table_empty_label",
-    "table_extra_field", "table_one_class", "table_bad_character", "model_missing", "model_bad_json",
+    "table_extra_field", "table_one_class", "table_bad_character", "table_same_number_two_ways", "finetune_lr_nan",
+    "finetune_lr_huge", "finetune_max_steps_negative", "finetune_max_steps_zero", "finetune_max_train_zero",
+    "finetune_set_lr_text", "finetune_ema_flag", "finetune_unfreeze_not_bool", "finetune_flag_and_set",
+    "finetune_task_without_data", "model_missing", "model_bad_json",
     "model_no_weights", "nan_model_likelihood", "nan_model_sample", "nan_model_embed", "nan_model_judge",
     "nan_model_finetune", "classifier_to_likelihood", "classifier_to_sample", "mdlm_to_predict", "predict_too_long",
     "sample_prefix_bad_char", "sample_template_iupac", "sample_steps_zero", "sample_top_p_zero",
@@ -344,6 +361,19 @@ def test_bom_and_crlf_tables_read_like_clean_ones(kit, tmp_path):
     for path in ("bom.csv", "x.tsv", "x.tsv.gz"):
         got = read_labelled(tmp_path / path)
         assert got.seqs == ref.seqs and got.labels.tolist() == ref.labels.tolist() and got.classes == ref.classes
+
+
+def test_numeric_labels_written_two_ways_are_one_class(tmp_path):
+    from dna_mdlm.data.labelled import read_labelled
+
+    (tmp_path / "mixed.csv").write_text("seq,label\nACGTACGT,1\nACGTTGCA,1.0\nACGTAAAA,0\nACGTCCCC,0.0\n")
+    got = read_labelled(tmp_path / "mixed.csv")
+    assert got.classes == ["0", "1"] and got.labels.tolist() == [1, 1, 0, 0]
+    (tmp_path / "mixed.fa").write_text(">a Label=1.0\nACGTACGT\n>b label=1\nACGTTGCA\n>c LABEL=0\nACGTAAAA\n")
+    got = read_labelled(tmp_path / "mixed.fa")  # header keys are case-blind, as table column names are
+    assert got.classes == ["0", "1"] and got.labels.tolist() == [1, 1, 0]
+    test = read_labelled(tmp_path / "mixed.csv", classes=["0", "1"])  # a test set written "1.0" matches train's "1"
+    assert test.labels.tolist() == [1, 1, 0, 0]
 
 
 def test_iupac_codes_are_read_as_n_with_unknown_n_in_every_reader(kit, tmp_path, capsys):
