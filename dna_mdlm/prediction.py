@@ -20,7 +20,7 @@ import torch
 from .data.genome import iter_fasta_batches
 from .data.labelled import length_sorted_batches
 from .embedding import clean_timesteps
-from .errors import InputError
+from .errors import InputError, check_int
 from .io.writers import atomic_path
 from .loading import load_model
 from .models import CaduceusForSequenceClassification
@@ -85,7 +85,10 @@ def predict_fasta(model_dir: str | os.PathLike, fasta: str | os.PathLike, out: s
 
     Returns {"records", "truncated"}: with `truncate`, records longer than `max_length` keep their first
     `max_length` bases and are counted (never silently); without it they are an error naming the record.
-    Raises InputError for non-finite probabilities (nothing is written)."""
+    Raises InputError for bad flags or non-finite probabilities (nothing is written)."""
+    check_int("--batch-size", batch_size)
+    if max_length is not None:
+        check_int("--max-length", max_length, 1, "bases")
     model = load_classifier(model_dir, device)
     n = truncated = 0
     with atomic_path(out) as tmp, open(tmp, "w") as fh:

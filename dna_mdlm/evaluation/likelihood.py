@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..data.genome import GenomeWindows
-from ..errors import InputError
+from ..errors import InputError, check_int
 from ..io.regions import Interval, intersect_intervals, merge_intervals, parse_regions
 from ..loading import as_language_model, load_language_model, resolve_device
 from ..tokenizer import A_ID, T_ID
@@ -85,8 +85,8 @@ def likelihood(model, fasta, bed=None, regions=(), window: int | None = None, nu
     """
     if num_samples < 1:
         raise InputError(f"--mc-samples {num_samples}: expected a positive number of time samples per window")
-    if window is not None and window < 1:
-        raise InputError(f"--window {window}: expected a positive number of bases")
+    if window is not None:
+        check_int("--window", window, 2, "bases per window, as sample and pretrain need")
     if max_windows is not None and max_windows < 1:
         raise InputError(f"--max-windows {max_windows}: expected a positive number of windows")
     if batch_size < 1:
