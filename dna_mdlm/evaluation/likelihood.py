@@ -24,7 +24,7 @@ from ..errors import InputError, check_int
 from ..io.regions import Interval, intersect_intervals, merge_intervals, parse_regions
 from ..loading import as_language_model, load_language_model, resolve_device
 from ..tokenizer import A_ID, T_ID
-from ..units import LN2, per_base
+from ..units import LN2, fmt_number, per_base
 
 MARKOV_CHUNK = 1_000_000  # a Markov LM scores records exactly; long records are read in chunks this long
 
@@ -159,8 +159,9 @@ def likelihood(model, fasta, bed=None, regions=(), window: int | None = None, nu
 def report_line(report: dict) -> str:
     """The one-line summary `dna-mdlm likelihood` prints."""
     bound = "<= " if report["upper_bound"] else ""
-    se = f" ± {report['stderr_bits_per_base']:.4f}" if "stderr_bits_per_base" in report else ""
+    se = f" ± {fmt_number(report['stderr_bits_per_base'])}" if "stderr_bits_per_base" in report else ""
     cut = f" (truncated: {report['windows']} of {report['windows_available']} windows)" if "truncated" in report else ""
-    return (f"{bound}{report['bits_per_base']:.4f}{se} bits/base, perplexity {bound}{report['perplexity']:.4f}, "
+    return (f"{bound}{fmt_number(report['bits_per_base'])}{se} bits/base, perplexity "
+            f"{bound}{fmt_number(report['perplexity'])}, "
             f"{report['bases_scored']} bases in {report['windows']} windows ({report['kind']}){cut}")
 

@@ -77,6 +77,7 @@ from ..loading import load_encoder_model, load_model
 from ..models import CaduceusConfig, CaduceusForSequenceClassification
 from ..models.modeling_caduceus import rc_padded
 from ..prediction import encode_sequences, predict_proba
+from ..units import fmt_number
 from .common import EMA, NonFiniteGuard, export_model_dir, optimizer_groups, render_model_card, warmup_cosine
 from .recipes import Spec, load_recipe, parse_overrides
 
@@ -107,6 +108,7 @@ FINETUNE_SCHEMA = {
     "time_budget_s": Spec("float", 0, lo_open=True, none=True),
     "eval_batch_size": Spec("int", 1), "device": Spec("str"),
 }
+AUROC_NA = "n/a (one class in the test set)"  # AUROC is undefined there; metrics.json writes null
 DIVERGED_HINT = "lower the learning rate (--lr)"
 # The flags whose name is not `--` + the key with dashes.
 FINETUNE_FLAGS = {"ema_decay": "--ema"}
@@ -800,7 +802,8 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
                 oof[method][1].append(proba)
                 if chance["at_chance"] and not any(w.startswith("predicts one class") for w in metrics["warnings"]):
                     results[method][-1]["warnings"] = metrics["warnings"] + [f"AT CHANCE on the test set: {chance['reason']}"]
-                log(f"[finetune] {run['name']} {method}: test accuracy {metrics['accuracy']:.4f}, AUROC {metrics['auroc']:.4f}"
+                log(f"[finetune] {run['name']} {method}: test accuracy {metrics['accuracy']:.4f}, "
+                    f"AUROC {fmt_number(metrics['auroc'], '.4f', AUROC_NA)}"
                     + "".join(f"; WARNING: {w}" for w in results[method][-1]["warnings"]))
         summaries = {m: summarize(results[m]) for m in methods}
         at_chance = {m: sum(r["test_chance"]["at_chance"] for r in results[m]) for m in methods}
@@ -837,15 +840,27 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
 
 
 def compare_to_baseline(summaries: dict, method: str, baseline: str) -> dict:
-    """{"accuracy": {"model", "baseline", "difference"}, "auroc": {...}, "verdict"} of two summarised methods."""
+    """{"accuracy": {...}, "auroc": {...}, "verdict"} of two summarised methods (`summarize` output).
+
+    Each metric gets "model", "baseline", "difference", "spread" (the larger of the two methods' max − min over
+    runs) and "direction": "tie (within the spread)" when |difference| <= spread, else "model better" or
+    "baseline better". The verdict gives accuracy's direction and AUROC's, so a one-sequence accuracy edge with a
+    worse AUROC does not read as a better model."""
     out = {"method": method, "baseline": baseline}
     for key in ("accuracy", "auroc"):
-        a, b = summaries[method].get(key, {}).get("mean"), summaries[baseline].get(key, {}).get("mean")
+        sa, sb = summaries[method].get(key, {}), summaries[baseline].get(key, {})
+        a, b = sa.get("mean"), sb.get("mean")
         if a is not None and b is not None:
-            out[key] = {"model": a, "baseline": b, "difference": a - b}
-    diff = out.get("accuracy", {}).get("difference")
-    out["verdict"] = ("no comparison" if diff is None else "model better" if diff > 0 else
-                      "baseline better" if diff < 0 else "tie")
+            spread = max(sa.get("spread", 0.0), sb.get("spread", 0.0))
+            d = a - b
+            direction = ("tie (within the spread)" if abs(d) <= spread else "model better" if d > 0
+                         else "baseline better")
+            out[key] = {"model": a, "baseline": b, "difference": d, "spread": spread, "direction": direction}
+    if "accuracy" not in out:
+        out["verdict"] = "no comparison"
+    else:
+        out["verdict"] = f"accuracy: {out['accuracy']['direction']}; AUROC: " + (
+            out["auroc"]["direction"] if "auroc" in out else AUROC_NA)
     return out
 
 
