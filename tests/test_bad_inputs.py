@@ -173,6 +173,11 @@ def _cases(kit: Path, t: Path) -> dict:
     (t / "badjson" / "config.json").write_text("{not json")
     (t / "noweights").mkdir()
     (t / "noweights" / "config.json").write_text((kit / "mdlm" / "config.json").read_text())
+    (t / "wrongsize").mkdir()
+    cfg = json.loads((kit / "mdlm" / "config.json").read_text())
+    (t / "wrongsize" / "config.json").write_text(json.dumps({**cfg, "d_model": 16}))
+    (t / "wrongsize" / "model.safetensors").write_bytes((kit / "mdlm" / "model.safetensors").read_bytes())
+    (t / "short.fa").write_text(">s\n" + dna(40) + "\n")
     (t / "long.fa").write_text(">long\n" + dna(300) + "\n")
     return {
         "region_unknown_contig": (lik + ["--region", "chr1:1-10"], ["--region chr1:1-10", "unknown record 'chr1'"]),
@@ -208,6 +213,13 @@ def _cases(kit: Path, t: Path) -> dict:
                                      str(t / "p.tsv"), "--max-length", "0"], ["--max-length 0", "positive integer"]),
         "likelihood_window_one": (lik + ["--window", "1"], ["--window 1", ">= 2"]),
         "sample_without_length": (smp, ["--length", "required"]),
+        "model_config_mismatch": (["embed", "--model", str(t / "wrongsize"), "--fasta", good, "--out",
+                                   str(t / "e.npz")], ["--model", "wrongsize", "config.json does not fit", "embedding"]),
+        "pretrain_window_longer_than_records": (["pretrain", "--fasta", str(t / "short.fa"), "--config", "tiny", "--out",
+                                                 str(t / "run")], ["--window 128", "--fasta", "short.fa", "40 bp"]),
+        "evaluate_genome_reference_too_small": (["evaluate-samples", "--samples", str(t / "long.fa"), "--reference",
+                                                 str(t / "short.fa"), "--reference-mode", "genome", "--no-motifs",
+                                                 "--out", str(t / "rep")], ["--reference too small"]),
         "model_missing": (lik[:2] + [str(t / "nomodel")] + lik[3:], ["--model", "no such directory"]),
         "model_bad_json": (lik[:2] + [str(t / "badjson")] + lik[3:], ["--model", "not valid JSON"]),
         "model_no_weights": (lik[:2] + [str(t / "noweights")] + lik[3:], ["--model", "model.safetensors missing"]),
@@ -275,7 +287,8 @@ CASE_NAMES = [
     "finetune_lr_huge", "finetune_max_steps_negative", "finetune_max_steps_zero", "finetune_max_train_zero",
     "finetune_set_lr_text", "finetune_ema_flag", "finetune_unfreeze_not_bool", "finetune_flag_and_set",
     "finetune_task_without_data", "model_missing", "model_bad_json",
-    "model_no_weights", "embed_batch_size_zero", "predict_batch_size_zero", "predict_max_length_zero",
+    "model_no_weights", "model_config_mismatch", "pretrain_window_longer_than_records",
+    "evaluate_genome_reference_too_small", "embed_batch_size_zero", "predict_batch_size_zero", "predict_max_length_zero",
     "likelihood_window_one", "sample_without_length", "nan_model_likelihood", "nan_model_sample", "nan_model_embed", "nan_model_judge",
     "nan_model_finetune", "classifier_to_likelihood", "classifier_to_sample", "mdlm_to_predict", "predict_too_long",
     "sample_prefix_bad_char", "sample_template_iupac", "sample_steps_zero", "sample_top_p_zero",
