@@ -195,7 +195,7 @@ def _cases(kit: Path, t: Path) -> dict:
         "table_bad_character": (ft + ["--train", str(t / "badchar.csv")], ["badchar.csv:3", "'X'"]),
         "table_same_number_two_ways": (ft + ["--train", str(t / "twoways.csv")], ["twoways.csv", "'0.5' and '0.50'"]),
         "finetune_lr_nan": (ftk + ["--unfreeze", "--lr", "nan"], ["--lr nan", "finite"]),
-        "finetune_lr_huge": (ftk + ["--unfreeze", "--lr", "1e6"], ["--lr 1000000.0", "(0, 10]"]),
+        "finetune_lr_inf": (ftk + ["--unfreeze", "--lr", "inf"], ["--lr inf", "finite number > 0"]),
         "finetune_max_steps_negative": (ftk + ["--max-steps", "-1"], ["--max-steps -1", "positive integer"]),
         "finetune_max_steps_zero": (ftk + ["--max-steps", "0"], ["--max-steps 0", "positive integer"]),
         "finetune_max_train_zero": (ftk + ["--max-train", "0"], ["--max-train 0", "positive integer"]),
@@ -284,7 +284,7 @@ CASE_NAMES = [
     "region_unknown_contig", "region_reversed", "region_past_end", "region_unparsable", "val_region_past_end",
     "evaluate_region_past_end", "bed_past_end", "bed_not_integers", "table_no_sequence_column", "table_empty_label",
     "table_extra_field", "table_one_class", "table_bad_character", "table_same_number_two_ways", "finetune_lr_nan",
-    "finetune_lr_huge", "finetune_max_steps_negative", "finetune_max_steps_zero", "finetune_max_train_zero",
+    "finetune_lr_inf", "finetune_max_steps_negative", "finetune_max_steps_zero", "finetune_max_train_zero",
     "finetune_set_lr_text", "finetune_ema_flag", "finetune_unfreeze_not_bool", "finetune_flag_and_set",
     "finetune_task_without_data", "model_missing", "model_bad_json",
     "model_no_weights", "model_config_mismatch", "pretrain_window_longer_than_records",
@@ -383,6 +383,17 @@ def test_bom_and_crlf_tables_read_like_clean_ones(kit, tmp_path):
     for path in ("bom.csv", "x.tsv", "x.tsv.gz"):
         got = read_labelled(tmp_path / path)
         assert got.seqs == ref.seqs and got.labels.tolist() == ref.labels.tolist() and got.classes == ref.classes
+
+
+def test_a_diverged_fine_tuning_run_is_one_line_exit_1_and_writes_nothing(kit, tmp_path, capsys):
+    # lr 1e6 is a valid setting that no run survives: README promises one line, exit code 1, no model
+    rc, err = run(["finetune", "--model", str(kit / "mdlm"), "--train", str(kit / "train.csv"), "--unfreeze",
+                   "--lr", "1e6", "--folds", "2", "--epochs", "2", "--baselines", "none", "--device", "cpu",
+                   "--out", str(tmp_path / "ft")], capsys)
+    errors = [line for line in err if "error" in line]  # progress lines ([finetune] ...) come before it
+    assert rc == 1 and errors == [err[-1]] and err[-1].startswith("dna-mdlm finetune: error: training diverged"), err
+    assert "--lr" in err[-1]
+    assert not (tmp_path / "ft").exists()
 
 
 def test_numeric_labels_written_two_ways_are_one_class(tmp_path):

@@ -97,7 +97,7 @@ FINETUNE_SCHEMA = {
     "class_weights": Spec("choice", choices=("auto", "balanced", "none")),
     "probe_folds": Spec("int", 2),
     "linear_probe_C": Spec("float", 0, lo_open=True),
-    "lr": Spec("float", 0, 10, lo_open=True),
+    "lr": Spec("float", 0, lo_open=True),  # no upper bound: too large a rate is a diverged run (exit 1)
     "weight_decay": Spec("float", 0, 10),
     "warmup_fraction": Spec("float", 0, 1),
     "batch_size": Spec("int", 1), "max_tokens": Spec("int", 1), "epochs": Spec("int", 1),
@@ -644,7 +644,15 @@ def protocol_splits(train: LabelledSequences, test: LabelledSequences | None, se
     `test` sets and their index arrays `train_idx` / `val_idx` / `test_idx` into `train` (CV) or, for
     `test_idx`, into `test` (`test_pool` says which)."""
     def split(idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        a, b = next(StratifiedShuffleSplit(1, test_size=val_fraction, random_state=seed).split(idx, train.labels[idx]))
+        # at least one validation sequence per class (as LabelledSequences.stratified_split): a one-line error for a
+        # set too small for that, not scikit-learn's traceback
+        k = int(np.unique(train.labels[idx]).size)
+        n_val = max(k, math.ceil(val_fraction * len(idx)))
+        if len(idx) - n_val < k:
+            raise InputError(f"{train.source}: {len(idx)} training sequences in {k} classes are too few to hold out "
+                             f"{n_val} stratified for validation (need at least {n_val + k} per run; use fewer --folds "
+                             f"or more sequences)")
+        a, b = next(StratifiedShuffleSplit(1, test_size=n_val, random_state=seed).split(idx, train.labels[idx]))
         return idx[a], idx[b]
 
     runs = []

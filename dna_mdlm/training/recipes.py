@@ -174,7 +174,7 @@ COMMON_SCHEMA = {
     "data.unknown": Spec("choice", choices=("error", "N")),
     "data.train_samples_per_epoch": POSITIVE,
     "data.max_val_windows": POSITIVE,
-    "optim.lr": Spec("float", 0, 10, lo_open=True),
+    "optim.lr": Spec("float", 0, lo_open=True),  # no upper bound: too large a rate is a diverged run (exit 1)
     "optim.weight_decay": Spec("float", 0, 10),
     "optim.betas": Spec("floats", 0, 1, hi_open=True, n=2),
     "optim.warmup_steps": Spec("int", 0),
