@@ -350,23 +350,14 @@ def add_finetune_arguments(p):
 
 
 def finetune_config(args):
-    from .training.finetune import FinetuneConfig
-    from .training.recipes import load_recipe, parse_overrides
-
-    values = load_recipe(args.config, "finetune")
-    values.update(parse_overrides(args.set))
-    for key in ("head", "features", "pooling", "epochs", "batch_size", "max_tokens", "lr", "ema_decay", "max_steps"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    if args.unfreeze:
-        values["unfreeze"] = True
     from .loading import resolve_device
+    from .training.finetune import finetune_settings
 
-    values["device"] = str(resolve_device(args.device))
-    try:
-        return FinetuneConfig.from_dict(values, where=f"--config {args.config}" if args.config else "settings")
-    except TypeError as exc:
-        raise InputError(f"settings: {exc}") from None
+    flags = {key: getattr(args, key) for key in ("head", "features", "pooling", "epochs", "batch_size", "max_tokens",
+                                                  "lr", "ema_decay", "max_steps")}
+    flags["unfreeze"] = True if args.unfreeze else None
+    flags["device"] = str(resolve_device(args.device))
+    return finetune_settings(args.config, flags, args.set)
 
 
 def _baseline_methods(text: str) -> list[str]:
@@ -383,7 +374,8 @@ def _baseline_methods(text: str) -> list[str]:
 
 def run_finetune(args):
     from .data.labelled import read_labelled
-    from .training.finetune import run_protocol
+    from .training.finetune import AUROC_NA, limit_training_set, run_protocol
+    from .units import fmt_number
 
     cfg = finetune_config(args)
     extra = _baseline_methods(args.baselines)
@@ -395,8 +387,7 @@ def run_finetune(args):
     if args.test:
         test = read_labelled(args.test, split="test", data_dir=args.data_dir, classes=train.classes,
                              unknown=args.unknown, what="--test")
-    if args.max_train and args.max_train < len(train):
-        train = train.stratified_split(test_size=len(train) - args.max_train, seed=args.seed)[0]
+    train = limit_training_set(train, args.max_train, seed=args.seed)
     try:
         seeds = [int(x) for x in str(args.seeds).split(",") if x.strip()]
     except ValueError:
@@ -406,9 +397,9 @@ def run_finetune(args):
                           methods=[primary] + [m for m in extra if m != primary], task=args.task,
                           log=lambda msg: print(msg, file=sys.stderr))
     s = report["summary"][primary]
-    acc, auroc = s["accuracy"], s.get("auroc", {}).get("mean", float("nan"))
+    acc, auroc = s["accuracy"], fmt_number(s.get("auroc", {}).get("mean"), ".4f", AUROC_NA)
     where = "cross-validation" if report["cross_validation"] else "test set"
-    line = (f"dna-mdlm finetune: {primary} accuracy {acc['mean']:.4f} ±{acc['spread']:.4f}, AUROC {auroc:.4f} "
+    line = (f"dna-mdlm finetune: {primary} accuracy {acc['mean']:.4f} ±{acc['spread']:.4f}, AUROC {auroc} "
             f"(mean, max-min over {acc['n_runs']} runs; {where})")
     if s.get("runs_at_chance"):
         line += f"; AT CHANCE in {s['runs_at_chance']}/{acc['n_runs']} runs"
@@ -523,6 +514,7 @@ def add_evaluate_samples_arguments(p):
 def run_evaluate_samples(args):
     from .evaluation.report import verdicts
     from .evaluation.sample_quality import evaluate_samples_files, notices
+    from .units import fmt_number
 
     oracle = None
     if args.target_class is not None and args.oracle is None:
@@ -548,21 +540,21 @@ def run_evaluate_samples(args):
     js6 = result["kmer_spectrum"]["6"]["js_distance"]
     ref = result["reference"]
     print(f"dna-mdlm evaluate-samples: {result['n_samples']} samples against a real {ref['mode']} "
-          f"({ref['n_compared']} compared); 6-mer JS {js6['generated']:.4f} vs "
-          f"real-vs-real {js6['real_vs_real']:.4f}; {passed} pass, {len(warned)} warn"
+          f"({ref['n_compared']} compared); 6-mer JS {fmt_number(js6['generated'])} vs "
+          f"real-vs-real {fmt_number(js6['real_vs_real'])}; {passed} pass, {len(warned)} warn"
           + (f" ({', '.join(warned)})" if warned else ""), file=sys.stderr)
     for line in notices(result):
         print(f"dna-mdlm evaluate-samples: warning: {line}", file=sys.stderr)
     if judge is not None:
         j = result["judge_bits_per_base"]
         bound = "<= " if judge.upper_bound else ""
-        print(f"dna-mdlm evaluate-samples: judge ({judge.describe()}): samples {bound}{j['generated']:.4f}, "
-              f"real {bound}{j['reference']:.4f} bits/base", file=sys.stderr)
+        print(f"dna-mdlm evaluate-samples: judge ({judge.describe()}): samples {bound}{fmt_number(j['generated'])}, "
+              f"real {bound}{fmt_number(j['reference'])} bits/base", file=sys.stderr)
     if oracle is not None and oracle.target_class is not None:
         o = result["oracle"]
-        print(f"dna-mdlm evaluate-samples: oracle calls {o['generated']['target_rate']:.3f} of the samples "
-              f"{oracle.target_class} (real set A {o['reference']['target_rate']:.3f}, set B "
-              f"{o['reference_b']['target_rate']:.3f})", file=sys.stderr)
+        print(f"dna-mdlm evaluate-samples: oracle calls {fmt_number(o['generated']['target_rate'], '.3f')} of the "
+              f"samples {oracle.target_class} (real set A {fmt_number(o['reference']['target_rate'], '.3f')}, set B "
+              f"{fmt_number(o['reference_b']['target_rate'], '.3f')})", file=sys.stderr)
     print(f"dna-mdlm evaluate-samples: report written to {Path(args.out) / 'report.html'}", file=sys.stderr)
     return 0
 

@@ -30,7 +30,7 @@ import torch
 
 from .data.genome import iter_fasta_batches
 from .data.labelled import length_sorted_batches
-from .errors import InputError
+from .errors import InputError, check_int
 from .io.writers import atomic_path
 from .loading import load_encoder_model
 from .models.modeling_caduceus import FEATURE_LAYERS, FEATURE_POOLS, feature_width, rc_invariant_features
@@ -143,6 +143,7 @@ def embed_fasta(model_or_dir, fasta: str | os.PathLike, out: str | os.PathLike, 
     Records follow the `dna_mdlm.io.fasta` rules (unique names, no empty records; errors name file and line)."""
 
     _check(pool, layers)
+    check_int("--batch-size", batch_size)
     model = _load_encoder(model_or_dir, device)
     width = model.config.hidden_size if pool == "none" else feature_width(model.config, layers, pool)
     chunk_records = chunk_records or 8 * batch_size

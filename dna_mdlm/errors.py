@@ -14,3 +14,12 @@ class InputError(ValueError):
 
 class TrainingDiverged(RuntimeError):
     """A non-finite loss, gradient or weight stopped training (CLI exit code 1)."""
+
+
+def check_int(flag: str, value, minimum: int = 1, what: str = "") -> int:
+    """An integer flag (`--batch-size`, `--window`, ...) -> its value; InputError `--flag V: expected ...` when
+    it is not an integer >= `minimum` (`what` names the unit, e.g. "bases")."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        need = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise InputError(f"{flag} {value}: expected {need}" + (f" ({what})" if what else ""))
+    return value

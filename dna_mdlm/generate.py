@@ -31,7 +31,7 @@ from .diffusion.sampling import (
     RowGenerators,
     SamplingStats,
 )
-from .errors import InputError
+from .errors import InputError, check_int
 from .io.writers import atomic_path, atomic_write_text
 from .loading import as_language_model, load_language_model, resolve_device
 from .seeding import derived_seed
@@ -69,8 +69,9 @@ def build_canvas(length: int | None, prefix: str | None = None, suffix: str | No
         if length is not None and length != ids.size:
             raise InputError(f"--length {length} does not match the --template length {ids.size}")
         return np.where(ids == N_ID, MASK_ID, ids)
-    if length is None or length <= 0:
-        raise InputError(f"--length: expected a positive number of bases, got {length}")
+    if length is None:
+        raise InputError("--length: required (bases per sequence), unless --template gives the length")
+    check_int("--length", length, 1, "bases per sequence")
     pre, suf = _constraint_ids(prefix, "--prefix", unknown), _constraint_ids(suffix, "--suffix", unknown)
     if pre.size + suf.size > length:
         which = "--prefix" if suf.size == 0 else ("--suffix" if pre.size == 0 else "--prefix plus --suffix")

@@ -160,10 +160,20 @@ def load_model(spec: str | os.PathLike, device: str | torch.device = "cpu"):
                          f"from pickled .bin files)")
     try:
         # Our classes are registered for model_type "caduceus": a published config's auto_map is never followed.
-        model = cls.from_pretrained(str(path), use_safetensors=True)
+        # Mismatched shapes are loaded leniently and reported below, because transformers' own error points at a
+        # multi-line table ("For details look at the above report!") instead of naming the tensor.
+        model, info = cls.from_pretrained(str(path), use_safetensors=True, ignore_mismatched_sizes=True,
+                                          output_loading_info=True)
     except Exception as exc:  # a truncated or mismatched file: say which, in one line
         raise InputError(f"--model {spec}: could not load weights ({type(exc).__name__}: "
                          f"{' '.join(str(exc).split())[:300]})") from None
+    mismatched = sorted(info.get("mismatched_keys") or (), key=lambda m: m[0])
+    if mismatched:
+        key, stored, built = mismatched[0]
+        raise InputError(f"--model {spec}: config.json does not fit model.safetensors: {key} is "
+                         f"{tuple(stored)} in the weights but {tuple(built)} from config.json (d_model "
+                         f"{model.config.d_model}, n_layer {model.config.n_layer}); {len(mismatched)} tensor(s) "
+                         f"differ (was config.json edited or copied from another model?)")
     _check_finite(model, spec)
     return model.to(device).eval(), kind
 

@@ -22,7 +22,7 @@ import torch
 from .data.genome import iter_fasta_batches
 from .data.labelled import length_sorted_batches
 from .embedding import clean_timesteps
-from .errors import InputError
+from .errors import InputError, check_int
 from .io.writers import atomic_path
 from .loading import load_model
 from .models import CaduceusForSequenceClassification
@@ -93,8 +93,11 @@ def predict_fasta(model_dir: str | os.PathLike, fasta: str | os.PathLike, out: s
     `max_length` keep their first `max_length` bases and are counted (never silently); without it they are an
     error naming the record. A record with no A/C/G/T base (`no_bases`) gets empty probability cells: the model
     would answer from padding-like input alone. Records with `n_fraction` > `MOSTLY_N` are counted (`mostly_n`),
-    and `flagged` names the first ten of either kind. Raises InputError for non-finite probabilities (nothing
-    is written)."""
+    and `flagged` names the first ten of either kind. Raises InputError for bad flags or non-finite
+    probabilities (nothing is written)."""
+    check_int("--batch-size", batch_size)
+    if max_length is not None:
+        check_int("--max-length", max_length, 1, "bases")
     model = load_classifier(model_dir, device)
     n = truncated = no_bases = mostly_n = 0
     flagged: list[str] = []

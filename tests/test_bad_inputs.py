@@ -161,6 +161,7 @@ def _cases(kit: Path, t: Path) -> dict:
     smp = ["sample", "--model", str(kit / "mdlm"), "--num-samples", "2", "--out", str(t / "s.fa")]
     ev = ["evaluate-samples", "--samples", good, "--reference", ref, "--out", str(t / "rep")]
     ft = ["finetune", "--model", str(kit / "mdlm"), "--out", str(t / "ft"), "--folds", "2", "--epochs", "1"]
+    ftk = ft + ["--train", str(kit / "train.csv")]
     dst = ["distill", "--teacher", str(kit / "mdlm"), "--out", str(t / "sdtt"), "--fasta", ref, "--config", "tiny"]
     (t / "past_end.bed").write_text("r0\t0\t50\nr0\t10\t500\n")
     (t / "words.bed").write_text("r0\tone\tten\n")
@@ -169,10 +170,16 @@ def _cases(kit: Path, t: Path) -> dict:
     (t / "extra.tsv").write_text("seq\tlabel\nACGTACGT\t1\nACGTACGT\t0\textra\n")
     (t / "oneclass.csv").write_text("seq,label\nACGTACGT,1\nACGTTGCA,1\n")
     (t / "badchar.csv").write_text("seq,label\nACGTACGT,1\nACGTXCGT,0\n")
+    (t / "twoways.csv").write_text("seq,label\nACGTACGT,0.5\nACGTTGCA,0.50\nACGTAAAA,1.5\n")
     (t / "badjson").mkdir()
     (t / "badjson" / "config.json").write_text("{not json")
     (t / "noweights").mkdir()
     (t / "noweights" / "config.json").write_text((kit / "mdlm" / "config.json").read_text())
+    (t / "wrongsize").mkdir()
+    cfg = json.loads((kit / "mdlm" / "config.json").read_text())
+    (t / "wrongsize" / "config.json").write_text(json.dumps({**cfg, "d_model": 16}))
+    (t / "wrongsize" / "model.safetensors").write_bytes((kit / "mdlm" / "model.safetensors").read_bytes())
+    (t / "short.fa").write_text(">s\n" + dna(40) + "\n")
     (t / "long.fa").write_text(">long\n" + dna(300) + "\n")
     return {
         "region_unknown_contig": (lik + ["--region", "chr1:1-10"], ["--region chr1:1-10", "unknown record 'chr1'"]),
@@ -188,6 +195,33 @@ def _cases(kit: Path, t: Path) -> dict:
         "table_extra_field": (ft + ["--train", str(t / "extra.tsv")], ["extra.tsv:3", "3 fields"]),
         "table_one_class": (ft + ["--train", str(t / "oneclass.csv")], ["oneclass.csv", "only one class"]),
         "table_bad_character": (ft + ["--train", str(t / "badchar.csv")], ["badchar.csv:3", "'X'"]),
+        "table_same_number_two_ways": (ft + ["--train", str(t / "twoways.csv")], ["twoways.csv", "'0.5' and '0.50'"]),
+        "finetune_lr_nan": (ftk + ["--unfreeze", "--lr", "nan"], ["--lr nan", "finite"]),
+        "finetune_lr_inf": (ftk + ["--unfreeze", "--lr", "inf"], ["--lr inf", "finite number > 0"]),
+        "finetune_max_steps_negative": (ftk + ["--max-steps", "-1"], ["--max-steps -1", "positive integer"]),
+        "finetune_max_steps_zero": (ftk + ["--max-steps", "0"], ["--max-steps 0", "positive integer"]),
+        "finetune_max_train_zero": (ftk + ["--max-train", "0"], ["--max-train 0", "positive integer"]),
+        "finetune_set_lr_text": (ftk + ["--set", "lr=abc"], ["--set lr=abc", "finite number"]),
+        "finetune_ema_flag": (ftk + ["--config", "tiny", "--ema", "1.5"], ["--ema 1.5", "(0, 1)"]),
+        "finetune_unfreeze_not_bool": (ftk + ["--set", "unfreeze=maybe"], ["--set unfreeze=maybe", "true or false"]),
+        "finetune_flag_and_set": (ftk + ["--lr", "0.1", "--set", "lr=0.2"], ["--lr 0.1", "--set lr=0.2", "give one"]),
+        "finetune_task_without_data": (ft + ["--task", "human_nontata_promoters", "--data-dir", str(t / "nodata")],
+                                       ["--data-dir"]),
+        "embed_batch_size_zero": (["embed", "--model", str(kit / "mdlm"), "--fasta", good, "--out", str(t / "e.npz"),
+                                   "--batch-size", "0"], ["--batch-size 0", "positive integer"]),
+        "predict_batch_size_zero": (["predict", "--model", str(kit / "clf"), "--fasta", good, "--out", str(t / "p.tsv"),
+                                     "--batch-size", "0"], ["--batch-size 0", "positive integer"]),
+        "predict_max_length_zero": (["predict", "--model", str(kit / "clf"), "--fasta", good, "--out",
+                                     str(t / "p.tsv"), "--max-length", "0"], ["--max-length 0", "positive integer"]),
+        "likelihood_window_one": (lik + ["--window", "1"], ["--window 1", ">= 2"]),
+        "sample_without_length": (smp, ["--length", "required"]),
+        "model_config_mismatch": (["embed", "--model", str(t / "wrongsize"), "--fasta", good, "--out",
+                                   str(t / "e.npz")], ["--model", "wrongsize", "config.json does not fit", "embedding"]),
+        "pretrain_window_longer_than_records": (["pretrain", "--fasta", str(t / "short.fa"), "--config", "tiny", "--out",
+                                                 str(t / "run")], ["--window 128", "--fasta", "short.fa", "40 bp"]),
+        "evaluate_genome_reference_too_small": (["evaluate-samples", "--samples", str(t / "long.fa"), "--reference",
+                                                 str(t / "short.fa"), "--reference-mode", "genome", "--no-motifs",
+                                                 "--out", str(t / "rep")], ["--reference too small"]),
         "model_missing": (lik[:2] + [str(t / "nomodel")] + lik[3:], ["--model", "no such directory"]),
         "model_bad_json": (lik[:2] + [str(t / "badjson")] + lik[3:], ["--model", "not valid JSON"]),
         "model_no_weights": (lik[:2] + [str(t / "noweights")] + lik[3:], ["--model", "model.safetensors missing"]),
@@ -226,7 +260,18 @@ def _cases(kit: Path, t: Path) -> dict:
         "likelihood_mc_samples_zero": (lik + ["--mc-samples", "0"], ["--mc-samples 0"]),
         "likelihood_not_an_int": (lik + ["--window", "big"], ["--window", "invalid int value"]),
         "pretrain_precision": (pre + ["--precision", "fp8"], ["--precision fp8", "expected one of"]),
-        "pretrain_lr_text": (pre + ["--set", "optim.lr=abc"], ["--lr abc"]),
+        "pretrain_lr_text": (pre + ["--set", "optim.lr=abc"], ["--set optim.lr=abc", "expected a finite number"]),
+        "pretrain_d_model_text": (pre + ["--set", "model.d_model=abc"], ["--set model.d_model=abc", "positive integer"]),
+        "pretrain_d_model_negative": (pre + ["--set", "model.d_model=-4"], ["--set model.d_model=-4", "positive integer"]),
+        "pretrain_rcps_not_bool": (pre + ["--set", "model.rcps=maybe"], ["--set model.rcps=maybe", "true or false"]),
+        "pretrain_n_layer_zero": (pre + ["--set", "model.n_layer=0"], ["--set model.n_layer=0", "positive integer"]),
+        "pretrain_warmup_negative": (pre + ["--set", "optim.warmup_steps=-5"], ["optim.warmup_steps=-5", ">= 0"]),
+        "pretrain_ema_out_of_range": (pre + ["--set", "optim.ema_decay=1.5"], ["optim.ema_decay=1.5", "[0, 1)"]),
+        "pretrain_window_one": (pre + ["--set", "data.window=1"], ["--set data.window=1", ">= 2"]),
+        "pretrain_window_flag_and_set": (pre + ["--window", "64", "--set", "data.window=1"],
+                                         ["--window 64", "--set data.window=1", "give one"]),
+        "pretrain_lr_nan": (pre + ["--lr", "nan"], ["--lr nan", "finite"]),
+        "distill_window_one": (dst + ["--set", "data.window=1"], ["--set data.window=1", ">= 2"]),
         "pretrain_model_typo": (pre + ["--set", "model.d_modle=8"], ["d_modle", "'model'"]),
         "pretrain_resume_nothing": (pre + ["--resume"], ["--resume", "no run to resume"]),
         "pretrain_unknown_recipe": (pre[:3] + ["--config", "huge"] + pre[5:], ["--config huge", "recipes:"]),
@@ -240,15 +285,22 @@ def _cases(kit: Path, t: Path) -> dict:
 CASE_NAMES = [
     "region_unknown_contig", "region_reversed", "region_past_end", "region_unparsable", "val_region_past_end",
     "evaluate_region_past_end", "bed_past_end", "bed_not_integers", "table_no_sequence_column", "table_empty_label",
-    "table_extra_field", "table_one_class", "table_bad_character", "model_missing", "model_bad_json",
-    "model_no_weights", "nan_model_likelihood", "nan_model_sample", "nan_model_embed", "nan_model_judge",
+    "table_extra_field", "table_one_class", "table_bad_character", "table_same_number_two_ways", "finetune_lr_nan",
+    "finetune_lr_inf", "finetune_max_steps_negative", "finetune_max_steps_zero", "finetune_max_train_zero",
+    "finetune_set_lr_text", "finetune_ema_flag", "finetune_unfreeze_not_bool", "finetune_flag_and_set",
+    "finetune_task_without_data", "model_missing", "model_bad_json",
+    "model_no_weights", "model_config_mismatch", "pretrain_window_longer_than_records",
+    "evaluate_genome_reference_too_small", "embed_batch_size_zero", "predict_batch_size_zero", "predict_max_length_zero",
+    "likelihood_window_one", "sample_without_length", "nan_model_likelihood", "nan_model_sample", "nan_model_embed", "nan_model_judge",
     "nan_model_finetune", "classifier_to_likelihood", "classifier_to_sample", "mdlm_to_predict", "predict_too_long",
     "sample_prefix_bad_char", "sample_template_iupac", "sample_steps_zero", "sample_top_p_zero",
     "sample_unknown_order", "sample_gamma_zero", "sample_gamma_negative", "sample_gamma_without_entropy_bound",
     "sample_order_with_ar", "distill_rounds_zero", "distill_ar_teacher", "distill_nan_teacher",
     "sample_suffix_with_ar", "sample_prefix_longer_than_length", "likelihood_max_windows_zero",
     "likelihood_mc_samples_zero", "likelihood_not_an_int", "pretrain_precision", "pretrain_lr_text",
-    "pretrain_model_typo", "pretrain_resume_nothing", "pretrain_unknown_recipe", "evaluate_copy_fraction",
+    "pretrain_d_model_text", "pretrain_d_model_negative", "pretrain_rcps_not_bool", "pretrain_n_layer_zero",
+    "pretrain_warmup_negative", "pretrain_ema_out_of_range", "pretrain_window_one", "pretrain_window_flag_and_set",
+    "pretrain_lr_nan", "distill_window_one", "pretrain_model_typo", "pretrain_resume_nothing", "pretrain_unknown_recipe", "evaluate_copy_fraction",
     "evaluate_reference_missing", "device_unknown",
 ]
 
@@ -333,6 +385,30 @@ def test_bom_and_crlf_tables_read_like_clean_ones(kit, tmp_path):
     for path in ("bom.csv", "x.tsv", "x.tsv.gz"):
         got = read_labelled(tmp_path / path)
         assert got.seqs == ref.seqs and got.labels.tolist() == ref.labels.tolist() and got.classes == ref.classes
+
+
+def test_a_diverged_fine_tuning_run_is_one_line_exit_1_and_writes_nothing(kit, tmp_path, capsys):
+    # lr 1e6 is a valid setting that no run survives: README promises one line, exit code 1, no model
+    rc, err = run(["finetune", "--model", str(kit / "mdlm"), "--train", str(kit / "train.csv"), "--unfreeze",
+                   "--lr", "1e6", "--folds", "2", "--epochs", "2", "--baselines", "none", "--device", "cpu",
+                   "--out", str(tmp_path / "ft")], capsys)
+    errors = [line for line in err if "error" in line]  # progress lines ([finetune] ...) come before it
+    assert rc == 1 and errors == [err[-1]] and err[-1].startswith("dna-mdlm finetune: error: training diverged"), err
+    assert "--lr" in err[-1]
+    assert not (tmp_path / "ft").exists()
+
+
+def test_numeric_labels_written_two_ways_are_one_class(tmp_path):
+    from dna_mdlm.data.labelled import read_labelled
+
+    (tmp_path / "mixed.csv").write_text("seq,label\nACGTACGT,1\nACGTTGCA,1.0\nACGTAAAA,0\nACGTCCCC,0.0\n")
+    got = read_labelled(tmp_path / "mixed.csv")
+    assert got.classes == ["0", "1"] and got.labels.tolist() == [1, 1, 0, 0]
+    (tmp_path / "mixed.fa").write_text(">a Label=1.0\nACGTACGT\n>b label=1\nACGTTGCA\n>c LABEL=0\nACGTAAAA\n")
+    got = read_labelled(tmp_path / "mixed.fa")  # header keys are case-blind, as table column names are
+    assert got.classes == ["0", "1"] and got.labels.tolist() == [1, 1, 0]
+    test = read_labelled(tmp_path / "mixed.csv", classes=["0", "1"])  # a test set written "1.0" matches train's "1"
+    assert test.labels.tolist() == [1, 1, 0, 0]
 
 
 def test_iupac_codes_are_read_as_n_with_unknown_n_in_every_reader(kit, tmp_path, capsys):

@@ -171,7 +171,7 @@ def test_the_student_of_a_student_halves_again(kit, tmp_path, capsys):
     (["--rounds", "4"], "cannot be halved"),
     (["--teacher-steps", "1"], "--teacher-steps 1"),
     (["--set", "divergence=mse"], "divergence 'mse'"),
-    (["--set", "optim.lr=-1"], "--lr -1"),
+    (["--set", "optim.lr=-1"], "--set optim.lr=-1"),
     (["--set", "trainer.steps=3"], "unknown key(s) ['steps']"),
     (["--resume"], "no run to resume"),
 ])

@@ -349,7 +349,8 @@ def test_finetune_cli_end_to_end_then_predict(mlm_dirs, tmp_path, capsys):
     for method in ("frozen", "kmer_lr", "linear_probe"):
         assert len(report["runs"][method]) == 2
         assert "at_chance" in report["runs"][method][0]["test_chance"]
-    assert report["comparison"]["baseline"] == "kmer_lr" and report["comparison"]["verdict"] in ("model better", "baseline better", "tie")
+    assert report["comparison"]["baseline"] == "kmer_lr" and report["comparison"]["verdict"].startswith("accuracy: ")
+    assert "; AUROC: " in report["comparison"]["verdict"]
     assert report["summary"]["kmer_lr"]["accuracy"]["mean"] > 0.6  # real promoter signal, not chance
     assert report["runs"]["frozen"][0]["head"] == "logreg" and report["runs"]["frozen"][0]["C"] > 0
     assert "| k-mer (1..6) LR |" in (out / "metrics.md").read_text()
@@ -413,3 +414,29 @@ def test_bad_inputs_give_one_line_errors_and_no_output(mlm_dirs, tmp_path, capsy
     rc, err = _cli_error(["predict", "--model", model, "--fasta", str(nolabel), "--out", str(tmp_path / "p.tsv")], capsys)
     assert rc == 2 and len(err) == 1 and "not a fine-tuned classifier" in err[0]
     assert not (tmp_path / "p.tsv").exists()
+
+
+def test_compare_to_baseline_calls_a_tie_within_the_spread_and_reports_auroc():
+    from dna_mdlm.training.finetune import compare_to_baseline
+
+    def summ(acc, acc_spread, auroc, auroc_spread):
+        return {"accuracy": {"mean": acc, "spread": acc_spread}, "auroc": {"mean": auroc, "spread": auroc_spread}}
+
+    # one sequence in 100 better on accuracy, runs spread by 0.03, AUROC clearly worse: not "model better"
+    cmp = compare_to_baseline({"frozen": summ(0.81, 0.03, 0.80, 0.01), "kmer_lr": summ(0.80, 0.02, 0.88, 0.01)},
+                              "frozen", "kmer_lr")
+    assert cmp["verdict"] == "accuracy: tie (within the spread); AUROC: baseline better"
+    assert cmp["accuracy"]["spread"] == 0.03
+    cmp = compare_to_baseline({"frozen": summ(0.90, 0.01, 0.95, 0.01), "kmer_lr": summ(0.80, 0.02, 0.94, 0.02)},
+                              "frozen", "kmer_lr")
+    assert cmp["verdict"] == "accuracy: model better; AUROC: tie (within the spread)"
+    one_class = {"frozen": {"accuracy": {"mean": 0.5, "spread": 0.0}}, "kmer_lr": {"accuracy": {"mean": 0.4, "spread": 0.0}}}
+    assert compare_to_baseline(one_class, "frozen", "kmer_lr")["verdict"] == \
+        "accuracy: model better; AUROC: n/a (one class in the test set)"
+
+
+def test_fmt_number_never_prints_a_non_finite_number():
+    from dna_mdlm.units import fmt_number
+
+    assert fmt_number(0.12345) == "0.1235"
+    assert [fmt_number(v, ".3f", "n/a") for v in (float("nan"), float("inf"), None, "x")] == ["n/a"] * 4

@@ -117,7 +117,9 @@ class GenomeWindows:
         self.lengths = {name: f.lengths[name] for name, f in self.file_of.items()}
         longest = max(self.lengths.values())
         if self.window > longest:
-            raise InputError(f"window: {self.window} is longer than every record (the longest is {longest} bp)")
+            names = ", ".join(str(f.source) for f in self.files)
+            raise InputError(f"--window {self.window} is longer than every record in {flag} {names} (the longest is "
+                             f"{longest} bp); give a smaller --window or longer sequences")
 
         if bed is not None:
             source = merge_intervals(read_bed(bed, self.lengths))

@@ -218,7 +218,7 @@ def load_local_gb(task: str, data_dir: str | os.PathLike | None = None) -> Label
     path = next((p for p in candidates if p.is_file()), None)
     if path is None:
         raise InputError(f"offline file for {task!r} not found: looked for {candidates[0]} and {candidates[1]} "
-                         f"(set {SHARED_DATA_ENV} or pass data_dir)")
+                         f"(give the shared data folder with --data-dir, or set {SHARED_DATA_ENV})")
     table = read_table(path, classes=list(spec.local_label_names))
     out = table.with_class_order(spec.classes)
     out.source = f"{task} {spec.local_split} ({spec.local_note}) from {path}"
@@ -364,9 +364,35 @@ LABEL_COLUMNS = ("label", "target")
 _INT_RE = re.compile(r"^[+-]?\d+$")
 
 
+def _normalised_numbers(raw: list[str], where: str) -> list[str]:
+    """Labels that are all numbers: integral values become the integer string ("1.0", "+1", "01" -> "1"), so one
+    class is not split in two by how a spreadsheet wrote it; other numbers must be written one way per value
+    (InputError naming `where` when two distinct strings are the same number, e.g. "0.5" and "0.50")."""
+    values = {}
+    for r in set(raw):
+        try:
+            v = float(r)
+        except ValueError:
+            return raw
+        if not math.isfinite(v):
+            return raw
+        values[r] = v
+    if all(v == int(v) for v in values.values()):
+        to = {r: str(int(v)) for r, v in values.items()}
+        return [to[r] for r in raw]
+    seen: dict[float, str] = {}
+    for r in sorted(values):
+        if values[r] in seen:
+            raise InputError(f"{where}: labels {seen[values[r]]!r} and {r!r} are the same number written two ways; "
+                             f"write each class one way")
+        seen[values[r]] = r
+    return raw
+
+
 def _labels_to_ids(raw: list[str], classes: Sequence[str] | None, where: str,
                    locate: Callable[[int], str]) -> tuple[np.ndarray, list[str]]:
     """Raw label strings -> (ids, class names). All-integer labels sort numerically."""
+    raw = _normalised_numbers(raw, where)
     all_int = all(_INT_RE.match(r) for r in raw)
     if classes is not None:
         classes = [str(c) for c in classes]
@@ -423,14 +449,15 @@ def read_table(path: str | os.PathLike, seq_column: str | None = None, label_col
     return LabelledSequences(seqs, labels, names, str(table.path), ids if id_col is not None else None)
 
 
-_LABEL_KV = re.compile(r"(?:^|\s)label=(\S+)")
+_LABEL_KV = re.compile(r"(?:^|\s)label=(\S+)", re.IGNORECASE)  # Label= too, as table columns are case-blind
 
 
 def read_labelled_fasta(path: str | os.PathLike, classes: Sequence[str] | None = None,
                         unknown: str = "error", what: str = "") -> LabelledSequences:
     """FASTA (`io.fasta` rules) whose headers carry the label, in one of two accepted forms:
 
-    * `>seq1 label=positive [anything else]` — a `label=` token anywhere in the header (checked first);
+    * `>seq1 label=positive [anything else]` — a `label=` token (any case: `Label=`) anywhere in the header
+      (checked first);
     * `>seq1|positive [anything else]` — the last `|`-separated field of the first word.
 
     The id is the first word (without the `|label` part). Labels follow `read_table`'s rules.

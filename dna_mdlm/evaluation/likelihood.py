@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from ..data.genome import GenomeWindows
-from ..errors import InputError
+from ..errors import InputError, check_int
 from ..io.regions import Interval, intersect_intervals, merge_intervals, parse_regions
 from ..loading import as_language_model, load_language_model, resolve_device
 from ..seeding import derived_seed
 from ..tokenizer import A_ID, T_ID
-from ..units import LN2, per_base
+from ..units import LN2, fmt_number, per_base
 
 MARKOV_CHUNK = 1_000_000  # a Markov LM scores records exactly; long records are read in chunks this long
 
@@ -100,8 +100,8 @@ def likelihood(model, fasta, bed=None, regions=(), window: int | None = None, nu
     """
     if num_samples < 1:
         raise InputError(f"--mc-samples {num_samples}: expected a positive number of time samples per window")
-    if window is not None and window < 1:
-        raise InputError(f"--window {window}: expected a positive number of bases")
+    if window is not None:
+        check_int("--window", window, 2, "bases per window, as sample and pretrain need")
     if max_windows is not None and max_windows < 1:
         raise InputError(f"--max-windows {max_windows}: expected a positive number of windows")
     if batch_size < 1:
@@ -179,8 +179,9 @@ def likelihood(model, fasta, bed=None, regions=(), window: int | None = None, nu
 def report_line(report: dict) -> str:
     """The one-line summary `dna-mdlm likelihood` prints."""
     bound = "<= " if report["upper_bound"] else ""
-    se = f" ± {report['stderr_bits_per_base']:.4f}" if "stderr_bits_per_base" in report else ""
+    se = f" ± {fmt_number(report['stderr_bits_per_base'])}" if "stderr_bits_per_base" in report else ""
     cut = f" (truncated: {report['windows']} of {report['windows_available']} windows)" if "truncated" in report else ""
-    return (f"{bound}{report['bits_per_base']:.4f}{se} bits/base, perplexity {bound}{report['perplexity']:.4f}, "
+    return (f"{bound}{fmt_number(report['bits_per_base'])}{se} bits/base, perplexity "
+            f"{bound}{fmt_number(report['perplexity'])}, "
             f"{report['bases_scored']} bases in {report['windows']} windows ({report['kind']}){cut}")
 

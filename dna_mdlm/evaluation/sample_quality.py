@@ -398,7 +398,7 @@ def draw_reference_sets(reference: Sequence[str], lengths: Sequence[int], seed: 
     for length in lengths:
         for target in sets:
             if length > codes.size:
-                raise InputError(f"reference too small: {codes.size} bp cannot hold a {length} bp window")
+                raise InputError(f"--reference too small: {codes.size} bp cannot hold a {length} bp window")
             for _ in range(max_tries_per_window):
                 s = int(rng.integers(0, codes.size - length + 1))
                 if bad[s + length] - bad[s] == 0 and not used[s: s + length].any():
@@ -407,7 +407,7 @@ def draw_reference_sets(reference: Sequence[str], lengths: Sequence[int], seed: 
                     break
             else:
                 raise InputError(
-                    f"reference too small to draw two disjoint sets of {len(lengths)} windows "
+                    f"--reference too small to draw two disjoint sets of {len(lengths)} windows "
                     f"(could not place a {length} bp N-free window after {max_tries_per_window} tries); "
                     f"use fewer or shorter samples or a larger reference")
     return sets[0], sets[1]

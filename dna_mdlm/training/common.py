@@ -136,7 +136,7 @@ class NonFiniteGuard(Callback):
         self.hint = hint
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs  # manual optimisation: {}
         if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
             raise TrainingDiverged(f"training diverged at step {trainer.global_step}: the loss is "
                                    f"{float(loss.detach()):.4g}; {self.hint}")

@@ -63,7 +63,7 @@ from .common import (
     warmup_cosine,
 )
 from .pretrain import _precision, _segment_number, check_sequence
-from .recipes import flatten, load_recipe, merge, normalize_precision, parse_overrides
+from .recipes import DISTILL_SCHEMA, check_fields, explicit_settings, flatten, merge, normalize_precision
 
 RUN_CONFIG = "run_config.json"
 DIVERGENCES = ("kl-bwd", "kl-fwd")
@@ -95,8 +95,7 @@ def distill_settings(recipe: str | os.PathLike | None = None, flags: dict | None
                      overrides: list[str] | None = None) -> dict:
     """The user's explicit settings: a recipe (`dna_mdlm/configs/distill/*.yaml` or a YAML file), then flags
     (None values ignored), then `--set` overrides. Defaults and the teacher's data come in `resolve_distill`."""
-    cfg = merge(load_recipe(recipe, "distill"), _drop_none(flags or {}))
-    return merge(cfg, parse_overrides(overrides))
+    return explicit_settings("distill", DISTILL_SCHEMA, recipe, flags, overrides)
 
 
 def resolve_distill(settings: dict) -> dict:
@@ -141,6 +140,7 @@ def check_distill(cfg: dict) -> dict:
         if bad:
             raise InputError(f"config: unknown key(s) {sorted(bad)} in '{section}'; expected "
                              f"{sorted(DISTILL_DEFAULTS[section])}")
+    check_fields(cfg, DISTILL_SCHEMA)
     for key, value in (("--rounds", cfg["rounds"]), ("--steps-per-round", cfg["trainer"]["steps_per_round"]),
                        ("--batch-size", cfg["data"]["batch_size"])):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:

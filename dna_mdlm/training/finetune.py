@@ -63,7 +63,7 @@ from ..baselines.cnn import train_cnn
 from ..baselines.kmer_lr import DEFAULT_CS, cv_summary, fit_kmer_lr, logistic_regression_cv
 from ..data.labelled import LabelledSequences, LengthBucketSampler, collate_labelled, micro_batches
 from ..embedding import clean_timesteps, pooled_features
-from ..errors import InputError
+from ..errors import InputError, TrainingDiverged
 from ..evaluation.classification import (
     ValLossStopping,
     chance_level,
@@ -77,7 +77,9 @@ from ..loading import load_encoder_model, load_model
 from ..models import CaduceusConfig, CaduceusForSequenceClassification
 from ..models.modeling_caduceus import rc_padded
 from ..prediction import encode_sequences, predict_proba
-from .common import EMA, export_model_dir, optimizer_groups, render_model_card, warmup_cosine
+from ..units import fmt_number
+from .common import EMA, NonFiniteGuard, export_model_dir, optimizer_groups, render_model_card, warmup_cosine
+from .recipes import Spec, load_recipe, parse_overrides
 
 CADUCEUS_METHODS = ("frozen", "finetuned", "scratch")
 BASELINE_METHODS = ("kmer_lr", "cnn", "linear_probe")
@@ -86,6 +88,30 @@ METHOD_LABELS = {"frozen": "pretrained, frozen encoder + probe", "finetuned": "p
                  "scratch": "same backbone from scratch", "cnn": "CNN (GB-style, global pooling)",
                  "kmer_lr": "k-mer (1..6) LR", "linear_probe": "standardised LR (C fixed) on the probe's features"}
 HEADS = ("logreg", "mlp", "linear")
+# Every FinetuneConfig field's type and range (recipes.Spec): a bad value is one line naming its flag or key.
+FINETUNE_SCHEMA = {
+    "head": Spec("choice", choices=HEADS, none=True),
+    "features": Spec("choice", choices=("all", "last")),
+    "pooling": Spec("choice", choices=("mean", "max", "mean+max", "first", "last")),
+    "unfreeze": Spec("bool"), "conjoin": Spec("bool"), "rc_aug": Spec("bool", none=True),
+    "class_weights": Spec("choice", choices=("auto", "balanced", "none")),
+    "probe_folds": Spec("int", 2),
+    "linear_probe_C": Spec("float", 0, lo_open=True),
+    "lr": Spec("float", 0, lo_open=True),  # no upper bound: too large a rate is a diverged run (exit 1)
+    "weight_decay": Spec("float", 0, 10),
+    "warmup_fraction": Spec("float", 0, 1),
+    "batch_size": Spec("int", 1), "max_tokens": Spec("int", 1), "epochs": Spec("int", 1),
+    "min_steps": Spec("int", 0), "patience_steps": Spec("int", 1), "val_every": Spec("int", 1, none=True),
+    "ema_decay": Spec("float", 0, 1, lo_open=True, hi_open=True, none=True),
+    "val_fraction": Spec("float", 0, 1, lo_open=True, hi_open=True),
+    "max_length": Spec("int", 1, none=True), "truncate": Spec("bool"), "max_steps": Spec("int", 1, none=True),
+    "time_budget_s": Spec("float", 0, lo_open=True, none=True),
+    "eval_batch_size": Spec("int", 1), "device": Spec("str"),
+}
+AUROC_NA = "n/a (one class in the test set)"  # AUROC is undefined there; metrics.json writes null
+DIVERGED_HINT = "lower the learning rate (--lr)"
+# The flags whose name is not `--` + the key with dashes.
+FINETUNE_FLAGS = {"ema_decay": "--ema"}
 
 
 @dataclass
@@ -121,13 +147,16 @@ class FinetuneConfig:
     device: str = "cpu"
 
     @classmethod
-    def from_dict(cls, values: dict, where: str = "config") -> FinetuneConfig:
+    def from_dict(cls, values: dict, where: str = "config", labels: dict | None = None) -> FinetuneConfig:
+        """Settings -> a checked config. `labels` (key -> text) names where a value came from (`--ema 1.5`,
+        `--set lr=abc`); values without one are named `where: key=value`. InputError for any bad value."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(f"{where}: unknown fine-tuning setting(s) {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        labels = labels or {}
         cfg = cls(**values)
-        cfg.check(where)
+        cfg.check(where, labels)
         return cfg
 
     def head_for(self, method: str) -> str:
@@ -136,27 +165,20 @@ class FinetuneConfig:
             return self.head
         return "logreg" if method == "frozen" else "linear"
 
-    def check(self, where: str = "config") -> None:
-        if self.head is not None and self.head not in HEADS:
-            raise InputError(f"{where}: head must be one of {', '.join(HEADS)}, got {self.head!r}")
+    def check(self, where: str = "config", labels: dict | None = None) -> None:
+        """Every field's type and range (`FINETUNE_SCHEMA`) and the combinations that cannot work."""
+        labels = labels or {}
+        for f in fields(self):
+            value, spec = getattr(self, f.name), FINETUNE_SCHEMA.get(f.name)
+            if spec is not None:
+                setattr(self, f.name, spec.check(labels.get(f.name) or f"{where}: {f.name}={value}", value))
+        if self.probe_Cs is not None:
+            if not isinstance(self.probe_Cs, (list, tuple)) or not self.probe_Cs or any(
+                    isinstance(c, bool) or not isinstance(c, (int, float)) or not 0 < c < math.inf for c in self.probe_Cs):
+                raise InputError(f"{labels.get('probe_Cs') or where}: probe_Cs must be a list of positive finite numbers")
         if self.head == "logreg" and self.unfreeze:
-            raise InputError(f"{where}: head logreg is the frozen-encoder probe; full fine-tuning trains a linear or mlp head")
-        if self.features not in ("all", "last"):
-            raise InputError(f"{where}: features must be all or last, got {self.features!r}")
-        if self.pooling not in ("mean", "max", "mean+max", "first", "last"):
-            raise InputError(f"{where}: pooling must be mean, max, mean+max, first or last, got {self.pooling!r}")
-        if self.class_weights not in ("auto", "balanced", "none"):
-            raise InputError(f"{where}: class_weights must be auto, balanced or none, got {self.class_weights!r}")
-        if self.batch_size < 1 or self.epochs < 1 or self.lr <= 0 or self.max_tokens < 1:
-            raise InputError(f"{where}: batch_size, epochs and max_tokens must be >= 1 and lr > 0")
-        if self.min_steps < 0 or self.patience_steps < 1 or (self.val_every is not None and self.val_every < 1):
-            raise InputError(f"{where}: min_steps must be >= 0, patience_steps and val_every >= 1")
-        if self.probe_folds < 2 or self.linear_probe_C <= 0 or any(c <= 0 for c in self.probe_Cs or []):
-            raise InputError(f"{where}: probe_folds must be >= 2 and every C > 0")
-        if not 0 < self.val_fraction < 1:
-            raise InputError(f"{where}: val_fraction must lie in (0, 1), got {self.val_fraction}")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise InputError(f"{where}: ema_decay must lie in (0, 1), got {self.ema_decay}")
+            raise InputError(f"{labels.get('head') or where}: head logreg is the frozen-encoder probe; full fine-tuning "
+                             f"trains a linear or mlp head")
 
     def check_pooling(self, method: str) -> None:
         probe = method == "frozen"
@@ -164,6 +186,46 @@ class FinetuneConfig:
         if self.pooling not in ok:
             what = "the frozen probe" if probe else "fine-tuning"
             raise InputError(f"pooling {self.pooling!r} is not available for {what} (choose {', '.join(ok)})")
+
+
+def finetune_settings(recipe: str | os.PathLike | None = None, flags: dict | None = None,
+                      overrides: Sequence[str] | None = None) -> FinetuneConfig:
+    """A recipe (`dna_mdlm/configs/finetune/*.yaml` or a YAML file), then flags (None values ignored), then
+    `--set key=value` overrides -> a checked FinetuneConfig. A bad value is an InputError naming where it came from
+    (`--ema 1.5`, `--set lr=abc`, `--config tiny: ...`); a flag and a `--set` giving one key two values are an error."""
+    values = load_recipe(recipe, "finetune")
+    where = f"--config {recipe}" if recipe else "settings"
+    labels = {k: f"{where}: {k}={v}" for k, v in values.items()}
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    over = parse_overrides(overrides)
+    raw = {pair.split("=", 1)[0].strip(): pair.split("=", 1)[1] for pair in overrides or [] if "=" in pair}
+    for key, value in over.items():
+        if key in flags and flags[key] != value:
+            raise InputError(f"{_flag(key, flags[key])} and --set {key}={raw.get(key, value)} both set {key}; give one")
+    values.update(flags)
+    values.update(over)
+    labels.update({k: _flag(k, v) for k, v in flags.items()})
+    labels.update({k: f"--set {k}={raw.get(k, v)}" for k, v in over.items()})
+    return FinetuneConfig.from_dict(values, where=where, labels=labels)
+
+
+def _flag(key: str, value) -> str:
+    if key == "unfreeze":
+        return "--unfreeze"
+    return f"{FINETUNE_FLAGS.get(key, '--' + key.replace('_', '-'))} {value}"
+
+
+def limit_training_set(train: LabelledSequences, max_train: int | None, seed: int = 0) -> LabelledSequences:
+    """`--max-train N`: a stratified, seeded subsample of N sequences (the whole set when it has <= N)."""
+    if max_train is None:
+        return train
+    if isinstance(max_train, bool) or not isinstance(max_train, int) or max_train < 1:
+        raise InputError(f"--max-train {max_train}: expected a positive integer")
+    if max_train < train.n_classes * 2:
+        raise InputError(f"--max-train {max_train}: expected at least 2 sequences per class ({train.n_classes * 2})")
+    if max_train >= len(train):
+        return train
+    return train.stratified_split(test_size=len(train) - max_train, seed=seed)[0]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -365,6 +427,9 @@ class ClassifierModule(pl.LightningModule):
         y = batch["labels"]
         total = accumulate_backward(lambda c: self.logits(self.net, c, True), self._chunks(batch), y,
                                     self.class_weight, self.manual_backward)
+        if not math.isfinite(float(total)):  # before the step applies it: the weights stay finite
+            raise TrainingDiverged(f"training diverged at step {self.global_step + 1}: the loss is {float(total):.4g}; "
+                                   f"{DIVERGED_HINT}")
         self.clip_gradients(opt, gradient_clip_val=1.0, gradient_clip_algorithm="norm")
         opt.step()
         sched.step()
@@ -539,7 +604,7 @@ def train_classifier(model_dir: str | os.PathLike, train: LabelledSequences, val
             val_check_interval=val_every, check_val_every_n_epoch=None,
             logger=CSVLogger(work, name="logs", version=0), enable_checkpointing=False,
             enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-            log_every_n_steps=max(1, min(50, steps_per_epoch)),
+            log_every_n_steps=max(1, min(50, steps_per_epoch)), callbacks=[NonFiniteGuard(DIVERGED_HINT)],
         )
         net.train()  # from_pretrained returns eval mode; Lightning keeps the modes it finds (dropout must be on)
         trainer.fit(module, train_loader, val_loader)
@@ -558,6 +623,9 @@ def train_classifier(model_dir: str | os.PathLike, train: LabelledSequences, val
                    rc_aug=module.rc_aug, cached_features=cached, val_curve=module.val_history)
     va_proba = (_head_proba(model, features[1]) if cached else predict_proba(model, val.seqs, cfg.eval_batch_size,
                                                                             cfg.max_length, cfg.truncate))
+    if not np.isfinite(va_proba).all():
+        raise TrainingDiverged(f"{method} (seed {seed}): the trained classifier gives non-finite class probabilities "
+                               f"on the validation set; {DIVERGED_HINT}")
     history["val_chance"] = chance_level(val.labels, va_proba, train.classes)
     if history["val_chance"]["at_chance"] and log is not None:
         log(f"[finetune] WARNING: {method} (seed {seed}) ended AT CHANCE on validation: {history['val_chance']['reason']}")
@@ -576,7 +644,15 @@ def protocol_splits(train: LabelledSequences, test: LabelledSequences | None, se
     `test` sets and their index arrays `train_idx` / `val_idx` / `test_idx` into `train` (CV) or, for
     `test_idx`, into `test` (`test_pool` says which)."""
     def split(idx: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        a, b = next(StratifiedShuffleSplit(1, test_size=val_fraction, random_state=seed).split(idx, train.labels[idx]))
+        # at least one validation sequence per class (as LabelledSequences.stratified_split): a one-line error for a
+        # set too small for that, not scikit-learn's traceback
+        k = int(np.unique(train.labels[idx]).size)
+        n_val = max(k, math.ceil(val_fraction * len(idx)))
+        if len(idx) - n_val < k:
+            raise InputError(f"{train.source}: {len(idx)} training sequences in {k} classes are too few to hold out "
+                             f"{n_val} stratified for validation (need at least {n_val + k} per run; use fewer --folds "
+                             f"or more sequences)")
+        a, b = next(StratifiedShuffleSplit(1, test_size=n_val, random_state=seed).split(idx, train.labels[idx]))
         return idx[a], idx[b]
 
     runs = []
@@ -724,6 +800,9 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
                         best_primary = (key, trained)
                 else:
                     proba, info = _run_baseline(method, run, cfg, feats, log)
+                if not np.isfinite(proba).all():
+                    raise TrainingDiverged(f"{run['name']} {method}: the trained classifier gives non-finite class "
+                                           f"probabilities; {DIVERGED_HINT}")
                 metrics = classification_metrics(run["test"].labels, proba, train.classes)
                 chance = chance_level(run["test"].labels, proba, train.classes)
                 results[method].append({"run": run["name"], **metrics, **info, "test_chance": chance})
@@ -731,7 +810,8 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
                 oof[method][1].append(proba)
                 if chance["at_chance"] and not any(w.startswith("predicts one class") for w in metrics["warnings"]):
                     results[method][-1]["warnings"] = metrics["warnings"] + [f"AT CHANCE on the test set: {chance['reason']}"]
-                log(f"[finetune] {run['name']} {method}: test accuracy {metrics['accuracy']:.4f}, AUROC {metrics['auroc']:.4f}"
+                log(f"[finetune] {run['name']} {method}: test accuracy {metrics['accuracy']:.4f}, "
+                    f"AUROC {fmt_number(metrics['auroc'], '.4f', AUROC_NA)}"
                     + "".join(f"; WARNING: {w}" for w in results[method][-1]["warnings"]))
         summaries = {m: summarize(results[m]) for m in methods}
         at_chance = {m: sum(r["test_chance"]["at_chance"] for r in results[m]) for m in methods}
@@ -768,15 +848,27 @@ def run_protocol(model_dir: str | os.PathLike, train: LabelledSequences, out_dir
 
 
 def compare_to_baseline(summaries: dict, method: str, baseline: str) -> dict:
-    """{"accuracy": {"model", "baseline", "difference"}, "auroc": {...}, "verdict"} of two summarised methods."""
+    """{"accuracy": {...}, "auroc": {...}, "verdict"} of two summarised methods (`summarize` output).
+
+    Each metric gets "model", "baseline", "difference", "spread" (the larger of the two methods' max − min over
+    runs) and "direction": "tie (within the spread)" when |difference| <= spread, else "model better" or
+    "baseline better". The verdict gives accuracy's direction and AUROC's, so a one-sequence accuracy edge with a
+    worse AUROC does not read as a better model."""
     out = {"method": method, "baseline": baseline}
     for key in ("accuracy", "auroc"):
-        a, b = summaries[method].get(key, {}).get("mean"), summaries[baseline].get(key, {}).get("mean")
+        sa, sb = summaries[method].get(key, {}), summaries[baseline].get(key, {})
+        a, b = sa.get("mean"), sb.get("mean")
         if a is not None and b is not None:
-            out[key] = {"model": a, "baseline": b, "difference": a - b}
-    diff = out.get("accuracy", {}).get("difference")
-    out["verdict"] = ("no comparison" if diff is None else "model better" if diff > 0 else
-                      "baseline better" if diff < 0 else "tie")
+            spread = max(sa.get("spread", 0.0), sb.get("spread", 0.0))
+            d = a - b
+            direction = ("tie (within the spread)" if abs(d) <= spread else "model better" if d > 0
+                         else "baseline better")
+            out[key] = {"model": a, "baseline": b, "difference": d, "spread": spread, "direction": direction}
+    if "accuracy" not in out:
+        out["verdict"] = "no comparison"
+    else:
+        out["verdict"] = f"accuracy: {out['accuracy']['direction']}; AUROC: " + (
+            out["auroc"]["direction"] if "auroc" in out else AUROC_NA)
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import os
 from pathlib import Path
 
@@ -74,6 +75,204 @@ PRECISIONS = {
     "bf16": "bf16-mixed", "bf16-mixed": "bf16-mixed", "bfloat16": "bf16-mixed", "bf16-true": "bf16-true",
     "64": "64-true", "fp64": "64-true", "64-true": "64-true", "double": "64-true",
 }
+
+
+# ------------------------------------------------------------------------------------------------
+# Field checks: every recipe value has a type and a range, checked here (and only here) so that a bad value is a
+# one-line error naming where it came from (`--set model.d_model=abc: expected a positive integer`), never a
+# traceback from deep inside torch or Lightning, and never a value written into config.json unchecked.
+# ------------------------------------------------------------------------------------------------
+class Spec:
+    """A value's type and range: kind int | float | bool | choice | str | floats | mapping; `lo`/`hi` bounds
+    (open ends with `lo_open`/`hi_open`); `none` allows None."""
+
+    def __init__(self, kind: str, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False,
+                 none: bool = False, choices: tuple = (), n: int = 0):
+        self.kind, self.lo, self.hi, self.lo_open, self.hi_open = kind, lo, hi, lo_open, hi_open
+        self.none, self.choices, self.n = none, choices, n
+
+    def expected(self) -> str:
+        if self.kind == "bool":
+            text = "true or false"
+        elif self.kind == "choice":
+            text = "one of " + ", ".join(map(str, self.choices))
+        elif self.kind == "str":
+            text = "a string"
+        elif self.kind == "mapping":
+            text = "a mapping of settings"
+        elif self.kind == "int" and self.lo == 1 and self.hi is None:
+            text = "a positive integer"
+        elif self.kind == "int" and self.lo == 0 and self.hi is None:
+            text = "an integer >= 0"
+        elif self.kind == "int":
+            text = f"an integer >= {self.lo}" + (f" and <= {self.hi}" if self.hi is not None else "")
+        else:
+            what = f"a list of {self.n} finite numbers" if self.kind == "floats" else "a finite number"
+            if self.lo is not None and self.hi is not None:
+                text = f"{what} in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            elif self.lo is not None:
+                text = f"{what} {'>' if self.lo_open else '>='} {self.lo:g}"
+            else:
+                text = what
+        return text + (" (or null)" if self.none else "")
+
+    def check(self, label: str, value):
+        """`value` normalised (an integral float read as an int); InputError `label: expected ...` otherwise."""
+        if value is None and self.none:
+            return None
+        bad = InputError(f"{label}: expected {self.expected()}")
+        if self.kind == "bool":
+            if not isinstance(value, bool):
+                raise bad
+            return value
+        if self.kind == "choice":
+            if isinstance(value, bool) or value not in self.choices:
+                raise bad
+            return value
+        if self.kind == "str":
+            if not isinstance(value, str):
+                raise bad
+            return value
+        if self.kind == "mapping":
+            if not isinstance(value, dict):
+                raise bad
+            return value
+        if self.kind == "floats":
+            if not isinstance(value, (list, tuple)) or len(value) != self.n:
+                raise bad
+            return [self._number(bad, v) for v in value]
+        if self.kind == "int":
+            if isinstance(value, float) and math.isfinite(value) and value == int(value):
+                value = int(value)  # YAML reads 1e3 as a float; it is the integer people mean
+            if isinstance(value, bool) or not isinstance(value, int) or not self._in_range(value):
+                raise bad
+            return value
+        return self._number(bad, value)
+
+    def _number(self, bad, value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not self._in_range(value):
+            raise bad
+        return value
+
+    def _in_range(self, v) -> bool:
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return not (self.hi is not None and (v >= self.hi if self.hi_open else v > self.hi))
+
+
+POSITIVE = Spec("int", 1)
+BOOL = Spec("bool")
+# Shared by pretraining and distillation (their sections overlap); each verb's own keys are added below.
+COMMON_SCHEMA = {
+    "seed": Spec("int", 0),
+    "data.window": Spec("int", 2),
+    "data.batch_size": POSITIVE,
+    "data.num_workers": Spec("int", 0),
+    "data.max_n_frac": Spec("float", 0, 1),
+    "data.rc_aug": Spec("bool", none=True),
+    "data.unknown": Spec("choice", choices=("error", "N")),
+    "data.train_samples_per_epoch": POSITIVE,
+    "data.max_val_windows": POSITIVE,
+    "optim.lr": Spec("float", 0, lo_open=True),  # no upper bound: too large a rate is a diverged run (exit 1)
+    "optim.weight_decay": Spec("float", 0, 10),
+    "optim.betas": Spec("floats", 0, 1, hi_open=True, n=2),
+    "optim.warmup_steps": Spec("int", 0),
+    "optim.grad_clip": Spec("float", 0, lo_open=True, none=True),
+    "optim.ema_decay": Spec("float", 0, 1, hi_open=True, none=True),
+    "trainer.max_time": Spec("str", none=True),
+    "trainer.accelerator": Spec("str"),
+    "trainer.log_every": POSITIVE,
+    "trainer.progress_bar": BOOL,
+}
+PRETRAIN_SCHEMA = {
+    **COMMON_SCHEMA,
+    "schedule": Spec("choice", choices=("loglinear", "cosine", "linear")),
+    "data.max_test_windows": POSITIVE,
+    "data.val_fraction": Spec("float", 0, 1, lo_open=True, hi_open=True),
+    "optim.lr_schedule": Spec("choice", choices=("cosine", "constant")),
+    "optim.min_lr_ratio": Spec("float", 0, 1),
+    "trainer.max_steps": POSITIVE,
+    "trainer.val_every": POSITIVE,
+    "trainer.num_nodes": POSITIVE,
+    "trainer.strategy": Spec("str"),
+}
+
+DISTILL_SCHEMA = {
+    **COMMON_SCHEMA,
+    "rounds": POSITIVE,
+    "teacher_steps": Spec("int", 2, none=True),
+    "data.window": Spec("int", 2, none=True),
+    "trainer.steps_per_round": POSITIVE,
+}
+
+
+def _model_schema() -> dict:
+    """CaduceusConfig's fields by the type of their default (a bool only true/false, an int positive, a float
+    finite), with the few that need another range named."""
+    out = {}
+    for name, p in inspect.signature(CaduceusConfig.__init__).parameters.items():
+        if name not in MODEL_KEYS:
+            continue
+        d = p.default
+        out[f"model.{name}"] = (BOOL if isinstance(d, bool) else POSITIVE if isinstance(d, int)
+                                else Spec("float", 0, lo_open=True) if isinstance(d, float)
+                                else Spec("str") if isinstance(d, str) else Spec("mapping", none=True))
+    out.update({"model.head_dropout": Spec("float", 0, 1, hi_open=True), "model.cond_dropout": Spec("float", 0, 1, hi_open=True),
+                "model.pad_token_id": Spec("int", 0), "model.head_hidden": Spec("int", 1, none=True),
+                "model.feature_layers": Spec("str", none=True),
+                "model.bidirectional_strategy": Spec("choice", choices=("add", "ew_multiply")),
+                "model.order": Spec("int", 0, 16, none=True)})
+    return out
+
+
+def flag_label(key: str, value) -> str:
+    """How a setting is named in an error when nothing better is known: its flag (`--window 1`)."""
+    return f"--{key.split('.')[-1].replace('_', '-')} {value}"
+
+
+def check_fields(cfg: dict, schema: dict, labels: dict | None = None) -> dict:
+    """Check every value of `cfg` that `schema` (dotted key -> Spec) covers; `labels` (dotted key -> text) says
+    where a value came from (`--set model.d_model=abc`, `--config tiny: ...`); normalised values are written back."""
+    labels = labels or {}
+    for key, value in flatten(cfg).items():
+        spec = schema.get(key) or (MODEL_SCHEMA.get(key) if key.startswith("model.") else None)
+        if spec is None:
+            continue
+        new = spec.check(labels.get(key) or flag_label(key, value), value)
+        if new is not value:
+            node = cfg
+            parts = key.split(".")
+            for part in parts[:-1]:
+                node = node[part]
+            node[parts[-1]] = new
+    return cfg
+
+
+def explicit_settings(verb: str, schema: dict, recipe, flags: dict | None, overrides: list[str] | None,
+                      drop_holdouts: bool = False) -> dict:
+    """A recipe, then flags (a nested dict, None values ignored), then `--set` overrides, each value checked
+    against `schema` with an error naming where it came from. A flag and a `--set` that give the same key
+    different values are an error (which one was meant cannot be guessed)."""
+    cfg = load_recipe(recipe, verb)
+    labels = {k: f"--config {recipe}: {k}={v}" for k, v in flatten(cfg).items()}
+    flags = _drop_none(flags or {})
+    if drop_holdouts and flags.get("fasta"):
+        for key in ("val_regions", "val_records", "test_regions", "test_records", "bed"):
+            cfg.pop(key, None)
+    flat_flags = flatten(flags)
+    labels.update({k: flag_label(k, v) for k, v in flat_flags.items()})
+    over = parse_overrides(overrides)
+    raw = {pair.split("=", 1)[0].strip(): pair.split("=", 1)[1] for pair in overrides or [] if "=" in pair}
+    for key, value in flatten(over).items():
+        labels[key] = f"--set {key}={raw.get(key, value)}"
+        if key in flat_flags and flat_flags[key] != value:
+            raise InputError(f"{flag_label(key, flat_flags[key])} and --set {key}={raw.get(key, value)} both set {key}; "
+                             f"give one")
+    return check_fields(merge(merge(cfg, flags), over), schema, labels)
+
+
+MODEL_SCHEMA = _model_schema()
 
 
 def recipe_names(verb: str) -> list[str]:
@@ -201,15 +400,8 @@ def check_pretrain(cfg: dict) -> dict:
     if bad:
         raise InputError(f"config: unknown key(s) {sorted(bad)} in 'model'; expected CaduceusConfig fields "
                          f"({', '.join(sorted(allowed))})")
-    d, o, t = cfg["data"], cfg["optim"], cfg["trainer"]
-    for key, value in (("--window", d["window"]), ("--batch-size", d["batch_size"]),
-                       ("--max-steps", t["max_steps"]), ("val_every", t["val_every"])):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise InputError(f"{key} {value}: expected a positive integer")
-    if not (isinstance(o["lr"], (int, float)) and o["lr"] > 0):
-        raise InputError(f"--lr {o['lr']}: expected a positive learning rate")
-    if d["unknown"] not in ("error", "N"):
-        raise InputError(f"--unknown {d['unknown']}: expected error or N")
+    check_fields(cfg, PRETRAIN_SCHEMA)
+    t = cfg["trainer"]
     t["precision"] = normalize_precision(t["precision"])
     if isinstance(t["devices"], str) and t["devices"].isdigit():
         t["devices"] = int(t["devices"])
@@ -220,14 +412,9 @@ def pretrain_settings(recipe: str | os.PathLike | None = None, flags: dict | Non
                       overrides: list[str] | None = None) -> dict:
     """The user's explicit pretraining settings: a recipe, then flags (a nested dict, None values ignored), then
     `--set` overrides. A recipe's hold-outs name the recipe's own records, so they are dropped when the flags
-    give other FASTA files. Defaults are applied by `resolve_pretrain` (fresh run) or come from the saved run."""
-    cfg = load_recipe(recipe, "pretrain")
-    flags = _drop_none(flags or {})
-    if flags.get("fasta"):
-        for key in ("val_regions", "val_records", "test_regions", "test_records", "bed"):
-            cfg.pop(key, None)
-    cfg = merge(cfg, flags)
-    return merge(cfg, parse_overrides(overrides))
+    give other FASTA files. Each value is checked (`check_fields`), and a flag and a `--set` giving one key two
+    values are an error. Defaults are applied by `resolve_pretrain` (fresh run) or come from the saved run."""
+    return explicit_settings("pretrain", PRETRAIN_SCHEMA, recipe, flags, overrides, drop_holdouts=True)
 
 
 def apply_init(cfg: dict, settings: dict) -> dict:
