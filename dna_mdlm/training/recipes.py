@@ -121,7 +121,10 @@ class Spec:
         """`value` normalised (an integral float read as an int); InputError `label: expected ...` otherwise."""
         if value is None and self.none:
             return None
-        bad = InputError(f"{label}: expected {self.expected()}")
+        text = self.expected()
+        if label.startswith("--") and not label.startswith(("--set", "--config")):
+            text = text.replace(" (or null)", "")  # a flag cannot be given as null; leaving it out is the default
+        bad = InputError(f"{label}: expected {text}")
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise bad
