@@ -63,7 +63,7 @@ from ..baselines.cnn import train_cnn
 from ..baselines.kmer_lr import DEFAULT_CS, cv_summary, fit_kmer_lr, logistic_regression_cv
 from ..data.labelled import LabelledSequences, LengthBucketSampler, collate_labelled, micro_batches
 from ..embedding import clean_timesteps, pooled_features
-from ..errors import InputError, TrainingDiverged
+from ..errors import InputError, TrainingDiverged, check_int
 from ..evaluation.classification import (
     ValLossStopping,
     chance_level,
@@ -217,6 +217,7 @@ def _flag(key: str, value) -> str:
 
 def limit_training_set(train: LabelledSequences, max_train: int | None, seed: int = 0) -> LabelledSequences:
     """`--max-train N`: a stratified, seeded subsample of N sequences (the whole set when it has <= N)."""
+    check_int("--seed", seed, 0)
     if max_train is None:
         return train
     if isinstance(max_train, bool) or not isinstance(max_train, int) or max_train < 1:
@@ -655,6 +656,9 @@ def protocol_splits(train: LabelledSequences, test: LabelledSequences | None, se
         a, b = next(StratifiedShuffleSplit(1, test_size=n_val, random_state=seed).split(idx, train.labels[idx]))
         return idx[a], idx[b]
 
+    bad = [s for s in seeds if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < 2**32]
+    if bad or not seeds:
+        raise InputError(f"--seeds {','.join(map(str, seeds))}: expected comma-separated integers >= 0, e.g. 1,2,3")
     runs = []
     if test is not None:
         if folds:
@@ -668,7 +672,7 @@ def protocol_splits(train: LabelledSequences, test: LabelledSequences | None, se
             runs.append({"name": f"seed{s}", "seed": s, "train_idx": tr, "val_idx": va,
                          "test_idx": np.arange(len(test)), "test_pool": "test"})
     else:
-        k = folds or 5
+        k = 5 if folds is None else folds  # --folds 0 is an error below, not the default
         if k < 2:
             raise InputError(f"--folds must be >= 2, got {k}")
         counts = np.bincount(train.labels, minlength=train.n_classes)

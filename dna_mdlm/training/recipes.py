@@ -2,7 +2,8 @@
 resolved and validated here so that the command line only parses and calls.
 
 Pretraining settings are a nested dict (`PRETRAIN_DEFAULTS` documents every key). Precedence, lowest first: the
-defaults, a recipe (`--config NAME` or a YAML file), explicit flags, `--set key=value` overrides. A fresh run
+defaults, a recipe (`--config NAME` or a YAML file), explicit flags, `--set key=value` overrides (a flag and a
+`--set` that give one key two values are an error). Every value has a type and range (`Spec`, `check_fields`). A fresh run
 writes the fully resolved settings to `RUN/run_config.json`; `--resume` reads them back, so a resumed run trains
 on the same data with the same recipe, model and seed, and an explicit setting that contradicts the saved run
 is a one-line error (only the budget and the hardware may change: `RESUMABLE`).
@@ -120,7 +121,10 @@ class Spec:
         """`value` normalised (an integral float read as an int); InputError `label: expected ...` otherwise."""
         if value is None and self.none:
             return None
-        bad = InputError(f"{label}: expected {self.expected()}")
+        text = self.expected()
+        if label.startswith("--") and not label.startswith(("--set", "--config")):
+            text = text.replace(" (or null)", "")  # a flag cannot be given as null; leaving it out is the default
+        bad = InputError(f"{label}: expected {text}")
         if self.kind == "bool":
             if not isinstance(value, bool):
                 raise bad
